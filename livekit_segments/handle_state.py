@@ -1,0 +1,185 @@
+"""Segment state kept on each `SpeechHandle`, and the handle class for segments 1, 2, ...
+
+A turn is the reply that a `SpeechHandle` was scheduled with (segment 0). Every
+`SegmentBreak` followed by text opens a segment handle for the rest of that response. The
+state here is plain data plus futures; the pipeline hooks decide when it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from livekit.agents import utils
+from livekit.agents.voice.speech_handle import InterruptionSource, SpeechHandle
+
+from .segment_break import SegmentBreak
+
+__all__ = [
+    "HandleState",
+    "SegmentSpeechHandle",
+    "finish_segment",
+    "peek_state",
+    "resolve_playout",
+    "state_of",
+]
+
+_STATE_ATTR = "_lk_segment_state"
+
+
+class HandleState:
+    """What one handle knows about its own playout, plus turn bookkeeping for segment 0."""
+
+    __slots__ = (
+        "index",
+        "segment_break",
+        "playout",
+        "audio_seen",
+        "next_index",
+        "open_handle",
+        "newest",
+        "forwarded_any",
+    )
+
+    def __init__(self, index: int, segment_break: SegmentBreak | None) -> None:
+        self.index = index
+        self.segment_break = segment_break
+        # same loop binding as SpeechHandle's own futures
+        self.playout: asyncio.Future[float] = asyncio.Future()
+        # set once audio forwarding started for this handle: text then no longer counts
+        self.audio_seen = False
+        # turn bookkeeping, used on segment 0 only
+        self.next_index = 1
+        self.open_handle: SegmentSpeechHandle | None = None
+        self.newest: SpeechHandle | None = None
+        self.forwarded_any = False
+
+
+def peek_state(handle: SpeechHandle) -> HandleState | None:
+    """The handle's state if it has any yet."""
+    st: HandleState | None = handle.__dict__.get(_STATE_ATTR)
+    return st
+
+
+def state_of(handle: SpeechHandle) -> HandleState:
+    """The handle's state, created on first use (segment 0 unless set up by the hooks)."""
+    st: HandleState | None = handle.__dict__.get(_STATE_ATTR)
+    if st is None:
+        st = HandleState(0, None)
+        _attach(handle, st)
+    return st
+
+
+def _attach(handle: SpeechHandle, st: HandleState) -> None:
+    handle.__dict__[_STATE_ATTR] = st
+    if handle.done():
+        # a handle that finished before anyone asked can no longer start playing
+        st.playout.cancel()
+    else:
+        handle.add_done_callback(_on_handle_done)
+
+
+def _on_handle_done(handle: SpeechHandle) -> None:
+    st = peek_state(handle)
+    if st is None:
+        return
+    if st.open_handle is not None:
+        finish_segment(st.open_handle, interrupted=handle.interrupted)
+        st.open_handle = None
+    if not st.playout.done():
+        st.playout.cancel()
+
+
+def resolve_playout(st: HandleState, started_at: float | None) -> None:
+    """Resolve a handle's `playout_started`, once; `None` means "now" (text-only output)."""
+    if not st.playout.done():
+        st.playout.set_result(time.time() if started_at is None else started_at)
+
+
+class SegmentSpeechHandle(SpeechHandle):
+    """The `SpeechHandle` of one response after a `SegmentBreak` (``segment_index >= 1``).
+
+    It plays inside its turn: interrupting it interrupts the turn, and it takes the turn's
+    `allow_interruptions`, so it behaves exactly as the turn's own handle would.
+    """
+
+    def __init__(self, *, turn: SpeechHandle, index: int, segment_break: SegmentBreak) -> None:
+        super().__init__(
+            speech_id=utils.shortuuid("speech_"),
+            allow_interruptions=turn.allow_interruptions,
+            input_details=turn.input_details,
+        )
+        self._lk_turn = turn
+        _attach(self, HandleState(index, segment_break))
+        # it only exists once its segment is about to play
+        self._mark_scheduled()
+
+    @property
+    def turn(self) -> SpeechHandle:
+        """The handle the whole reply was scheduled with (segment 0)."""
+        return self._lk_turn
+
+    @property
+    def allow_interruptions(self) -> bool:
+        return self._lk_turn.allow_interruptions
+
+    @allow_interruptions.setter
+    def allow_interruptions(self, value: bool) -> None:
+        self._lk_turn.allow_interruptions = value
+
+    def interrupt(
+        self, *, force: bool = False, source: InterruptionSource = "programmatic"
+    ) -> SpeechHandle:
+        """Interrupt the turn this segment belongs to, as `SpeechHandle.interrupt` does.
+
+        Raises:
+            RuntimeError: if the turn does not allow interruptions and `force` is False.
+        """
+        if self.interrupted or self.done():
+            return self
+        self._lk_turn.interrupt(force=force, source=source)
+        self._cancel()
+        return self
+
+
+def finish_segment(handle: SegmentSpeechHandle, *, interrupted: bool) -> None:
+    """End a segment handle: interrupted or played out, then done."""
+    if handle.done():
+        return
+    if interrupted:
+        handle._cancel()
+    st = peek_state(handle)
+    if st is not None and not st.playout.done():
+        # cancel before done, so that nobody who awaits the handle sees it pending
+        st.playout.cancel()
+    handle._mark_done()
+
+
+def handle_properties() -> dict[str, Any]:
+    """The read-only properties the runtime patch adds to `SpeechHandle`."""
+
+    def playout_started(self: SpeechHandle) -> asyncio.Future[float]:
+        """Resolves with the time (``time.time()`` clock) this handle's audio started playing.
+
+        It is the ``created_at`` of the sink's playback-started event for the first frame of
+        this handle's first segment, or the time its first text was forwarded when audio
+        output is disabled. It is cancelled if that segment can no longer play.
+        """
+        return state_of(self).playout
+
+    def segment_index(self: SpeechHandle) -> int:
+        """0 for the handle a reply was scheduled with, k for the k-th break's handle."""
+        st = peek_state(self)
+        return 0 if st is None else st.index
+
+    def segment_break(self: SpeechHandle) -> SegmentBreak | None:
+        """The `SegmentBreak` that opened (or, for segment 0, labelled) this handle."""
+        st = peek_state(self)
+        return None if st is None else st.segment_break
+
+    return {
+        "playout_started": property(playout_started),
+        "segment_index": property(segment_index),
+        "segment_break": property(segment_break),
+    }

@@ -1,0 +1,290 @@
+"""`install()` and `uninstall()`: check every seam first, patch, and restore exactly.
+
+Modelled on OpenTelemetry's instrumentors (a dependency-range check before any patching) and
+gevent.monkey (the originals are saved and put back as the very same objects).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import inspect
+import logging
+import threading
+import warnings
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+import livekit.agents as agents
+from livekit.agents.utils import aio
+from livekit.agents.voice import agent_activity, events, generation, speech_handle
+
+from . import handle_state, pipeline_hooks
+
+__all__ = [
+    "SUPPORTED_VERSIONS",
+    "UnsupportedVersionError",
+    "has_native_support",
+    "install",
+    "is_installed",
+    "uninstall",
+]
+
+logger = logging.getLogger("livekit.segments")
+
+SUPPORTED_VERSIONS = "==1.8.9"
+"""The livekit-agents releases this runtime patch is tested against (a PEP 440 specifier)."""
+
+_MISSING = object()
+
+
+class UnsupportedVersionError(RuntimeError):
+    """The installed livekit-agents cannot be patched: wrong version or missing internals."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Patch:
+    owner: ModuleType | type
+    name: str
+    replacement: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class _Applied:
+    owner: ModuleType | type
+    name: str
+    original: Any  # _MISSING when the attribute did not exist
+    replacement: Any
+
+
+_lock = threading.Lock()
+_applied: list[_Applied] = []
+
+
+def is_installed() -> bool:
+    """True while the runtime patch is applied in this process."""
+    return bool(_applied)
+
+
+def has_native_support() -> bool:
+    """True when livekit-agents itself implements segment handles (the upstream series)."""
+    if is_installed():
+        return False
+    return hasattr(agents, "SegmentBreak") and isinstance(
+        getattr(speech_handle.SpeechHandle, "playout_started", None), property
+    )
+
+
+def installed_agents_version() -> str:
+    """The version of the livekit-agents package actually imported."""
+    return str(agents.__version__)
+
+
+def install(*, force: bool = False) -> None:
+    """Patch livekit-agents so that every `SegmentBreak` opens its own `SpeechHandle`.
+
+    Call it once at startup, before sessions start; calling it again does nothing. It
+    checks the livekit-agents version against `SUPPORTED_VERSIONS` and checks that every
+    internal it wraps exists before it changes anything. On a livekit-agents that
+    implements segment handles natively it does nothing.
+
+    Args:
+        force: patch a version outside `SUPPORTED_VERSIONS`, with a warning. Missing
+            internals still refuse.
+
+    Raises:
+        UnsupportedVersionError: the version is not supported (and `force` is False), or
+            an internal the patch needs is missing. Nothing was changed.
+    """
+    with _lock:
+        if _applied:
+            return
+        if has_native_support():
+            logger.debug("livekit-agents implements segment handles natively; not patching")
+            return
+        _check_version(force=force)
+        problems = _check_seams()
+        if problems:
+            raise UnsupportedVersionError(
+                f"livekit-agents {installed_agents_version()} lacks internals that "
+                f"livekit-segments wraps: {'; '.join(problems)}. Nothing was patched. "
+                f"Install a supported livekit-agents ({SUPPORTED_VERSIONS}) or a "
+                f"livekit-segments release that supports this one."
+            )
+        _apply(_plan())
+        from . import job_process
+
+        job_process.on_install()
+
+
+def uninstall() -> None:
+    """Put back every original attribute, the very same objects; a no-op if not installed.
+
+    Sessions already running keep the handles they have; new replies behave as upstream.
+    """
+    with _lock:
+        if not _applied:
+            return
+        for applied in reversed(_applied):
+            current = applied.owner.__dict__.get(applied.name, _MISSING)
+            if current is not applied.replacement:
+                logger.warning(
+                    "%s.%s was replaced by someone else after install(); restoring the original",
+                    _owner_name(applied.owner),
+                    applied.name,
+                )
+            if applied.original is _MISSING:
+                delattr(applied.owner, applied.name)
+            else:
+                setattr(applied.owner, applied.name, applied.original)
+        _applied.clear()
+        from . import job_process
+
+        job_process.on_uninstall()
+
+
+def _owner_name(owner: ModuleType | type) -> str:
+    return owner.__name__ if isinstance(owner, ModuleType) else owner.__qualname__
+
+
+def _check_version(*, force: bool) -> None:
+    raw = installed_agents_version()
+    try:
+        ok = Version(raw) in SpecifierSet(SUPPORTED_VERSIONS)
+    except InvalidVersion:
+        ok = False
+    if ok:
+        return
+    message = (
+        f"livekit-segments supports livekit-agents {SUPPORTED_VERSIONS}, but {raw} is "
+        f"installed. Install a supported release (pip install "
+        f"'livekit-agents{SUPPORTED_VERSIONS}'), upgrade livekit-segments, or call "
+        f"install(force=True) to patch this version at your own risk."
+    )
+    if not force:
+        raise UnsupportedVersionError(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    logger.warning("patching an untested livekit-agents version", extra={"version": raw})
+
+
+def _plan() -> list[_Patch]:
+    hooks = pipeline_hooks
+    patches = [
+        _Patch(agent_activity, "perform_llm_inference", hooks.wrap_perform_llm_inference),
+        _Patch(agent_activity, "forward_generation", hooks.wrap_forward_generation),
+        # say() looks these up in agent_activity, forward_generation in generation
+        _Patch(agent_activity, "perform_audio_forwarding", hooks.wrap_perform_audio_forwarding),
+        _Patch(agent_activity, "perform_text_forwarding", hooks.wrap_perform_text_forwarding),
+        _Patch(generation, "perform_audio_forwarding", hooks.wrap_perform_audio_forwarding),
+        _Patch(generation, "perform_text_forwarding", hooks.wrap_perform_text_forwarding),
+    ]
+    wrapped = [_Patch(p.owner, p.name, p.replacement(getattr(p.owner, p.name))) for p in patches]
+    props = [
+        _Patch(speech_handle.SpeechHandle, name, prop)
+        for name, prop in handle_state.handle_properties().items()
+    ]
+    return wrapped + props
+
+
+def _apply(plan: list[_Patch]) -> None:
+    try:
+        for p in plan:
+            original = p.owner.__dict__.get(p.name, _MISSING)
+            setattr(p.owner, p.name, p.replacement)
+            _applied.append(_Applied(p.owner, p.name, original, p.replacement))
+    except BaseException:
+        # setattr on a module or class does not fail in practice; never leave half a patch
+        for applied in reversed(_applied):
+            if applied.original is _MISSING:
+                delattr(applied.owner, applied.name)
+            else:
+                setattr(applied.owner, applied.name, applied.original)
+        _applied.clear()
+        raise
+
+
+def _has_params(fn: Callable[..., Any], *names: str) -> bool:
+    params = inspect.signature(fn).parameters
+    return all(n in params and params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in names)
+
+
+def _check_seams() -> list[str]:
+    """Everything the hooks rely on, described so that a failure names what moved."""
+    problems: list[str] = []
+
+    def need(what: str, check: Callable[..., object], *args: Any) -> None:
+        try:
+            good = bool(check(*args))
+        except Exception:
+            good = False
+        if not good:
+            problems.append(what)
+
+    def has_callable(owner: object, name: str) -> bool:
+        return callable(getattr(owner, name))
+
+    for mod in (agent_activity, generation):
+        for fn in ("perform_audio_forwarding", "perform_text_forwarding"):
+            need(f"{mod.__name__}.{fn}", has_callable, mod, fn)
+    need(
+        "perform_audio_forwarding(*, audio_output=...)",
+        _has_params,
+        generation.perform_audio_forwarding,
+        "audio_output",
+    )
+    forward = getattr(agent_activity, "forward_generation", None)
+    need(
+        "agent_activity.forward_generation(*, speech_handle=...)",
+        lambda: inspect.iscoroutinefunction(forward) and _has_params(forward, "speech_handle"),
+    )
+    need(
+        "agent_activity.perform_llm_inference",
+        has_callable,
+        agent_activity,
+        "perform_llm_inference",
+    )
+    for cls, field in (
+        (generation._LLMGenerationData, "text_ch"),
+        (generation._AudioOutput, "first_frame_fut"),
+        (generation._TextOutput, "first_text_fut"),
+    ):
+        need(
+            f"{cls.__name__}.{field}",
+            lambda c, f: f in {x.name for x in dataclasses.fields(c)},
+            cls,
+            field,
+        )
+    need(
+        "utils.aio.Chan.send_nowait (settable per channel)",
+        lambda: "__slots__" not in vars(aio.Chan) and callable(aio.Chan.send_nowait),
+    )
+    for var in ("_AgentActivityContextVar", "_SpeechHandleContextVar"):
+        need(
+            f"agent_activity.{var}",
+            lambda v: isinstance(getattr(agent_activity, v), contextvars.ContextVar),
+            var,
+        )
+    need(
+        "AgentActivity.session",
+        lambda: isinstance(
+            inspect.getattr_static(agent_activity.AgentActivity, "session"), property
+        ),
+    )
+    sh = speech_handle.SpeechHandle
+    for attr in ("_cancel", "_mark_done", "_mark_scheduled", "add_done_callback", "interrupt"):
+        need(f"SpeechHandle.{attr}", has_callable, sh, attr)
+    for attr in handle_state.handle_properties():
+        need(f"SpeechHandle.{attr} not already defined", lambda a: not hasattr(sh, a), attr)
+    need(
+        "SpeechCreatedEvent(speech_handle, user_initiated, source)",
+        lambda: (
+            {"speech_handle", "user_initiated", "source"}
+            <= set(events.SpeechCreatedEvent.model_fields)
+        ),
+    )
+    need("livekit.agents.FlushSentinel", lambda: isinstance(agents.FlushSentinel, type))
+    return problems

@@ -1,0 +1,292 @@
+"""Wrappers around the livekit-agents calls where a reply is generated, split and played.
+
+Each factory takes the original function and returns a wrapper that calls it unchanged and
+only observes or routes around it:
+
+- `perform_llm_inference`: watches what `llm_node` puts into the reply's text channel, so
+  the segment boundaries upstream draws are known, with the break that opened each one.
+- `forward_generation`: called once per segment; picks the handle the segment plays under,
+  opens and announces a new one after a `SegmentBreak`, and ends it when it has played.
+- `perform_audio_forwarding` / `perform_text_forwarding`: resolve the handle's
+  `playout_started` from the sink's playback-started event (or the first text).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from livekit.agents import FlushSentinel
+from livekit.agents.voice import agent_activity as _activity_mod
+from livekit.agents.voice.events import SpeechCreatedEvent
+from livekit.agents.voice.speech_handle import SpeechHandle
+
+from .handle_state import (
+    HandleState,
+    SegmentSpeechHandle,
+    finish_segment,
+    resolve_playout,
+    state_of,
+)
+from .segment_break import SegmentBreak
+
+logger = logging.getLogger("livekit.segments")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class GenerationTracker:
+    """Mirrors how the reply task splits one generation's text into segments.
+
+    Upstream ends a segment at every `FlushSentinel` and starts the next only when non-empty
+    text arrives. This sees the same items in the same order (the channel is FIFO with one
+    reader), so segment ``j`` here is the ``j``-th `forward_generation` call of the reply.
+    """
+
+    __slots__ = (
+        "task",
+        "segments",
+        "breaks",
+        "in_segment",
+        "pending",
+        "ended",
+        "forwarded",
+        "_waiters",
+    )
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.task = task
+        self.segments = 0  # segments started so far
+        self.breaks: dict[int, SegmentBreak] = {}  # segment number -> break that opens it
+        self.in_segment = False
+        self.pending: SegmentBreak | None = None
+        self.ended = False
+        self.forwarded = 0  # forward_generation calls so far
+        self._waiters: list[Callable[[], bool]] = []
+
+    def observe(self, value: object) -> None:
+        if isinstance(value, FlushSentinel):
+            self.in_segment = False
+            if isinstance(value, SegmentBreak):
+                self.pending = value  # the last break before the text labels it
+        elif value and not self.in_segment:
+            self.in_segment = True
+            if self.pending is not None:
+                self.breaks[self.segments] = self.pending
+                self.pending = None
+            self.segments += 1
+            self._wake()
+
+    def end(self) -> None:
+        self.ended = True
+        self._wake()
+
+    def last_of_handle(self, j: int) -> bool | None:
+        """Whether segment ``j`` is the last one its handle plays; None while unknown."""
+        if self.segments > j + 1:
+            return (j + 1) in self.breaks
+        if self.ended:
+            return True
+        return None
+
+    def when_known(self, check: Callable[[], bool]) -> None:
+        """Call ``check`` on every change until it returns True."""
+        self._waiters.append(check)
+
+    def _wake(self) -> None:
+        if self._waiters:
+            self._waiters = [w for w in self._waiters if not w()]
+
+
+_generation: contextvars.ContextVar[GenerationTracker | None] = contextvars.ContextVar(
+    "livekit_segments_generation", default=None
+)
+# (task, handle) of the segment being forwarded right now
+_playout_target: contextvars.ContextVar[tuple[asyncio.Task[Any] | None, SpeechHandle] | None] = (
+    contextvars.ContextVar("livekit_segments_playout_target", default=None)
+)
+
+
+def _current_target() -> SpeechHandle | None:
+    rec = _playout_target.get()
+    if rec is not None and rec[0] is asyncio.current_task():
+        return rec[1]
+    # say() forwards directly, inside the speech task upstream tags with its handle
+    return _activity_mod._SpeechHandleContextVar.get(None)
+
+
+def wrap_perform_llm_inference(original: F) -> F:
+    @functools.wraps(original)
+    def perform_llm_inference(*args: Any, **kwargs: Any) -> Any:
+        llm_task, gen_data = original(*args, **kwargs)
+        tracker = GenerationTracker(asyncio.current_task())
+        text_ch = gen_data.text_ch
+        send_nowait = text_ch.send_nowait
+
+        # the producer task reads the channel when it starts, after this returns
+        def observed_send_nowait(value: Any) -> None:
+            send_nowait(value)
+            tracker.observe(value)
+
+        text_ch.send_nowait = observed_send_nowait
+        llm_task.add_done_callback(lambda _: tracker.end())
+        _generation.set(tracker)
+        return llm_task, gen_data
+
+    return perform_llm_inference  # type: ignore[return-value]
+
+
+def _announce(turn: SpeechHandle, handle: SpeechHandle) -> None:
+    activity = _activity_mod._AgentActivityContextVar.get(None)
+    if activity is None:
+        logger.warning(
+            "segment handle opened outside an agent activity; speech_created not emitted",
+            extra={"speech_id": handle.id, "turn_speech_id": turn.id},
+        )
+        return
+    # segments only come from pipeline replies, whose handles are all "generate_reply"
+    activity.session.emit(
+        "speech_created",
+        SpeechCreatedEvent(speech_handle=handle, user_initiated=False, source="generate_reply"),
+    )
+
+
+def _route(turn: SpeechHandle, ts: HandleState, brk: SegmentBreak | None) -> SpeechHandle:
+    """The handle a segment plays under; opens and announces a new one after a break."""
+    if brk is None:
+        target: SpeechHandle = ts.open_handle or turn
+    elif not ts.forwarded_any:
+        ts.segment_break = brk  # a leading break labels segment 0
+        target = turn
+    else:
+        if ts.open_handle is not None:
+            finish_segment(ts.open_handle, interrupted=False)
+        newest = ts.newest or turn
+        # only the newest handle may still start playing: results strictly increase
+        newest_st = state_of(newest)
+        if not newest_st.playout.done():
+            newest_st.playout.cancel()
+        seg = SegmentSpeechHandle(turn=turn, index=ts.next_index, segment_break=brk)
+        ts.next_index += 1
+        ts.open_handle = seg
+        ts.newest = seg
+        _announce(turn, seg)
+        target = seg
+    ts.forwarded_any = True
+    return target
+
+
+def _after_forward(
+    turn: SpeechHandle, ts: HandleState, tracker: GenerationTracker, j: int, target: SpeechHandle
+) -> None:
+    if not isinstance(target, SegmentSpeechHandle) or target.done():
+        return
+    if turn.interrupted:
+        finish_segment(target, interrupted=True)
+        if ts.open_handle is target:
+            ts.open_handle = None
+        return
+
+    def check() -> bool:
+        if target.done():
+            return True
+        last = tracker.last_of_handle(j)
+        if last is None:
+            return False
+        if last:
+            finish_segment(target, interrupted=turn.interrupted)
+            if ts.open_handle is target:
+                ts.open_handle = None
+        return True
+
+    if not check():
+        tracker.when_known(check)
+
+
+def wrap_forward_generation(original: F) -> F:
+    @functools.wraps(original)
+    async def forward_generation(*args: Any, **kwargs: Any) -> Any:
+        turn: SpeechHandle | None = kwargs.get("speech_handle")
+        task = asyncio.current_task()
+        if turn is None:
+            return await original(*args, **kwargs)
+
+        tracker = _generation.get()
+        if tracker is not None and tracker.task is not task:
+            tracker = None  # inherited from another task's context: not this reply's
+
+        target: SpeechHandle = turn
+        j = -1
+        ts: HandleState | None = None
+        if tracker is not None:
+            j = tracker.forwarded
+            tracker.forwarded += 1
+            if not turn.interrupted:
+                ts = state_of(turn)
+                target = _route(turn, ts, tracker.breaks.pop(j, None))
+
+        token = _playout_target.set((task, target))
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            _playout_target.reset(token)
+            if ts is not None and tracker is not None:
+                _after_forward(turn, ts, tracker, j, target)
+
+    return forward_generation  # type: ignore[return-value]
+
+
+def wrap_perform_audio_forwarding(original: F) -> F:
+    @functools.wraps(original)
+    def perform_audio_forwarding(*args: Any, **kwargs: Any) -> Any:
+        task, out = original(*args, **kwargs)
+        handle = _current_target()
+        if handle is not None:
+            st = state_of(handle)
+            st.audio_seen = True
+            if not st.playout.done():
+                _resolve_on_playback_started(kwargs["audio_output"], out.first_frame_fut, st)
+        return task, out
+
+    return perform_audio_forwarding  # type: ignore[return-value]
+
+
+def _resolve_on_playback_started(
+    audio_output: Any, first_frame_fut: asyncio.Future[float], st: HandleState
+) -> None:
+    # upstream's listener, registered first, attributes the event to this segment by
+    # resolving first_frame_fut; listeners run in registration order, so this one sees
+    # that in the same emit call and resolves playout_started there
+    def on_playback_started(_: Any) -> None:
+        if first_frame_fut.done():
+            audio_output.off("playback_started", on_playback_started)
+            if not first_frame_fut.cancelled():
+                resolve_playout(st, first_frame_fut.result())
+
+    audio_output.on("playback_started", on_playback_started)
+    first_frame_fut.add_done_callback(
+        lambda _: audio_output.off("playback_started", on_playback_started)
+    )
+
+
+def wrap_perform_text_forwarding(original: F) -> F:
+    @functools.wraps(original)
+    def perform_text_forwarding(*args: Any, **kwargs: Any) -> Any:
+        task, out = original(*args, **kwargs)
+        handle = _current_target()
+        if handle is not None:
+            st = state_of(handle)
+            if not st.playout.done() and not st.audio_seen:
+
+                def on_first_text(fut: asyncio.Future[None]) -> None:
+                    if not fut.cancelled() and not st.audio_seen:
+                        resolve_playout(st, None)
+
+                out.first_text_fut.add_done_callback(on_first_text)
+        return task, out
+
+    return perform_text_forwarding  # type: ignore[return-value]

@@ -1,0 +1,53 @@
+"""`SegmentBreak`: the marker an `llm_node` yields to start a new response."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import livekit.agents as _agents
+from livekit.agents import FlushSentinel
+
+__all__ = ["SegmentBreak"]
+
+
+class SegmentBreak(FlushSentinel):
+    """Ends the current response and starts a new one with its own `SpeechHandle`.
+
+    Yield it from `llm_node` between two responses. It is a `FlushSentinel`, so the reply is
+    split exactly where upstream splits it; with `livekit_segments.install()` the text after
+    it also plays under a new `SpeechHandle`, announced through `speech_created`.
+
+    Args:
+        id: an optional label for the response that follows, such as ``"answer"``.
+        userdata: anything the app wants to find again on ``handle.segment_break``.
+    """
+
+    __slots__ = ("_id", "_userdata")
+
+    def __init__(self, id: str | None = None, userdata: Any = None) -> None:
+        if id is not None and not isinstance(id, str):
+            raise TypeError(
+                f"SegmentBreak id must be a str or None, not {type(id).__name__}; "
+                f"pass str(...) for a non-string label, or put the object in userdata"
+            )
+        self._id = id
+        self._userdata = userdata
+
+    @property
+    def id(self) -> str | None:
+        """The label given to the response that follows the break."""
+        return self._id
+
+    @property
+    def userdata(self) -> Any:
+        """The app's own data, carried unchanged to ``handle.segment_break``."""
+        return self._userdata
+
+    def __repr__(self) -> str:
+        return f"SegmentBreak(id={self._id!r}, userdata={self._userdata!r})"
+
+
+if not TYPE_CHECKING and hasattr(_agents, "SegmentBreak"):
+    # a livekit-agents with the upstream series applied defines the class itself: use it,
+    # so that both forms share one type and `isinstance` agrees everywhere
+    SegmentBreak = _agents.SegmentBreak  # noqa: F811
