@@ -20,10 +20,11 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 import livekit.agents as agents
+from livekit.agents.ipc import job_proc_executor
 from livekit.agents.utils import aio
 from livekit.agents.voice import agent_activity, events, generation, speech_handle
 
-from . import handle_state, pipeline_hooks
+from . import handle_state, job_process, pipeline_hooks
 
 __all__ = [
     "SUPPORTED_VERSIONS",
@@ -116,8 +117,6 @@ def install(*, force: bool = False) -> None:
                 f"livekit-segments release that supports this one."
             )
         _apply(_plan())
-        from . import job_process
-
         job_process.on_install()
 
 
@@ -142,8 +141,6 @@ def uninstall() -> None:
             else:
                 setattr(applied.owner, applied.name, applied.original)
         _applied.clear()
-        from . import job_process
-
         job_process.on_uninstall()
 
 
@@ -181,6 +178,12 @@ def _plan() -> list[_Patch]:
         _Patch(agent_activity, "perform_text_forwarding", hooks.wrap_perform_text_forwarding),
         _Patch(generation, "perform_audio_forwarding", hooks.wrap_perform_audio_forwarding),
         _Patch(generation, "perform_text_forwarding", hooks.wrap_perform_text_forwarding),
+        # job processes import this package and install() before the user's prewarm
+        _Patch(
+            job_proc_executor.ProcJobExecutor,
+            "__init__",
+            job_process.wrap_proc_job_executor_init,
+        ),
     ]
     wrapped = [_Patch(p.owner, p.name, p.replacement(getattr(p.owner, p.name))) for p in patches]
     props = [
@@ -279,6 +282,12 @@ def _check_seams() -> list[str]:
         need(f"SpeechHandle.{attr}", has_callable, sh, attr)
     for attr in handle_state.handle_properties():
         need(f"SpeechHandle.{attr} not already defined", lambda a: not hasattr(sh, a), attr)
+    need(
+        "ProcJobExecutor(*, initialize_process_fnc=...)",
+        _has_params,
+        job_proc_executor.ProcJobExecutor.__init__,
+        "initialize_process_fnc",
+    )
     need(
         "SpeechCreatedEvent(speech_handle, user_initiated, source)",
         lambda: (

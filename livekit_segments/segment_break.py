@@ -32,6 +32,10 @@ class SegmentBreak(FlushSentinel):
             )
         self._id = id
         self._userdata = userdata
+        from . import installer, job_process
+
+        if not installer.is_installed():
+            job_process.warn_if_inactive()
 
     @property
     def id(self) -> str | None:

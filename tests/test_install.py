@@ -9,6 +9,7 @@ import pytest
 
 import livekit.agents as agents
 import livekit_segments
+from livekit.agents.ipc.job_proc_executor import ProcJobExecutor
 from livekit.agents.voice import agent_activity, generation
 from livekit.agents.voice.speech_handle import SpeechHandle
 from livekit_segments import SegmentBreak, UnsupportedVersionError
@@ -24,6 +25,7 @@ PATCHED = [
     (agent_activity, "perform_text_forwarding"),
     (generation, "perform_audio_forwarding"),
     (generation, "perform_text_forwarding"),
+    (ProcJobExecutor, "__init__"),
 ]
 ADDED = ["playout_started", "segment_index", "segment_break"]
 
