@@ -1,9 +1,9 @@
 """User style (b): install() under `if __name__ == "__main__":`, before run_app."""
 
 import driver
-from livekit.agents import AgentServer, JobContext
 
 import livekit_segments
+from livekit.agents import AgentServer, JobContext
 
 server = AgentServer(**driver.server_kwargs())
 

@@ -1,9 +1,9 @@
 """User style (a): install() at module top level."""
 
 import driver
-from livekit.agents import AgentServer, JobContext
 
 import livekit_segments
+from livekit.agents import AgentServer, JobContext
 
 livekit_segments.install()
 

@@ -29,13 +29,13 @@ WATCHED_LOGGERS = (REPORT_LOGGER, "livekit.segments")
 def server_kwargs() -> dict[str, Any]:
     from livekit.agents import JobExecutorType
 
-    return dict(
-        job_executor_type=JobExecutorType.PROCESS,
-        multiprocessing_context=START_METHOD,
-        num_idle_processes=0,
-        initialize_process_timeout=TIMEOUT,
-        port=0,
-    )
+    return {
+        "job_executor_type": JobExecutorType.PROCESS,
+        "multiprocessing_context": START_METHOD,
+        "num_idle_processes": 0,
+        "initialize_process_timeout": TIMEOUT,
+        "port": 0,
+    }
 
 
 # ---------------------------------------------------------------- in the job process
@@ -43,11 +43,10 @@ def server_kwargs() -> dict[str, Any]:
 
 async def report_job(ctx: Any) -> None:
     """The entrypoint's body: one reply with a break, text-only output."""
+    import livekit_segments
     from livekit.agents import Agent, AgentSession, llm
     from livekit.agents.llm import ChatContext
     from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS
-
-    import livekit_segments
     from livekit_segments import SegmentBreak
 
     class NoopLLM(llm.LLM):
@@ -67,16 +66,16 @@ async def report_job(ctx: Any) -> None:
     await session.generate_reply()
     for h in handles:
         await h
-    data = dict(
-        pid=os.getpid(),
-        process_name=mp.current_process().name,
-        start_method=mp.get_start_method(allow_none=True),
-        active=livekit_segments.is_installed() or livekit_segments.has_native_support(),
-        segment_indexes=[getattr(h, "segment_index", None) for h in handles],
-        started=[
+    data = {
+        "pid": os.getpid(),
+        "process_name": mp.current_process().name,
+        "start_method": mp.get_start_method(allow_none=True),
+        "active": livekit_segments.is_installed() or livekit_segments.has_native_support(),
+        "segment_indexes": [getattr(h, "segment_index", None) for h in handles],
+        "started": [
             bool(getattr(h, "playout_started", None) and h.playout_started.done()) for h in handles
         ],
-    )
+    }
     await session.aclose()
     logging.getLogger(REPORT_LOGGER).info("report %s", json.dumps(data))
     ctx.shutdown("reported")
@@ -100,7 +99,7 @@ class _Collector(logging.Handler):
             data = json.loads(msg.split(" ", 1)[1])
             self._loop.call_soon_threadsafe(self.reports.put_nowait, data)
         else:
-            self.records.append(dict(level=record.levelname, pid=record.process, msg=msg))
+            self.records.append({"level": record.levelname, "pid": record.process, "msg": msg})
 
 
 async def _run_server(server: Any) -> dict[str, Any]:
@@ -124,7 +123,7 @@ async def _run_server(server: Any) -> dict[str, Any]:
     finally:
         await asyncio.wait_for(server.aclose(), TIMEOUT)
         await asyncio.wait_for(run_task, TIMEOUT)
-    return dict(job=report, records=col.records)
+    return {"job": report, "records": col.records}
 
 
 def run_app(server: Any) -> None:
