@@ -166,7 +166,11 @@ def handle_properties() -> dict[str, Any]:
         this handle's first segment, or the time its first text was forwarded when audio
         output is disabled. It is cancelled if that segment can no longer play.
         """
-        return state_of(self).playout
+        fut = state_of(self).playout
+        if not fut.done() and self.done():
+            # the done callback that cancels it may not have run yet
+            fut.cancel()
+        return fut
 
     def segment_index(self: SpeechHandle) -> int:
         """0 for the handle a reply was scheduled with, k for the k-th break's handle."""
