@@ -1,0 +1,223 @@
+"""``livekit-segments demo``: run one reply offline and show each response's signals."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from .analysis import Report
+    from .synth import Synthesizer
+    from .turn import TurnResult
+
+__all__ = ["DemoOptions", "DemoOutcome", "add_parser", "format_table", "pick_synth", "run_demo"]
+
+EXIT_OK = 0
+EXIT_INCONSISTENT = 1
+EXIT_MISSING_EXTRA = 3
+
+_DESCRIPTION = """\
+Runs one reply of a scripted agent in a real AgentSession, offline: no API keys, no server,
+no room. The agent answers with three responses separated by SegmentBreaks; each opens its own
+SpeechHandle. Audio plays in real time through a standalone rtc.AudioSource, the playout
+clock RoomIO uses. Prints, per response, when speech_created fired, when playout_started says
+it started, when the sink started it, and when it becomes audible in the recording.
+Exits 1 if any signal is missing or inconsistent.
+"""
+
+
+@dataclass
+class DemoOptions:
+    """What ``livekit-segments demo`` was asked to do."""
+
+    wav: Path | None = None
+    plot: Path | None = None
+    builtin_synth: bool = False
+    interrupt_at: float | None = None
+    short: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class DemoOutcome:
+    """The exit code, and what was run and found (for callers that run it in-process)."""
+
+    exit_code: int
+    result: TurnResult | None = None
+    report: Report | None = None
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``demo`` subcommand on an ``add_subparsers()`` object."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "demo",
+        help="run one multi-response reply offline and check every segment's signals",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--wav", type=Path, metavar="PATH", help="write the turn as heard")
+    parser.add_argument(
+        "--plot", type=Path, metavar="PATH", help="draw the timeline as a PNG (needs matplotlib)"
+    )
+    parser.add_argument(
+        "--builtin-synth",
+        action="store_true",
+        help="use the built-in synthesizer even if espeak-ng is installed",
+    )
+    parser.add_argument(
+        "--interrupt-at",
+        type=_non_negative_seconds,
+        metavar="SECONDS",
+        help="interrupt the reply this long after it was requested",
+    )
+    parser.add_argument(
+        "--short", action="store_true", help="say short responses (about 1.5 s of audio)"
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="print nothing but problems; the exit code tells"
+    )
+    parser.set_defaults(func=_command)
+    return parser
+
+
+def _non_negative_seconds(value: str) -> float:
+    seconds = float(value)
+    if not seconds >= 0.0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds >= 0")
+    return seconds
+
+
+def _command(args: argparse.Namespace) -> int:
+    options = DemoOptions(
+        wav=args.wav,
+        plot=args.plot,
+        builtin_synth=args.builtin_synth,
+        interrupt_at=args.interrupt_at,
+        short=args.short,
+        quiet=args.quiet,
+    )
+    logging.basicConfig(
+        level=logging.ERROR if options.quiet else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    return asyncio.run(run_demo(options)).exit_code
+
+
+async def run_demo(
+    options: DemoOptions, *, out: TextIO | None = None, err: TextIO | None = None
+) -> DemoOutcome:
+    """Run the demo in the running event loop; prints to ``out`` (problems to ``err``)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        from .agent import FULL_SCRIPT, SHORT_SCRIPT
+        from .analysis import analyse
+        from .turn import QUEUE_SIZE_MS, SAMPLE_RATE, run_turn
+    except ModuleNotFoundError as e:
+        print(f"error: the demo needs {e.name}: pip install 'livekit-segments[demo]'", file=err)
+        return DemoOutcome(EXIT_MISSING_EXTRA)
+
+    def say(line: str = "") -> None:
+        if not options.quiet:
+            print(line, file=out)
+
+    synth, synth_line = await pick_synth(options.builtin_synth)
+    say(f"synthesizer: {synth_line}")
+    say(
+        f"playout clock: rtc.AudioSource({SAMPLE_RATE} Hz, mono, queue {QUEUE_SIZE_MS} ms), no room"
+    )
+    responses = SHORT_SCRIPT if options.short else FULL_SCRIPT
+    result = await run_turn(responses, synth, interrupt_after=options.interrupt_at)
+    report = analyse(result)
+
+    say()
+    say(format_table(report))
+    say()
+    for note in report.notes:
+        say(note)
+    if options.wav is not None:
+        result.sink.recording.write_wav(
+            options.wav, result.started_at, result.started_at + len(report.audio) / SAMPLE_RATE
+        )
+        say(f"wrote {options.wav} ({len(report.audio) / SAMPLE_RATE:.2f} s)")
+    if options.plot is not None:
+        try:
+            from .timeline import plot_timeline
+        except ModuleNotFoundError as e:
+            print(f"error: --plot needs {e.name}: pip install 'livekit-segments[demo]'", file=err)
+            return DemoOutcome(EXIT_MISSING_EXTRA, result, report)
+        plot_timeline(result, report, options.plot)
+        say(f"wrote {options.plot}")
+    if report.ok:
+        say(f"ok: {sum(r.handle is not None for r in report.rows)} handles, signals consistent")
+        return DemoOutcome(EXIT_OK, result, report)
+    for problem in report.problems:
+        print(f"FAIL: {problem}", file=err)
+    return DemoOutcome(EXIT_INCONSISTENT, result, report)
+
+
+async def pick_synth(builtin: bool) -> tuple[Synthesizer, str]:
+    """espeak-ng when it is on PATH (unless ``builtin``), else the built-in synthesizer.
+
+    Returns the synthesizer and a line that says which one it is, and why.
+    """
+    from .espeak import EspeakSynth, find_espeak
+    from .synth import BuiltinSynth
+
+    if builtin:
+        return BuiltinSynth(), "built-in (--builtin-synth)"
+    path = find_espeak()
+    if path is None:
+        return BuiltinSynth(), "built-in: espeak-ng is not on PATH, using the built-in synthesizer"
+    espeak = EspeakSynth(path)
+    return espeak, f"{await espeak.version()} ({path}), resampled to the sink's rate"
+
+
+def _ms(seconds: float | None, *, signed: bool = False) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:+.1f}" if signed else f"{seconds * 1000:.1f}"
+
+
+def format_table(report: Report) -> str:
+    """One row per response: its handle's signals and the measured onset, in ms."""
+    header = ("#", "id", "text", "created", "playout", "sink", "onset", "lag", "status")
+    lines: list[tuple[str, ...]] = [header]
+    for row in report.rows:
+        playout = _ms(row.playout_started) if row.playout_state == "resolved" else row.playout_state
+        lines.append(
+            (
+                str(row.position),
+                row.response.id,
+                row.response.text,
+                _ms(row.speech_created),
+                playout,
+                _ms(row.sink_started),
+                _ms(row.onset),
+                _ms(row.onset_lag, signed=True),
+                row.status,
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    numeric = {3, 4, 5, 6, 7}
+    rendered = []
+    for n, line in enumerate(lines):
+        cells = [
+            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
+            for i, cell in enumerate(line)
+        ]
+        rendered.append("  ".join(cells).rstrip())
+        if n == 0:
+            rendered.append("  ".join("-" * w for w in widths))
+    rendered += [
+        "",
+        "ms after generate_reply().  created: speech_created fired.  playout: the handle's",
+        "playout_started.  sink: the sink started playing the segment's first frame.  onset:",
+        "first sample above -40 dBFS in the recording.  lag: onset - playout.",
+    ]
+    return "\n".join(rendered)
