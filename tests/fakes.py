@@ -15,18 +15,15 @@ from typing import Any
 
 from livekit import rtc
 from livekit.agents import (
-    NOT_GIVEN,
     Agent,
     AgentSession,
     FlushSentinel,
     ModelSettings,
-    NotGivenOr,
     llm,
-    tts,
 )
 from livekit.agents.llm import ChatChunk, ChoiceDelta, FunctionToolCall
-from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from livekit.agents.voice import io
+from livekit_segments.offline_models import NodeOnlyLLM, NodeOnlyTTS
 
 SAMPLE_RATE = 24000
 FRAME_MS = 10
@@ -72,22 +69,6 @@ class Wait:
 
 
 ScriptItem = str | FlushSentinel | ToolCall | Fail | Wait
-
-
-class NoopLLM(llm.LLM):
-    """Satisfies AgentSession; the scripted agent overrides llm_node, so chat() never runs."""
-
-    def chat(
-        self,
-        *,
-        chat_ctx: llm.ChatContext,
-        tools: list[llm.Tool] | None = None,
-        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
-        parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
-        tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
-        extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
-    ) -> llm.LLMStream:
-        raise AssertionError("the scripted agent never calls the LLM")
 
 
 def tone(duration: float, *, freq: float = 440.0) -> list[rtc.AudioFrame]:
@@ -183,22 +164,6 @@ class ScriptedAgent(Agent):
                 continue
             for _ in range(cfg.frames_per_chunk):
                 yield silence_frame()
-
-
-class StubTTS(tts.TTS):
-    """Makes say() legal; the scripted agent's tts_node does the synthesis."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            capabilities=tts.TTSCapabilities(streaming=False),
-            sample_rate=SAMPLE_RATE,
-            num_channels=1,
-        )
-
-    def synthesize(
-        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
-    ) -> tts.ChunkedStream:
-        raise AssertionError("the scripted agent's tts_node synthesizes")
 
 
 # ---------------------------------------------------------------- sinks
@@ -397,8 +362,8 @@ async def start_session(
     recorder: Recorder | None = None,
 ) -> AgentSession:
     session: AgentSession = AgentSession(
-        llm=NoopLLM(),
-        tts=StubTTS(),
+        llm=NodeOnlyLLM(),
+        tts=NodeOnlyTTS(SAMPLE_RATE),
         turn_handling={"turn_detection": None},
         aec_warmup_duration=None,
     )

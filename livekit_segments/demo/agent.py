@@ -11,19 +11,9 @@ import asyncio
 import re
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from livekit import rtc
-from livekit.agents import (
-    NOT_GIVEN,
-    Agent,
-    FlushSentinel,
-    ModelSettings,
-    NotGivenOr,
-    llm,
-    tts,
-)
-from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
+from livekit.agents import Agent, FlushSentinel, ModelSettings, llm
 from livekit.agents.voice import io
 
 from ..segment_break import SegmentBreak
@@ -32,8 +22,6 @@ from .synth import Synthesizer
 __all__ = [
     "DemoAgent",
     "FULL_SCRIPT",
-    "NodeOnlyTTS",
-    "PlaceholderLLM",
     "QUESTION",
     "Response",
     "SHORT_SCRIPT",
@@ -111,40 +99,6 @@ class DemoAgent(Agent):
         if pending.strip():
             async for frame in self.synth.synthesize(pending.strip()):
                 yield frame
-
-
-class PlaceholderLLM(llm.LLM[Any]):
-    """Lets `AgentSession` run the pipeline; `DemoAgent.llm_node` replaces the model call."""
-
-    def chat(
-        self,
-        *,
-        chat_ctx: llm.ChatContext,
-        tools: list[llm.Tool] | None = None,
-        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
-        parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
-        tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
-        extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
-    ) -> llm.LLMStream:
-        """Never called: the demo agent overrides ``llm_node``."""
-        raise RuntimeError("the demo agent's llm_node answers; no LLM is called")
-
-
-class NodeOnlyTTS(tts.TTS[Any]):
-    """Declares the TTS output format; `DemoAgent.tts_node` does the synthesis."""
-
-    def __init__(self, sample_rate: int) -> None:
-        super().__init__(
-            capabilities=tts.TTSCapabilities(streaming=False),
-            sample_rate=sample_rate,
-            num_channels=1,
-        )
-
-    def synthesize(
-        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
-    ) -> tts.ChunkedStream:
-        """Never called: the demo agent overrides ``tts_node``."""
-        raise RuntimeError("the demo agent's tts_node synthesizes; this TTS is never called")
 
 
 class TranscriptCollector(io.TextOutput):

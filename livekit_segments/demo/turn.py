@@ -12,7 +12,8 @@ from livekit.agents import AgentSession
 from livekit.agents.voice.events import SpeechCreatedEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
 
-from .agent import QUESTION, DemoAgent, NodeOnlyTTS, PlaceholderLLM, Response, TranscriptCollector
+from ..offline_models import NodeOnlyLLM, NodeOnlyTTS
+from .agent import QUESTION, DemoAgent, Response, TranscriptCollector
 from .realtime_sink import RealtimeAudioSink
 from .synth import Synthesizer
 
@@ -79,7 +80,7 @@ async def run_turn(
         handles.append(HandleRecord(ev.speech_handle, time.time()))
 
     session: AgentSession[None] = AgentSession(
-        llm=PlaceholderLLM(),
+        llm=NodeOnlyLLM(),
         tts=NodeOnlyTTS(SAMPLE_RATE),
         turn_handling={
             "turn_detection": None,
