@@ -1,0 +1,98 @@
+"""``python -m livekit_segments bench``: the command line of the benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from .runner import BENCHMARKS, BenchConfig, run_bench
+
+__all__ = ["add_parser", "main", "run_command"]
+
+DESCRIPTION = """\
+Measure the runtime patch against upstream livekit-agents doing the same work with plain
+FlushSentinel, in one process and one run, and print each figure with its ratio:
+B1 cost of being installed, B2 cost per segment, B3 signal latency, B4 silence between
+segments (on livekit's native AudioSource clock), B5 no leaks. With a livekit-agents that
+implements segment handles natively, only the native form is measured (ratios n/a).
+Exits 0 even when a target is missed, unless --check is given.
+"""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``bench`` subcommand to ``subparsers`` (from ``add_subparsers()``)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "bench",
+        help="measure the patch against upstream livekit-agents",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    configure(parser)
+    return parser
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller counts, under 30 s; numbers are noisy (for CI, without --check)",
+    )
+    # the test suite's size: every code path in a few seconds
+    size.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if any benchmark misses its target"
+    )
+    parser.add_argument(
+        "--only",
+        metavar="B1,B2,...",
+        type=_bench_list,
+        help="run only these benchmarks (comma-separated)",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="keep livekit's log output (quiet by default)"
+    )
+    parser.set_defaults(func=run_command)
+
+
+def _bench_list(text: str) -> list[str]:
+    ids = [x.strip().upper() for x in text.split(",") if x.strip()]
+    unknown = [x for x in ids if x not in BENCHMARKS]
+    if unknown or not ids:
+        raise argparse.ArgumentTypeError(
+            f"unknown benchmark {', '.join(unknown) or text!r}; choose from {', '.join(BENCHMARKS)}"
+        )
+    return ids
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the benchmarks as ``args`` say; print the table; 1 on a miss with ``--check``."""
+    preset = "tiny" if args.tiny else "quick" if args.quick else "default"
+    config = BenchConfig.preset_named(preset)
+
+    def progress(message: str) -> None:
+        print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    report = asyncio.run(
+        run_bench(config, only=args.only, progress=progress, quiet_logs=not args.verbose)
+    )
+    print(report.render_table())
+    if args.json:
+        report.write_json(args.json)
+        print(f"results written to {args.json}", file=sys.stderr)
+    return 1 if args.check and report.missed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``bench`` command on its own (``python -m livekit_segments.bench``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m livekit_segments.bench",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    configure(parser)
+    args = parser.parse_args(argv)
+    return run_command(args)

@@ -1,0 +1,176 @@
+"""Presets and the run of all five benchmarks in one process."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import os
+import platform
+import time
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from typing import Any
+
+import livekit.agents
+
+from .. import __version__
+from . import forms as forms_mod
+from .install_cost import InstallCostConfig, run as run_install_cost
+from .leaks import LeaksConfig, run as run_leaks
+from .report import BenchReport, BenchResult
+from .segment_cost import SegmentCostConfig, run as run_segment_cost
+from .segment_gap import SegmentGapConfig, run as run_segment_gap
+from .signal_latency import SignalLatencyConfig, run as run_signal_latency
+
+__all__ = ["BENCHMARKS", "BenchConfig", "run_bench"]
+
+BENCHMARKS = ("B1", "B2", "B3", "B4", "B5")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    preset: str
+    install_cost: InstallCostConfig
+    segment_cost: SegmentCostConfig
+    signal_latency: SignalLatencyConfig
+    segment_gap: SegmentGapConfig
+    leaks: LeaksConfig
+
+    @classmethod
+    def default(cls) -> BenchConfig:
+        """The full run: under 3 minutes on a 2-core machine."""
+        return cls(
+            preset="default",
+            install_cost=InstallCostConfig(batches=100, replies_per_batch=12),
+            segment_cost=SegmentCostConfig(ns=(1, 10, 100, 1000), repeats=3),
+            signal_latency=SignalLatencyConfig(
+                single_segments=1000,
+                single_segments_per_reply=100,
+                sessions=50,
+                segments_per_session=20,
+            ),
+            segment_gap=SegmentGapConfig(segments_per_reply=25, replies=2),
+            leaks=LeaksConfig(turns=10_000),
+        )
+
+    @classmethod
+    def quick(cls) -> BenchConfig:
+        """A smoke run for CI (under 30 s): same code, smaller counts, noisy numbers."""
+        return cls(
+            preset="quick",
+            install_cost=InstallCostConfig(batches=6, replies_per_batch=20),
+            segment_cost=SegmentCostConfig(ns=(1, 10, 100, 1000), repeats=1, memory_max_n=100),
+            signal_latency=SignalLatencyConfig(
+                single_segments=200,
+                single_segments_per_reply=50,
+                sessions=50,
+                segments_per_session=4,
+            ),
+            segment_gap=SegmentGapConfig(segments_per_reply=10, replies=1),
+            leaks=LeaksConfig(turns=500, trim_every=50, warmup_turns=200),
+        )
+
+    @classmethod
+    def tiny(cls) -> BenchConfig:
+        """For the test suite: every code path, a few seconds, numbers meaningless."""
+        return cls(
+            preset="tiny",
+            install_cost=InstallCostConfig(batches=2, replies_per_batch=3, warmup_replies=1),
+            segment_cost=SegmentCostConfig(ns=(1, 3, 10), repeats=1),
+            signal_latency=SignalLatencyConfig(
+                single_segments=12,
+                single_segments_per_reply=6,
+                sessions=3,
+                segments_per_session=3,
+            ),
+            segment_gap=SegmentGapConfig(segments_per_reply=3, replies=1, frames_per_segment=3),
+            leaks=LeaksConfig(turns=30, trim_every=10, warmup_turns=10),
+        )
+
+    @classmethod
+    def preset_named(cls, name: str) -> BenchConfig:
+        presets: dict[str, Callable[[], BenchConfig]] = {
+            "default": cls.default,
+            "quick": cls.quick,
+            "tiny": cls.tiny,
+        }
+        return presets[name]()
+
+
+async def run_bench(
+    config: BenchConfig,
+    *,
+    only: Collection[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+    quiet_logs: bool = True,
+) -> BenchReport:
+    """Run the benchmarks (all, or those in ``only``) in this process and event loop.
+
+    The runtime patch is switched on and off as the comparison needs, and left as found.
+    """
+    selected = [b for b in BENCHMARKS if only is None or b in only]
+    forms = forms_mod.detect()
+    meta: dict[str, Any] = {
+        "preset": config.preset,
+        "mode": "native" if forms.native else "runtime",
+        "mode_description": forms.description,
+        "subject": forms.subject.value,
+        "livekit_agents": livekit.agents.__version__,
+        "livekit_segments": __version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "config": _config_json(config),
+    }
+    runners: dict[str, Callable[[], Awaitable[BenchResult]]] = {
+        "B1": lambda: run_install_cost(config.install_cost, forms),
+        "B2": lambda: run_segment_cost(config.segment_cost, forms),
+        "B3": lambda: run_signal_latency(config.signal_latency, forms),
+        "B4": lambda: run_segment_gap(config.segment_gap, forms),
+        "B5": lambda: run_leaks(config.leaks, forms),
+    }
+    results: list[BenchResult] = []
+    levels = _quiet_livekit_logs() if quiet_logs else {}
+    t0 = time.perf_counter()
+    try:
+        for bench_id in selected:
+            if progress is not None:
+                progress(f"{bench_id} running")
+            # what was alive before is not what is measured: freezing it keeps full
+            # collections (the bench's own and the periodic ones) from walking it
+            gc.collect()
+            gc.freeze()
+            t = time.perf_counter()
+            try:
+                result = await runners[bench_id]()
+            finally:
+                gc.unfreeze()
+            result.wall_s = time.perf_counter() - t
+            results.append(result)
+            if progress is not None:
+                progress(f"{bench_id} {result.status} in {result.wall_s:.1f} s")
+    finally:
+        forms.restore()
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+    return BenchReport(meta=meta, results=results, wall_s=time.perf_counter() - t0)
+
+
+def _quiet_livekit_logs() -> dict[str, int]:
+    """Upstream logs on every session start and close; keep the table readable, but let
+    this package's own warnings through. Returns the levels to put back."""
+    levels: dict[str, int] = {}
+    for name in ("livekit", "livekit.agents"):
+        logger = logging.getLogger(name)
+        levels[name] = logger.level
+        if logger.getEffectiveLevel() < logging.ERROR:
+            logger.setLevel(logging.ERROR)
+    own = logging.getLogger("livekit.segments")
+    levels[own.name] = own.level
+    if own.level == logging.NOTSET:
+        own.setLevel(logging.WARNING)  # not silenced through its "livekit" parent
+    return levels
+
+
+def _config_json(config: BenchConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)

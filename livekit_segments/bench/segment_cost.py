@@ -1,0 +1,195 @@
+"""B2, the cost per segment: one reply with N segments, `SegmentBreak` versus `FlushSentinel`."""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+import tracemalloc
+from dataclasses import dataclass
+
+from . import stats
+from .fakes import (
+    ScriptedAgent,
+    ScriptItem,
+    ZeroLatencySink,
+    close_session,
+    reply,
+    silence,
+    start_session,
+)
+from .forms import Form, Forms, activate, break_factory
+from .report import BenchResult, Row, fmt, fmt_ratio, judge
+
+__all__ = ["SegmentCostConfig", "run", "script"]
+
+TARGET_RATIO = 1.10
+# y ~ N**k between the two largest N: 1 is linear; fixed per-reply costs pull it below 1
+TARGET_EXPONENT = 1.10
+
+
+@dataclass(frozen=True)
+class SegmentCostConfig:
+    ns: tuple[int, ...]
+    repeats: int  # timed replies per (N, form); the median is reported
+    memory: bool = True  # one more reply per (N, form) under tracemalloc
+    memory_max_n: int | None = None  # tracemalloc slows replies ~3x: skip larger N
+
+
+def script(n: int, form: Form) -> list[ScriptItem]:
+    """A reply of ``n`` segments: text, then (break, text) ``n - 1`` times."""
+    brk = break_factory(form)
+    items: list[ScriptItem] = ["Segment 0."]
+    for i in range(1, n):
+        items += [brk(), f"Segment {i}."]
+    return items
+
+
+async def _measure(n: int, form: Form, *, memory: bool) -> tuple[float, float]:
+    """(wall s, thread CPU s) of one reply; with ``memory``, (peak bytes, 0) instead."""
+    activate(form)
+    if memory:
+        tracemalloc.start()
+    sink = ZeroLatencySink()
+    try:
+        session = await start_session(ScriptedAgent(script(n, form), frames=[silence(10)]), sink)
+        try:
+            gc.collect()
+            if memory:
+                tracemalloc.reset_peak()
+                base = tracemalloc.get_traced_memory()[0]
+            t0, c0 = time.perf_counter(), time.thread_time()
+            await reply(session)
+            wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+            if memory:
+                return float(tracemalloc.get_traced_memory()[1] - base), 0.0
+        finally:
+            await close_session(session, sink)
+    finally:
+        if memory:
+            tracemalloc.stop()
+    if sink.count != n:
+        raise RuntimeError(f"expected {n} segments at the sink, saw {sink.count}")
+    return wall, cpu
+
+
+def _span(ns: list[int]) -> str:
+    return f"N={ns[-2]}..{ns[-1]}" if len(ns) >= 2 else "-"
+
+
+async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
+    ns = list(cfg.ns)
+    mem_ns = [n for n in ns if cfg.memory and (cfg.memory_max_n is None or n <= cfg.memory_max_n)]
+    wall: dict[tuple[int, Form], list[float]] = {}
+    cpu: dict[tuple[int, Form], list[float]] = {}
+    peak: dict[tuple[int, Form], float] = {}
+    for rep in range(cfg.repeats):
+        for i, n in enumerate(ns):
+            for form in forms.order(rep + i):
+                w, c = await _measure(n, form, memory=False)
+                wall.setdefault((n, form), []).append(w)
+                cpu.setdefault((n, form), []).append(c)
+    for i, n in enumerate(mem_ns):
+        for form in forms.order(i):
+            peak[(n, form)] = (await _measure(n, form, memory=True))[0]
+
+    cpu_med = {k: stats.median(v) for k, v in cpu.items()}
+    wall_med = {k: stats.median(v) for k, v in wall.items()}
+    subject, base = forms.subject, forms.baseline
+
+    def per_segment(values: dict[tuple[int, Form], float], at: list[int], form: Form) -> float:
+        return stats.linear_fit([float(n) for n in at], [values[(n, form)] for n in at])[0]
+
+    def exponent(values: dict[tuple[int, Form], float], at: list[int]) -> float:
+        if len(at) < 2:
+            return math.nan
+        a, b = at[-2], at[-1]
+        return stats.growth_exponent(a, values[(a, subject)], b, values[(b, subject)])
+
+    seg_cpu = {f: per_segment(cpu_med, ns, f) for f in forms.all}
+    seg_ratio = stats.ratio(seg_cpu[subject], seg_cpu[base]) if base else None
+    time_exp = exponent(cpu_med, ns)
+    seg_mem = {f: per_segment(peak, mem_ns, f) for f in forms.all} if mem_ns else {}
+    mem_ratio = stats.ratio(seg_mem[subject], seg_mem[base]) if base and mem_ns else None
+    mem_exp = exponent(peak, mem_ns)
+
+    # NaN (too few points) compares False: not evidence of superlinear growth
+    linear = not (time_exp > TARGET_EXPONENT or mem_exp > TARGET_EXPONENT)
+    ratio_ok = None if seg_ratio is None else seg_ratio <= TARGET_RATIO
+    status = judge(linear and ratio_ok is not False)
+
+    def row(metric: str, values: dict[tuple[int, Form], float], n: int, unit: str) -> Row:
+        scale = 1e3 if unit == "ms" else 1 / 1024
+
+        def cell(form: Form | None) -> str:
+            return "-" if form is None else fmt(values[(n, form)] * scale, unit)
+
+        r = stats.ratio(values[(n, subject)], values[(n, base)]) if base else None
+        return Row(metric, cell(base), cell(subject), fmt_ratio(r))
+
+    rows = [row(f"N={n}: CPU time", cpu_med, n, "ms") for n in ns]
+    rows += [row(f"N={n}: peak memory", peak, n, "KiB") for n in mem_ns]
+    rows.append(
+        Row(
+            "CPU per segment (least-squares slope)",
+            fmt(seg_cpu[base] * 1e6, "us") if base else "-",
+            fmt(seg_cpu[subject] * 1e6, "us"),
+            fmt_ratio(seg_ratio),
+            f"<= {TARGET_RATIO}",
+            judge(ratio_ok),
+        )
+    )
+    if mem_ns:
+        rows.append(
+            Row(
+                "memory per segment (least-squares slope)",
+                fmt(seg_mem[base] / 1024, "KiB") if base else "-",
+                fmt(seg_mem[subject] / 1024, "KiB"),
+                fmt_ratio(mem_ratio),
+            )
+        )
+    rows.append(
+        Row(
+            f"growth exponent (time {_span(ns)}, memory {_span(mem_ns)})",
+            "",
+            f"{time_exp:.2f}, {mem_exp:.2f}",
+            "",
+            f"<= {TARGET_EXPONENT}",
+            judge(linear),
+        )
+    )
+
+    def table(
+        values: dict[tuple[int, Form], float], at: list[int], scale: float
+    ) -> dict[str, dict[str, float]]:
+        return {f.value: {str(n): values[(n, f)] * scale for n in at} for f in forms.all}
+
+    return BenchResult(
+        id="B2",
+        title="cost per segment",
+        target=(
+            f"linear growth (exponent <= {TARGET_EXPONENT}) and per-segment CPU ratio "
+            f"<= {TARGET_RATIO}"
+        ),
+        status=status,
+        rows=rows,
+        notes=[
+            f"one reply of N segments per fresh session, zero-latency TTS and sink; CPU is "
+            f"the median of {cfg.repeats} replies (thread time); memory is the tracemalloc "
+            f"peak above the pre-reply heap, from one more reply under tracemalloc"
+        ],
+        data={
+            "ns": ns,
+            "memory_ns": mem_ns,
+            "repeats": cfg.repeats,
+            "cpu_ms": table(cpu_med, ns, 1e3),
+            "wall_ms": table(wall_med, ns, 1e3),
+            "peak_kib": table(peak, mem_ns, 1 / 1024),
+            "cpu_per_segment_us": {f.value: v * 1e6 for f, v in seg_cpu.items()},
+            "per_segment_ratio": seg_ratio,
+            "memory_per_segment_kib": {f.value: v / 1024 for f, v in seg_mem.items()},
+            "memory_per_segment_ratio": mem_ratio,
+            "growth_exponent": {"time": time_exp, "memory": mem_exp},
+            "linear": linear,
+        },
+    )
