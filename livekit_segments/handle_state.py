@@ -11,7 +11,6 @@ import asyncio
 import time
 from typing import Any
 
-from livekit.agents import utils
 from livekit.agents.voice.speech_handle import InterruptionSource, SpeechHandle
 
 from .segment_break import SegmentBreak
@@ -71,12 +70,12 @@ def state_of(handle: SpeechHandle) -> HandleState:
     return st
 
 
-def _attach(handle: SpeechHandle, st: HandleState) -> None:
+def _attach(handle: SpeechHandle, st: HandleState, *, watch_done: bool = True) -> None:
     handle.__dict__[_STATE_ATTR] = st
     if handle.done():
         # a handle that finished before anyone asked can no longer start playing
         st.playout.cancel()
-    else:
+    elif watch_done:
         handle.add_done_callback(_on_handle_done)
 
 
@@ -106,12 +105,14 @@ class SegmentSpeechHandle(SpeechHandle):
 
     def __init__(self, *, turn: SpeechHandle, index: int, segment_break: SegmentBreak) -> None:
         super().__init__(
-            speech_id=utils.shortuuid("speech_"),
+            # traceable to its turn in logs and traces
+            speech_id=f"{turn.id}_seg{index}",
             allow_interruptions=turn.allow_interruptions,
             input_details=turn.input_details,
         )
         self._lk_turn = turn
-        _attach(self, HandleState(index, segment_break))
+        # finish_segment ends it, and cancels its playout_started there
+        _attach(self, HandleState(index, segment_break), watch_done=False)
         # it only exists once its segment is about to play
         self._mark_scheduled()
 
@@ -145,14 +146,15 @@ class SegmentSpeechHandle(SpeechHandle):
 
 def finish_segment(handle: SegmentSpeechHandle, *, interrupted: bool) -> None:
     """End a segment handle: interrupted or played out, then done."""
+    st = peek_state(handle)
+    if st is not None and not st.playout.done():
+        # cancelled first, so nobody who awaits the handle sees it pending; also when the
+        # handle was already marked done elsewhere (upstream's interruption timeout)
+        st.playout.cancel()
     if handle.done():
         return
     if interrupted:
         handle._cancel()
-    st = peek_state(handle)
-    if st is not None and not st.playout.done():
-        # cancel before done, so that nobody who awaits the handle sees it pending
-        st.playout.cancel()
     handle._mark_done()
 
 

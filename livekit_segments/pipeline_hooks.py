@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -105,18 +106,19 @@ class GenerationTracker:
 _generation: contextvars.ContextVar[GenerationTracker | None] = contextvars.ContextVar(
     "livekit_segments_generation", default=None
 )
-# (task, handle) of the segment being forwarded right now
-_playout_target: contextvars.ContextVar[tuple[asyncio.Task[Any] | None, SpeechHandle] | None] = (
+# (task, state) of the handle whose segment is being forwarded right now
+_playout_target: contextvars.ContextVar[tuple[asyncio.Task[Any] | None, HandleState] | None] = (
     contextvars.ContextVar("livekit_segments_playout_target", default=None)
 )
 
 
-def _current_target() -> SpeechHandle | None:
+def _current_target() -> HandleState | None:
     rec = _playout_target.get()
     if rec is not None and rec[0] is asyncio.current_task():
         return rec[1]
     # say() forwards directly, inside the speech task upstream tags with its handle
-    return _activity_mod._SpeechHandleContextVar.get(None)
+    handle = _activity_mod._SpeechHandleContextVar.get(None)
+    return None if handle is None else state_of(handle)
 
 
 def wrap_perform_llm_inference(original: F) -> F:
@@ -130,7 +132,9 @@ def wrap_perform_llm_inference(original: F) -> F:
         # the producer task reads the channel when it starts, after this returns
         def observed_send_nowait(value: Any) -> None:
             send_nowait(value)
-            tracker.observe(value)
+            # most items are more text of the segment already started: nothing to see
+            if not (tracker.in_segment and value.__class__ is str):
+                tracker.observe(value)
 
         text_ch.send_nowait = observed_send_nowait
         llm_task.add_done_callback(lambda _: tracker.end())
@@ -186,11 +190,15 @@ def _after_forward(
     if not isinstance(target, SegmentSpeechHandle) or target.done():
         return
     if turn.interrupted:
-        finish_segment(target, interrupted=True)
-        if ts.open_handle is target:
-            ts.open_handle = None
+        _end(ts, target, interrupted=True)
+        return
+    last = tracker.last_of_handle(j)
+    if last is not None:
+        if last:
+            _end(ts, target, interrupted=False)
         return
 
+    # the LLM has not said yet whether more of this response follows
     def check() -> bool:
         if target.done():
             return True
@@ -198,13 +206,16 @@ def _after_forward(
         if last is None:
             return False
         if last:
-            finish_segment(target, interrupted=turn.interrupted)
-            if ts.open_handle is target:
-                ts.open_handle = None
+            _end(ts, target, interrupted=turn.interrupted)
         return True
 
-    if not check():
-        tracker.when_known(check)
+    tracker.when_known(check)
+
+
+def _end(ts: HandleState, target: SegmentSpeechHandle, *, interrupted: bool) -> None:
+    finish_segment(target, interrupted=interrupted)
+    if ts.open_handle is target:
+        ts.open_handle = None
 
 
 def wrap_forward_generation(original: F) -> F:
@@ -229,7 +240,7 @@ def wrap_forward_generation(original: F) -> F:
                 ts = state_of(turn)
                 target = _route(turn, ts, tracker.breaks.pop(j, None))
 
-        token = _playout_target.set((task, target))
+        token = _playout_target.set((task, state_of(target)))
         try:
             return await original(*args, **kwargs)
         finally:
@@ -244,9 +255,8 @@ def wrap_perform_audio_forwarding(original: F) -> F:
     @functools.wraps(original)
     def perform_audio_forwarding(*args: Any, **kwargs: Any) -> Any:
         task, out = original(*args, **kwargs)
-        handle = _current_target()
-        if handle is not None:
-            st = state_of(handle)
+        st = _current_target()
+        if st is not None:
             st.audio_seen = True
             if not st.playout.done():
                 _resolve_on_playback_started(kwargs["audio_output"], out.first_frame_fut, st)
@@ -267,19 +277,23 @@ def _resolve_on_playback_started(
             if not first_frame_fut.cancelled():
                 resolve_playout(st, first_frame_fut.result())
 
+    # the emitter inspects each listener's signature at every emit; give it ready-made
+    on_playback_started.__signature__ = _ONE_ARG  # type: ignore[attr-defined]
     audio_output.on("playback_started", on_playback_started)
     first_frame_fut.add_done_callback(
         lambda _: audio_output.off("playback_started", on_playback_started)
     )
 
 
+_ONE_ARG = inspect.Signature([inspect.Parameter("ev", inspect.Parameter.POSITIONAL_ONLY)])
+
+
 def wrap_perform_text_forwarding(original: F) -> F:
     @functools.wraps(original)
     def perform_text_forwarding(*args: Any, **kwargs: Any) -> Any:
         task, out = original(*args, **kwargs)
-        handle = _current_target()
-        if handle is not None:
-            st = state_of(handle)
+        st = _current_target()
+        if st is not None:
             if not st.playout.done() and not st.audio_seen:
 
                 def on_first_text(fut: asyncio.Future[None]) -> None:

@@ -164,6 +164,7 @@ async def test_one_break_opens_and_announces_a_handle() -> None:
     assert second.segment_break.id == "answer"
     assert second.segment_break.userdata == {"source": "rag"}
     assert isinstance(second, SpeechHandle) and second is not first
+    assert second.id == f"{first.id}_seg1"  # traceable to its turn
     # announced before its audio reached the sink
     assert created_at_sink_segments == [1]
     ev = t.rec.of("speech_created")[1]
