@@ -19,6 +19,11 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
+def mean(values: Sequence[float]) -> float:
+    """The arithmetic mean (of a non-empty sequence)."""
+    return sum(values) / len(values)
+
+
 def median(values: Sequence[float]) -> float:
     return percentile(values, 50.0)
 
