@@ -596,3 +596,24 @@ async def test_handles_without_segments_have_the_defaults() -> None:
     handle._mark_done()
     await handle
     assert handle.playout_started.cancelled()
+
+
+async def test_user_barge_in_during_a_later_segment() -> None:
+    # what the VAD path calls when the user starts talking over the agent
+    t = Turn(
+        [["One.", SegmentBreak(id="b"), "Two.", SegmentBreak(id="c"), "Three."]], finish="manual"
+    )
+    turn = await t.start()
+    await t.sink.segment_started(0)
+    t.sink.finish_playback()
+    await t.sink.segment_started(1)
+    assert t.session is not None
+    activity = t.session._activity
+    assert activity is not None
+    activity._interrupt_by_audio_activity()
+    await turn
+    await t.close()
+    second = t.handles[1]
+    assert [h.segment_index for h in t.handles] == [0, 1]
+    assert second.interrupted and second.done()
+    assert turn.interrupted
