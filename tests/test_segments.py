@@ -66,6 +66,14 @@ class Turn:
         assert self.session is not None
         await self.session.aclose()
 
+    async def play_until(self, k: int) -> None:
+        """Play segments 0..k-1 out in full (manual finish), then wait for segment k to start."""
+        assert self.sink is not None
+        for n in range(k):
+            await self.sink.segment_started(n)
+            self.sink.finish_playback()
+        await self.sink.segment_started(k)
+
     @property
     def handles(self) -> list[SpeechHandle]:
         return list(self.rec.handles)
@@ -347,9 +355,7 @@ async def test_interrupt_during_a_later_segment(via: str) -> None:
         finish="manual",
     )
     turn = await t.start()
-    await t.sink.segment_started(0)
-    t.sink.finish_playback()
-    await t.sink.segment_started(1)
+    await t.play_until(1)
     second = t.handles[1]
     if via == "segment_handle":
         assert second.interrupt() is second
@@ -375,11 +381,7 @@ async def test_finished_segment_handle_is_not_interrupted_later() -> None:
         finish="manual",
     )
     turn = await t.start()
-    await t.sink.segment_started(0)
-    t.sink.finish_playback()
-    await t.sink.segment_started(1)
-    t.sink.finish_playback()
-    await t.sink.segment_started(2)
+    await t.play_until(2)
     second, third = t.handles[1], t.handles[2]
     assert second.done() and not second.interrupted
     assert second.interrupt() is second  # done: nothing to interrupt, turn untouched
@@ -394,9 +396,7 @@ async def test_finished_segment_handle_is_not_interrupted_later() -> None:
 async def test_allow_interruptions_false_is_honoured_by_segment_handles() -> None:
     t = Turn([["One.", SegmentBreak(id="b"), "Two."]], finish="manual")
     turn = await t.start(allow_interruptions=False)
-    await t.sink.segment_started(0)
-    t.sink.finish_playback()
-    await t.sink.segment_started(1)
+    await t.play_until(1)
     second = t.handles[1]
     assert second.allow_interruptions is False
     with pytest.raises(RuntimeError, match="does not allow interruptions"):
@@ -559,9 +559,7 @@ async def test_session_close_mid_turn_leaves_nothing_pending() -> None:
         finish="manual",
     )
     turn = await t.start()
-    await t.sink.segment_started(0)
-    t.sink.finish_playback()
-    await t.sink.segment_started(1)
+    await t.play_until(1)
     await t.close()
     await settled(t.handles)
     for h in t.handles:
@@ -604,9 +602,7 @@ async def test_user_barge_in_during_a_later_segment() -> None:
         [["One.", SegmentBreak(id="b"), "Two.", SegmentBreak(id="c"), "Three."]], finish="manual"
     )
     turn = await t.start()
-    await t.sink.segment_started(0)
-    t.sink.finish_playback()
-    await t.sink.segment_started(1)
+    await t.play_until(1)
     assert t.session is not None
     activity = t.session._activity
     assert activity is not None
