@@ -16,28 +16,24 @@ from typing import Any
 
 from livekit import rtc
 from livekit.agents import (
-    NOT_GIVEN,
     Agent,
     AgentSession,
     FlushSentinel,
     ModelSettings,
-    NotGivenOr,
     llm,
-    tts,
 )
-from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from livekit.agents.voice import io
 from livekit.agents.voice.speech_handle import SpeechHandle
+
+from ..offline_models import NodeOnlyLLM, NodeOnlyTTS
 
 __all__ = [
     "SAMPLE_RATE",
     "AudioSourceSink",
-    "NoopLLM",
     "ScriptItem",
     "ScriptedAgent",
     "SinkSegment",
     "SourceSegment",
-    "StubTTS",
     "TextSink",
     "ZeroLatencySink",
     "close_session",
@@ -54,38 +50,6 @@ ScriptItem = str | FlushSentinel
 def silence(duration_ms: int) -> rtc.AudioFrame:
     """One mono 16-bit frame of silence (the sinks time frames; they never read samples)."""
     return rtc.AudioFrame.create(SAMPLE_RATE, 1, SAMPLE_RATE * duration_ms // 1000)
-
-
-class NoopLLM(llm.LLM[Any]):
-    """Satisfies `AgentSession`; the scripted agent overrides `llm_node`, so it never runs."""
-
-    def chat(
-        self,
-        *,
-        chat_ctx: llm.ChatContext,
-        tools: list[llm.Tool] | None = None,
-        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
-        parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
-        tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
-        extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
-    ) -> llm.LLMStream:
-        raise RuntimeError("the bench's scripted agent never calls the LLM")
-
-
-class StubTTS(tts.TTS[Any]):
-    """Gives the session a TTS; the scripted agent's `tts_node` does the synthesis."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            capabilities=tts.TTSCapabilities(streaming=False),
-            sample_rate=SAMPLE_RATE,
-            num_channels=1,
-        )
-
-    def synthesize(
-        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
-    ) -> tts.ChunkedStream:
-        raise RuntimeError("the bench's scripted agent synthesizes in tts_node")
 
 
 class ScriptedAgent(Agent):
@@ -269,8 +233,8 @@ async def start_session(
 ) -> AgentSession[None]:
     """A session with the bench's LLM, TTS and sinks, no turn detection and no VAD."""
     session: AgentSession[None] = AgentSession(
-        llm=NoopLLM(),
-        tts=StubTTS(),
+        llm=NodeOnlyLLM(),
+        tts=NodeOnlyTTS(SAMPLE_RATE),
         turn_handling={
             "turn_detection": None,
             # the sinks cannot pause; saying so keeps upstream from warning on every start
