@@ -1,18 +1,18 @@
-"""Model placeholders for an `AgentSession` whose agent overrides ``llm_node`` and ``tts_node``.
+"""An offline `AgentSession` for agents that override ``llm_node`` and ``tts_node``.
 
 `AgentSession` needs an LLM to run a reply, and a TTS for ``say()`` and to declare the output
 format, even when the agent produces text and audio itself. The demo, the benchmarks and the
-tests all run sessions like that, offline, with these.
+tests all run sessions like that, with no microphone, through `offline_session`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from livekit.agents import NOT_GIVEN, NotGivenOr, llm, tts
+from livekit.agents import NOT_GIVEN, AgentSession, NotGivenOr, llm, tts
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 
-__all__ = ["NodeOnlyLLM", "NodeOnlyTTS"]
+__all__ = ["NodeOnlyLLM", "NodeOnlyTTS", "offline_session"]
 
 
 class NodeOnlyLLM(llm.LLM[Any]):
@@ -47,3 +47,18 @@ class NodeOnlyTTS(tts.TTS[Any]):
     ) -> tts.ChunkedStream:
         """Never called: raises, since the agent's ``tts_node`` should have synthesized."""
         raise RuntimeError("NodeOnlyTTS is a placeholder: override the agent's tts_node")
+
+
+def offline_session(*, sample_rate: int) -> AgentSession[None]:
+    """A session with the placeholders, no turn detection and nothing that needs a microphone."""
+    return AgentSession(
+        llm=NodeOnlyLLM(),
+        tts=NodeOnlyTTS(sample_rate),
+        turn_handling={
+            "turn_detection": None,
+            # no microphone: no false interruption to resume (and test sinks cannot pause)
+            "interruption": {"resume_false_interruption": False},
+        },
+        # no echo-cancellation warm-up either: it would delay interruptions
+        aec_warmup_duration=None,
+    )

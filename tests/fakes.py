@@ -23,7 +23,7 @@ from livekit.agents import (
 )
 from livekit.agents.llm import ChatChunk, ChoiceDelta, FunctionToolCall
 from livekit.agents.voice import io
-from livekit_segments.offline_models import NodeOnlyLLM, NodeOnlyTTS
+from livekit_segments.offline_models import offline_session
 
 SAMPLE_RATE = 24000
 FRAME_MS = 10
@@ -361,12 +361,7 @@ async def start_session(
     text_sink: FakeTextSink | None = None,
     recorder: Recorder | None = None,
 ) -> AgentSession:
-    session: AgentSession = AgentSession(
-        llm=NodeOnlyLLM(),
-        tts=NodeOnlyTTS(SAMPLE_RATE),
-        turn_handling={"turn_detection": None},
-        aec_warmup_duration=None,
-    )
+    session = offline_session(sample_rate=SAMPLE_RATE)
     if recorder is not None:
         recorder.attach(session)
     if sink is not None:

@@ -25,7 +25,7 @@ from livekit.agents import (
 from livekit.agents.voice import io
 from livekit.agents.voice.speech_handle import SpeechHandle
 
-from ..offline_models import NodeOnlyLLM, NodeOnlyTTS
+from ..offline_models import offline_session
 
 __all__ = [
     "SAMPLE_RATE",
@@ -232,16 +232,7 @@ async def start_session(
     on_speech_created: Callable[[Any], None] | None = None,
 ) -> AgentSession[None]:
     """A session with the bench's LLM, TTS and sinks, no turn detection and no VAD."""
-    session: AgentSession[None] = AgentSession(
-        llm=NodeOnlyLLM(),
-        tts=NodeOnlyTTS(SAMPLE_RATE),
-        turn_handling={
-            "turn_detection": None,
-            # the sinks cannot pause; saying so keeps upstream from warning on every start
-            "interruption": {"resume_false_interruption": False},
-        },
-        aec_warmup_duration=None,
-    )
+    session = offline_session(sample_rate=SAMPLE_RATE)
     if on_speech_created is not None:
         session.on("speech_created", on_speech_created)
     session.output.audio = sink

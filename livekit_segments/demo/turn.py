@@ -8,11 +8,10 @@ import time
 from dataclasses import dataclass, field
 
 import livekit_segments
-from livekit.agents import AgentSession
 from livekit.agents.voice.events import SpeechCreatedEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
 
-from ..offline_models import NodeOnlyLLM, NodeOnlyTTS
+from ..offline_models import offline_session
 from .agent import QUESTION, DemoAgent, Response, TranscriptCollector
 from .realtime_sink import RealtimeAudioSink
 from .synth import Synthesizer
@@ -79,17 +78,7 @@ async def run_turn(
     def on_speech_created(ev: SpeechCreatedEvent) -> None:
         handles.append(HandleRecord(ev.speech_handle, time.time()))
 
-    session: AgentSession[None] = AgentSession(
-        llm=NodeOnlyLLM(),
-        tts=NodeOnlyTTS(SAMPLE_RATE),
-        turn_handling={
-            "turn_detection": None,
-            # no microphone, so no false interruption to resume (and the sink cannot pause)
-            "interruption": {"resume_false_interruption": False},
-        },
-        # no echo-cancellation warm-up: there is no microphone, and it would delay interrupts
-        aec_warmup_duration=None,
-    )
+    session = offline_session(sample_rate=SAMPLE_RATE)
     session.on("speech_created", on_speech_created)
     session.output.audio = sink
     session.output.transcription = transcript
