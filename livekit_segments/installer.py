@@ -24,7 +24,7 @@ from livekit.agents.ipc import job_proc_executor
 from livekit.agents.utils import aio
 from livekit.agents.voice import agent_activity, events, generation, speech_handle
 
-from . import handle_state, job_process, pipeline_hooks
+from . import handle_state, job_process, pipeline_hooks, segment_break
 
 __all__ = [
     "SUPPORTED_VERSIONS",
@@ -117,6 +117,7 @@ def install(*, force: bool = False) -> None:
                 f"livekit-segments release that supports this one."
             )
         _apply(_plan())
+        segment_break._patch_active = True
         job_process.on_install()
 
 
@@ -141,6 +142,7 @@ def uninstall() -> None:
             else:
                 setattr(applied.owner, applied.name, applied.original)
         _applied.clear()
+        segment_break._patch_active = False
         job_process.on_uninstall()
 
 

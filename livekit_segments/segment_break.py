@@ -10,6 +10,11 @@ from livekit.agents import FlushSentinel
 __all__ = ["SegmentBreak"]
 
 
+# set by install() and uninstall(): a plain flag keeps SegmentBreak() as cheap as the
+# FlushSentinel() it stands in for
+_patch_active = False
+
+
 class SegmentBreak(FlushSentinel):
     """Ends the current response and starts a new one with its own `SpeechHandle`.
 
@@ -32,9 +37,9 @@ class SegmentBreak(FlushSentinel):
             )
         self._id = id
         self._userdata = userdata
-        from . import installer, job_process
+        if not _patch_active:
+            from . import job_process
 
-        if not installer.is_installed():
             job_process.warn_if_inactive()
 
     @property
