@@ -85,7 +85,6 @@ def _on_handle_done(handle: SpeechHandle) -> None:
         return
     if st.open_handle is not None:
         finish_segment(st.open_handle, interrupted=handle.interrupted)
-        st.open_handle = None
     if not st.playout.done():
         st.playout.cancel()
 
@@ -145,7 +144,10 @@ class SegmentSpeechHandle(SpeechHandle):
 
 
 def finish_segment(handle: SegmentSpeechHandle, *, interrupted: bool) -> None:
-    """End a segment handle: interrupted or played out, then done."""
+    """End a segment handle: interrupted or played out, then done; its turn's open no more."""
+    turn_st = peek_state(handle.turn)
+    if turn_st is not None and turn_st.open_handle is handle:
+        turn_st.open_handle = None
     st = peek_state(handle)
     if st is not None and not st.playout.done():
         # cancelled first, so nobody who awaits the handle sees it pending; also when the

@@ -167,7 +167,7 @@ def _route(turn: SpeechHandle, ts: HandleState, brk: SegmentBreak | None) -> Spe
         ts.segment_break = brk  # a leading break labels segment 0
         target = turn
     else:
-        if ts.open_handle is not None:
+        if ts.open_handle is not None:  # a next break was seen before the end was known
             finish_segment(ts.open_handle, interrupted=False)
         newest = ts.newest or turn
         # only the newest handle may still start playing: results strictly increase
@@ -185,37 +185,27 @@ def _route(turn: SpeechHandle, ts: HandleState, brk: SegmentBreak | None) -> Spe
 
 
 def _after_forward(
-    turn: SpeechHandle, ts: HandleState, tracker: GenerationTracker, j: int, target: SpeechHandle
+    turn: SpeechHandle, tracker: GenerationTracker, j: int, target: SpeechHandle
 ) -> None:
-    if not isinstance(target, SegmentSpeechHandle) or target.done():
-        return
-    if turn.interrupted:
-        _end(ts, target, interrupted=True)
-        return
-    last = tracker.last_of_handle(j)
-    if last is not None:
-        if last:
-            _end(ts, target, interrupted=False)
+    if not isinstance(target, SegmentSpeechHandle):
         return
 
-    # the LLM has not said yet whether more of this response follows
+    # ends the handle once it is known that no more of its response follows
     def check() -> bool:
         if target.done():
             return True
+        if turn.interrupted:
+            finish_segment(target, interrupted=True)
+            return True
         last = tracker.last_of_handle(j)
         if last is None:
-            return False
+            return False  # the LLM has not said yet
         if last:
-            _end(ts, target, interrupted=turn.interrupted)
+            finish_segment(target, interrupted=False)
         return True
 
-    tracker.when_known(check)
-
-
-def _end(ts: HandleState, target: SegmentSpeechHandle, *, interrupted: bool) -> None:
-    finish_segment(target, interrupted=interrupted)
-    if ts.open_handle is target:
-        ts.open_handle = None
+    if not check():
+        tracker.when_known(check)
 
 
 def wrap_forward_generation(original: F) -> F:
@@ -232,21 +222,19 @@ def wrap_forward_generation(original: F) -> F:
 
         target: SpeechHandle = turn
         j = -1
-        ts: HandleState | None = None
         if tracker is not None:
             j = tracker.forwarded
             tracker.forwarded += 1
             if not turn.interrupted:
-                ts = state_of(turn)
-                target = _route(turn, ts, tracker.breaks.pop(j, None))
+                target = _route(turn, state_of(turn), tracker.breaks.pop(j, None))
 
         token = _playout_target.set((task, state_of(target)))
         try:
             return await original(*args, **kwargs)
         finally:
             _playout_target.reset(token)
-            if ts is not None and tracker is not None:
-                _after_forward(turn, ts, tracker, j, target)
+            if tracker is not None:
+                _after_forward(turn, tracker, j, target)
 
     return forward_generation  # type: ignore[return-value]
 
