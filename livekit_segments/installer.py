@@ -137,10 +137,7 @@ def uninstall() -> None:
                     _owner_name(applied.owner),
                     applied.name,
                 )
-            if applied.original is _MISSING:
-                delattr(applied.owner, applied.name)
-            else:
-                setattr(applied.owner, applied.name, applied.original)
+            _restore(applied)
         _applied.clear()
         segment_break._patch_active = False
         job_process.on_uninstall()
@@ -204,12 +201,17 @@ def _apply(plan: list[_Patch]) -> None:
     except BaseException:
         # setattr on a module or class does not fail in practice; never leave half a patch
         for applied in reversed(_applied):
-            if applied.original is _MISSING:
-                delattr(applied.owner, applied.name)
-            else:
-                setattr(applied.owner, applied.name, applied.original)
+            _restore(applied)
         _applied.clear()
         raise
+
+
+def _restore(applied: _Applied) -> None:
+    """Put the original object back, or remove an attribute the patch added."""
+    if applied.original is _MISSING:
+        delattr(applied.owner, applied.name)
+    else:
+        setattr(applied.owner, applied.name, applied.original)
 
 
 def _has_params(fn: Callable[..., Any], *names: str) -> bool:
