@@ -220,16 +220,20 @@ def _has_params(fn: Callable[..., Any], *names: str) -> bool:
 
 
 def _check_seams() -> list[str]:
-    """Everything the hooks rely on, described so that a failure names what moved."""
-    problems: list[str] = []
+    """The seams that are missing, each described so that a failure names what moved."""
+    return [what for what, ok in seam_report() if not ok]
+
+
+def seam_report() -> list[tuple[str, bool]]:
+    """Every internal `install()` relies on, in check order, with whether it holds here."""
+    report: list[tuple[str, bool]] = []
 
     def need(what: str, check: Callable[..., object], *args: Any) -> None:
         try:
             good = bool(check(*args))
         except Exception:
             good = False
-        if not good:
-            problems.append(what)
+        report.append((what, good))
 
     def has_callable(owner: object, name: str) -> bool:
         return callable(getattr(owner, name))
@@ -300,4 +304,4 @@ def _check_seams() -> list[str]:
         ),
     )
     need("livekit.agents.FlushSentinel", lambda: isinstance(agents.FlushSentinel, type))
-    return problems
+    return report
