@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,14 @@ import pytest
 
 import livekit_segments
 from livekit_segments import bench
-from livekit_segments.bench import cli as bench_cli, forms as bench_forms
+from livekit_segments.bench import (
+    cli as bench_cli,
+    forms as bench_forms,
+    install_cost,
+    report as bench_report,
+    segment_cost,
+    stats,
+)
 from livekit_segments.bench.report import BenchReport, BenchResult, Row
 from livekit_segments.bench.runner import BENCHMARKS, BenchConfig, run_bench
 
@@ -43,8 +51,16 @@ def check_report(doc: dict[str, Any], *, native: bool) -> None:
     assert doc["subject"] == subject
     forms = [subject] if native else ["upstream", subject]
     for bench_id, b in benches.items():
-        assert b["status"] in ("pass", "miss", "n/a"), bench_id
+        assert b["status"] in ("met", "missed", "inconclusive", "n/a"), bench_id
         assert b["target"] and b["title"], bench_id
+        verdicts = [t["verdict"] for t in b["targets"]]
+        assert verdicts, bench_id
+        # a benchmark's verdict is its worst target's
+        assert b["status"] == bench_report.combine(verdicts), bench_id
+        for t in b["targets"]:
+            if "point" in t:  # a noisy figure: judged from its interval
+                assert t["ci95"][0] <= t["ci95"][1], (bench_id, t)
+                assert t["n"] >= 1 and t["statistic"], (bench_id, t)
     for where, x in numbers(doc):
         assert math.isfinite(x), where
 
@@ -59,7 +75,12 @@ def check_report(doc: dict[str, Any], *, native: bool) -> None:
         for form in forms:
             assert list(b2[table][form]) == [str(n) for n in b2["ns"]]
             assert all(v > 0 for v in b2[table][form].values()), (table, form)
-    assert b2["linear"] in (True, False)
+    assert [t["name"] for t in b2["targets"]] == [
+        "CPU per segment ratio (slope)",
+        "growth exponent, CPU time",
+        "growth exponent, memory",
+    ]
+    assert len(b2["repetition_time_exponents"]) == b2["repeats"]
 
     b3 = benches["B3"]
     assert b3["value_equal"] is True
@@ -82,11 +103,17 @@ def check_report(doc: dict[str, Any], *, native: bool) -> None:
     assert b5["segments"] == b5["turns"] * 3
 
     ratios = [b1["ratio"], b2["per_segment_ratio"], b4["ratio"]]
+    compared = [b1["targets"][0], b2["targets"][0], b4["targets"][0]]
     if native:
         assert ratios == [None, None, None]
         assert b1["status"] == "n/a" and b4["status"] == "n/a"
+        assert [t["verdict"] for t in compared] == ["n/a"] * 3
+        assert not any("point" in t for t in compared)
     else:
         assert all(r is not None and r > 0 for r in ratios)
+        assert all("ci95" in t for t in compared)
+        assert len(b1["pair_ratios"]) == b1["batches"]
+        assert b1["targets"][0]["n"] == b1["batches"]
 
 
 async def test_tiny_run_reports_all_five(tmp_path: Path) -> None:
@@ -156,14 +183,17 @@ def test_cli_rejects_unknown_benchmarks() -> None:
 @pytest.mark.parametrize(
     ("status", "check", "code"),
     [
-        ("miss", False, 0),
-        ("miss", True, 1),
-        ("pass", True, 0),
+        ("missed", False, 0),
+        ("missed", True, 1),
+        ("inconclusive", True, 0),
+        ("inconclusive", False, 0),
+        ("met", True, 0),
         ("n/a", True, 0),
     ],
 )
 def test_exit_code(monkeypatch: pytest.MonkeyPatch, status: str, check: bool, code: int) -> None:
-    """A miss is a measurement: exit 0, unless --check asks for 1."""
+    """A miss is a measurement: exit 0, unless --check asks for 1; only a miss fails it, an
+    inconclusive verdict (the interval straddles the target) does not."""
 
     async def fake_run_bench(config: BenchConfig, **_: Any) -> BenchReport:
         result = BenchResult(
@@ -194,3 +224,155 @@ def test_presets_keep_the_required_sizes() -> None:
     for small in (quick, tiny):
         assert small.leaks.turns < default.leaks.turns
         assert small.install_cost.batches <= b1.batches
+
+
+# -- the statistics behind the verdicts, on synthetic samples (no timing involved)
+
+
+def spread(center: float, width: float, n: int) -> list[float]:
+    """``n`` samples evenly spread over ``center +- width`` (a deterministic stand-in for noise)."""
+    return [center - width + 2 * width * i / (n - 1) for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("samples", "verdict"),
+    [
+        (spread(0.98, 0.03, 40), "met"),  # the whole interval below 1.02
+        (spread(1.10, 0.03, 40), "missed"),  # the whole interval above 1.02
+        (spread(1.02, 0.05, 40), "inconclusive"),  # straddles 1.02
+        (spread(1.01, 0.30, 40), "inconclusive"),  # below 1.02, but too noisy to tell
+        (spread(0.90, 0.01, 5), "inconclusive"),  # far below, but 5 samples are too few
+        (spread(0.90, 0.01, 6), "met"),
+        (spread(1.20, 0.01, 6), "missed"),
+    ],
+)
+def test_verdict_is_decided_by_the_whole_interval(samples: list[float], verdict: str) -> None:
+    est = stats.median_estimate(samples, "median of synthetic ratios")
+    assert est.low <= est.point <= est.high
+    assert est.n == len(samples)
+    assert stats.verdict(est, 1.02) == verdict
+
+
+def test_verdict_edges() -> None:
+    at_limit = stats.Estimate(0.9, 0.8, 1.0, 30, "x")
+    assert stats.verdict(at_limit, 1.0) == "met"  # <= 1.0: the upper end may touch it
+    assert stats.verdict(at_limit, 1.0, strict=True) == "inconclusive"  # < 1.0: it may not
+    above = stats.Estimate(1.1, 1.0, 1.2, 30, "x")
+    assert stats.verdict(above, 1.0) == "inconclusive"
+    assert stats.verdict(above, 1.0, strict=True) == "missed"
+    assert stats.verdict(None, 1.0) == "n/a"  # nothing to compare (native mode)
+    assert stats.verdict(stats.median_estimate([], "x"), 1.0) == "inconclusive"
+
+
+def test_bootstrap_is_deterministic_for_given_samples() -> None:
+    rng = random.Random(7)
+    samples = [rng.lognormvariate(0, 0.1) for _ in range(50)]
+    state = random.getstate()
+    first = stats.bootstrap_interval(samples, stats.median)
+    assert random.getstate() == state  # its own generator: the global one is left alone
+    random.random()
+    assert stats.bootstrap_interval(list(samples), stats.median) == first
+    assert stats.median_estimate(samples, "x") == stats.median_estimate(samples, "x")
+    other = stats.bootstrap_interval(samples, stats.median, seed=stats.BOOTSTRAP_SEED + 1)
+    assert other != first  # the seed is what fixes it
+    lo, hi = first
+    assert min(samples) <= lo < stats.median(samples) < hi <= max(samples)
+
+
+def test_median_difference_interval() -> None:
+    base = spread(2.0, 0.5, 48)
+    est = stats.median_difference_estimate([x + 0.1 for x in base], base, "gap difference")
+    assert est.point == pytest.approx(0.1)
+    assert est.low < 0.1 < est.high
+    assert stats.verdict(est, 1.0, strict=True) == "met"
+    far = stats.median_difference_estimate([x + 3.0 for x in base], base, "gap difference")
+    assert stats.verdict(far, 1.0, strict=True) == "missed"
+
+
+def test_combine_takes_the_worst_verdict() -> None:
+    assert bench_report.combine(["met", "inconclusive", "missed"]) == "missed"
+    assert bench_report.combine(["met", "inconclusive", "n/a"]) == "inconclusive"
+    assert bench_report.combine(["met", "n/a"]) == "met"
+    assert bench_report.combine(["n/a"]) == "n/a"
+
+
+def test_table_shows_estimate_interval_and_verdict() -> None:
+    est = stats.median_estimate(spread(1.10, 0.03, 40), "median of 40 per-pair ratios")
+    verdict = stats.verdict(est, 1.02)
+    result = BenchResult(
+        id="B1",
+        title="cost of being installed",
+        target="t",
+        status=verdict,
+        rows=[Row("m", "1 ms", "1.1 ms", bench_report.fmt_estimate(est), "<= 1.02", verdict)],
+        data={},
+        judged=[bench_report.Judged("CPU per reply ratio", "<= 1.02", verdict, est)],
+    )
+    rep = BenchReport(meta={}, results=[result])
+    table = rep.render_table()
+    assert f"{est.point:.3f} [{est.low:.3f}, {est.high:.3f}]" in table
+    assert "MISSED" in table and "targets missed: B1" in table
+    target = rep.to_json()["benchmarks"]["B1"]["targets"][0]
+    assert target["verdict"] == "missed"
+    assert target["point"] == est.point and target["ci95"] == [est.low, est.high]
+    assert target["n"] == 40
+    few = stats.median_estimate([1.0, 1.1], "x")
+    assert bench_report.fmt_estimate(few).endswith("(n=2, too few)")
+
+
+# -- B1 and B2 judge synthetic measurements (the measuring function replaced; no timing)
+
+RUNTIME_FORMS = bench_forms.Forms(native=False, was_installed=True)
+
+
+@pytest.mark.parametrize(
+    ("repeats", "patch_factor", "verdict"),
+    [(8, 1.0, "met"), (8, 1.5, "missed"), (8, 1.1, "inconclusive"), (3, 1.0, "inconclusive")],
+)
+async def test_b2_judges_the_slope_ratio_over_paired_repetitions(
+    monkeypatch: pytest.MonkeyPatch, repeats: int, patch_factor: float, verdict: str
+) -> None:
+    rng = random.Random(3)
+
+    async def fake_measure(n: int, form: bench_forms.Form, *, memory: bool) -> tuple[float, float]:
+        if memory:
+            return 8000.0 * n, 0.0
+        per_segment = 500e-6 * (patch_factor if form is bench_forms.Form.PATCHED else 1.0)
+        cpu = (2e-3 + per_segment * n) * rng.uniform(0.97, 1.03)
+        return cpu, cpu
+
+    monkeypatch.setattr(segment_cost, "_measure", fake_measure)
+    cfg = segment_cost.SegmentCostConfig(ns=(1, 10, 100, 1000), repeats=repeats)
+    result = await segment_cost.run(cfg, RUNTIME_FORMS)
+    slope = result.judged[0]
+    assert slope.name == "CPU per segment ratio (slope)"
+    assert slope.estimate is not None and slope.estimate.n == repeats
+    assert slope.estimate.low <= patch_factor <= slope.estimate.high
+    assert slope.verdict == verdict
+    assert len(result.data["repetition_slope_ratios"]) == repeats
+    growth = result.judged[1]
+    assert growth.estimate is not None
+    assert growth.verdict == ("met" if repeats >= stats.MIN_SAMPLES else "inconclusive")
+    assert result.status == bench_report.combine([j.verdict for j in result.judged])
+
+
+@pytest.mark.parametrize(("patch_factor", "verdict"), [(1.0, "met"), (1.2, "missed")])
+async def test_b1_judges_the_median_of_per_pair_ratios(
+    monkeypatch: pytest.MonkeyPatch, patch_factor: float, verdict: str
+) -> None:
+    rng = random.Random(5)
+    outliers = iter([10.0, 10.0])  # two batches hit by the machine: a mean would move
+
+    async def fake_batch(session: Any, form: bench_forms.Form, cfg: Any) -> float:
+        factor = patch_factor if form is bench_forms.Form.PATCHED else 1.0
+        spike = next(outliers, 1.0) if form is bench_forms.Form.PATCHED else 1.0
+        return 3e-3 * factor * spike * rng.uniform(0.98, 1.02)
+
+    monkeypatch.setattr(install_cost, "_batch", fake_batch)
+    cfg = install_cost.InstallCostConfig(batches=20, replies_per_batch=1, warmup_replies=0)
+    result = await install_cost.run(cfg, RUNTIME_FORMS)
+    (judged,) = result.judged
+    assert judged.estimate is not None and judged.estimate.n == 20
+    assert judged.estimate.low <= patch_factor <= judged.estimate.high
+    assert judged.verdict == verdict == result.status
+    assert result.data["ratio_of_means"] > 1.5  # what the old verdict used
