@@ -143,15 +143,29 @@ async def run(cfg: LeaksConfig, forms: Forms) -> BenchResult:
     blocks_growth = end.blocks - warm.blocks
     closed_ok = closed.handles == base.handles
     judged = [
-        Judged("live SpeechHandles warm -> end", "equal", judge(end.handles == warm.handles)),
-        Judged("live SpeechHandles baseline -> closed", "equal", judge(closed_ok)),
         Judged(
-            "RSS growth",
-            f"<= {RSS_NOISE_BYTES / 2**20:.0f} MiB",
-            judge(rss_growth <= RSS_NOISE_BYTES),
+            "live SpeechHandles warm -> end",
+            "equal",
+            judge(end.handles == warm.handles),
+            value=f"{warm.handles} -> {end.handles}",
         ),
         Judged(
-            "live Python blocks growth", f"<= {BLOCKS_NOISE}", judge(blocks_growth <= BLOCKS_NOISE)
+            "live SpeechHandles baseline -> closed",
+            "equal",
+            judge(closed_ok),
+            value=f"{base.handles} -> {closed.handles}",
+        ),
+        Judged(
+            "resident memory growth",
+            f"<= {RSS_NOISE_BYTES / 2**20:.0f} MiB",
+            judge(rss_growth <= RSS_NOISE_BYTES),
+            value=f"{rss_growth / 2**20:+.2f} MiB",
+        ),
+        Judged(
+            "live Python blocks growth",
+            f"<= {BLOCKS_NOISE}",
+            judge(blocks_growth <= BLOCKS_NOISE),
+            value=f"{blocks_growth:+d}",
         ),
     ]
     status = combine([j.verdict for j in judged])

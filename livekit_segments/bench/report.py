@@ -43,15 +43,24 @@ def combine(statuses: list[Status]) -> Status:
 @dataclass(frozen=True)
 class Judged:
     """One target of a benchmark and its verdict; ``estimate`` when it was measured with an
-    interval (a noisy figure), None for an exact check."""
+    interval (a noisy figure), None for an exact check; ``value`` is the figure as shown."""
 
     name: str
     target: str
     verdict: Status
     estimate: Estimate | None = None
+    value: str = ""
+
+    def shown(self) -> str:
+        """The figure judged: the estimate with its interval, else ``value``."""
+        if self.estimate is not None:
+            return fmt_estimate(self.estimate)
+        return self.value or "-"
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"name": self.name, "target": self.target, "verdict": self.verdict}
+        if self.value:
+            doc["value"] = self.value
         if self.estimate is not None:
             doc.update(self.estimate.to_json())
         return doc

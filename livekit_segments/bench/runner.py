@@ -43,7 +43,7 @@ class BenchConfig:
         return cls(
             preset="default",
             install_cost=InstallCostConfig(batches=60, replies_per_batch=20),
-            segment_cost=SegmentCostConfig(ns=(1, 10, 100, 1000), repeats=5),
+            segment_cost=SegmentCostConfig(ns=(1, 10, 100, 1000), repeats=15),
             signal_latency=SignalLatencyConfig(
                 single_segments=1000,
                 single_segments_per_reply=100,

@@ -154,7 +154,9 @@ async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
     judged = [
         Judged("CPU per segment ratio (slope)", f"<= {TARGET_RATIO}", ratio_status, seg_est),
         Judged("growth exponent, CPU time", f"<= {TARGET_EXPONENT}", time_status, exp_est),
-        Judged("growth exponent, memory", f"<= {TARGET_EXPONENT}", mem_status),
+        Judged(
+            "growth exponent, memory", f"<= {TARGET_EXPONENT}", mem_status, value=f"{mem_exp:.2f}"
+        ),
     ]
     status = combine([j.verdict for j in judged])
 

@@ -161,9 +161,16 @@ async def run(cfg: SignalLatencyConfig, forms: Forms) -> BenchResult:
     p99_single = stats.percentile(lat[(single, subject)], 99) * 1e3
     judged = [
         # an absolute bound on the patch's own latency, not a comparison with upstream
-        Judged("p99 with 1 session", f"<= {TARGET_P99_MS} ms", judge(p99_single <= TARGET_P99_MS)),
-        Judged("resolved value == sink timestamp", "every handle", judge(equal)),
-        Judged("every segment woke its waiter", "0 missing", judge(missing == 0)),
+        Judged(
+            "p99 with 1 session",
+            f"<= {TARGET_P99_MS} ms",
+            judge(p99_single <= TARGET_P99_MS),
+            value=fmt(p99_single, "ms"),
+        ),
+        Judged("resolved value == sink timestamp", "every handle", judge(equal), value=str(equal)),
+        Judged(
+            "every segment woke its waiter", "0 missing", judge(missing == 0), value=f"{missing}"
+        ),
     ]
     status = combine([j.verdict for j in judged])
 
