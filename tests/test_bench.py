@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from livekit_segments.bench import (
     cli as bench_cli,
     forms as bench_forms,
     install_cost,
+    record as bench_record,
     report as bench_report,
     segment_cost,
     stats,
@@ -216,6 +220,9 @@ def test_presets_keep_the_required_sizes() -> None:
     default, quick, tiny = BenchConfig.default(), BenchConfig.quick(), BenchConfig.tiny()
     b1 = default.install_cost
     assert b1.batches * b1.replies_per_batch >= 1000
+    # enough pairs for the interval to decide: fewer than MIN_SAMPLES is always inconclusive
+    assert b1.batches >= stats.MIN_SAMPLES
+    assert default.segment_cost.repeats >= stats.MIN_SAMPLES
     assert default.segment_cost.ns == (1, 10, 100, 1000)
     b3 = default.signal_latency
     assert b3.single_segments >= 1000
@@ -376,3 +383,189 @@ async def test_b1_judges_the_median_of_per_pair_ratios(
     assert judged.estimate.low <= patch_factor <= judged.estimate.high
     assert judged.verdict == verdict == result.status
     assert result.data["ratio_of_means"] > 1.5  # what the old verdict used
+
+
+# -- BENCHMARKS.md: one command writes it, naming the commit; CI checks it is fresh
+
+ROOT = Path(__file__).resolve().parents[1]
+FRESH = ROOT / "scripts" / "check-benchmarks-fresh"
+
+
+def fake_report() -> BenchReport:
+    """A report as a full run would give, without running one."""
+    est = stats.median_estimate(spread(0.99, 0.02, 60), "median of 60 per-pair ratios")
+    b1 = BenchResult(
+        id="B1",
+        title="cost of being installed",
+        target="CPU per reply ratio <= 1.02",
+        status="met",
+        rows=[
+            Row("CPU per reply", "3 ms", "3 ms", bench_report.fmt_estimate(est), "<= 1.02", "met")
+        ],
+        data={},
+        judged=[bench_report.Judged("CPU per reply ratio", "<= 1.02", "met", est)],
+    )
+    b5 = BenchResult(
+        id="B5",
+        title="no leaks",
+        target="t",
+        status="missed",
+        rows=[Row("live SpeechHandles", "", "0 -> 3", "", "equal", "missed")],
+        data={},
+        judged=[bench_report.Judged("live SpeechHandles", "equal", "missed", value="0 -> 3")],
+    )
+    meta = {"preset": "default", "mode_description": "runtime: a test"}
+    return BenchReport(meta=meta, results=[b1, b5], wall_s=123.4)
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+        "PATH": os.environ["PATH"],
+    }
+    done = subprocess.run(
+        ["git", "-C", str(repo), *args], env=env, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A git checkout shaped like this project: livekit_segments/ and the freshness script."""
+    root = tmp_path / "repo"
+    (root / "livekit_segments").mkdir(parents=True)
+    (root / "livekit_segments" / "code.py").write_text("x = 1\n")
+    (root / "scripts").mkdir()
+    shutil.copy2(FRESH, root / "scripts" / FRESH.name)
+    (root / "README.md").write_text("readme\n")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "the measured code")
+    return root
+
+
+def commit_all(repo: Path, message: str) -> None:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+
+
+def fresh(repo: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(repo / "scripts" / FRESH.name)], capture_output=True, text=True, check=False
+    )
+
+
+def test_record_names_the_commit_machine_and_every_verdict(repo: Path) -> None:
+    prov = bench_record.prepare("default", None, root=repo)
+    assert prov.commit == git(repo, "rev-parse", "HEAD")
+    assert prov.subject == "the measured code"
+    report = fake_report()
+    text = bench_record.render(report, prov)
+
+    assert text.splitlines()[0].startswith(f"<!-- bench-record commit={prov.commit} ")
+    assert bench_record.recorded_commit(text) == prov.commit
+    assert f"| commit | `{prov.commit}` (the measured code) |" in text
+    for fact in ("CPUs", "python", "livekit-agents", "livekit-segments", "date", "wall time"):
+        assert f"| {fact} |" in text, fact
+    assert bench_record.COMMAND in text
+    # every target with its figure and verdict; the printed table verbatim; the prose per figure
+    assert "| B1 | CPU per reply ratio | <= 1.02 | " in text
+    est = report.results[0].judged[0].estimate
+    assert est is not None and f"[{est.low:.3f}, {est.high:.3f}]" in text
+    assert "| B5 | live SpeechHandles | equal | 0 -> 3 | **missed** |" in text
+    assert "Summary: targets missed: B5." in text
+    assert report.render_table() in text
+    assert bench_record.FIGURES["B1"] in text and bench_record.FIGURES["B5"] in text
+    assert bench_record.FIGURES["B2"] not in text  # only the figures that ran
+
+
+def test_record_refuses_what_would_not_name_the_code_measured(repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(bench_record.RecordError, match="drop --quick and --only"):
+        bench_record.prepare("quick", None, root=repo)
+    with pytest.raises(bench_record.RecordError, match="drop --quick and --only"):
+        bench_record.prepare("default", ["B1"], root=repo)
+    (repo / "livekit_segments" / "code.py").write_text("x = 2\n")
+    with pytest.raises(bench_record.RecordError, match="uncommitted changes .*code.py.*commit"):
+        bench_record.prepare("default", None, root=repo)
+    git(repo, "checkout", "-q", "--", "livekit_segments")
+    (repo / "livekit_segments" / "new.py").write_text("")
+    with pytest.raises(bench_record.RecordError, match="uncommitted changes"):
+        bench_record.prepare("default", None, root=repo)
+    (repo / "livekit_segments" / "new.py").unlink()
+    (repo / "README.md").write_text("changed outside the measured code\n")
+    prov = bench_record.prepare("default", None, root=repo)
+    bench_record.confirm(prov, root=repo)
+    commit_all(repo, "moved on during the run")
+    with pytest.raises(bench_record.RecordError, match="changed during the run"):
+        bench_record.confirm(prov, root=repo)
+    plain = tmp_path / "not-a-checkout"
+    plain.mkdir()
+    with pytest.raises(bench_record.RecordError, match="git checkout"):
+        bench_record.prepare("default", None, root=plain)
+
+
+def test_freshness_check_fails_once_the_measured_code_changed(repo: Path) -> None:
+    record = repo / "BENCHMARKS.md"
+    record.write_text("# Benchmarks\n\nwritten by hand\n")
+    commit_all(repo, "a hand-written record")
+    done = fresh(repo)
+    assert done.returncode == 1 and "names no commit" in done.stderr
+
+    prov = bench_record.prepare("default", None, root=repo)
+    record.write_text(bench_record.render(fake_report(), prov))
+    commit_all(repo, "record the benchmarks")
+    done = fresh(repo)
+    assert done.returncode == 0, done.stderr
+    assert prov.commit[:12] in done.stdout
+
+    (repo / "README.md").write_text("docs move on\n")
+    commit_all(repo, "docs only")
+    assert fresh(repo).returncode == 0
+
+    (repo / "livekit_segments" / "code.py").write_text("x = 3\n")
+    commit_all(repo, "change the measured code")
+    done = fresh(repo)
+    assert done.returncode == 1
+    assert "stale" in done.stderr and "livekit_segments/code.py" in done.stderr
+    assert "python -m livekit_segments bench --record BENCHMARKS.md" in done.stderr
+
+    record.write_text(record.read_text().replace(prov.commit, "f" * 40))
+    commit_all(repo, "a record of a commit this clone lacks")
+    done = fresh(repo)
+    assert done.returncode == 1 and "not in this clone" in done.stderr
+
+
+def test_cli_record_checks_first_then_writes(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs: list[str] = []
+
+    async def fake_run_bench(config: BenchConfig, **_: Any) -> BenchReport:
+        runs.append(config.preset)
+        return fake_report()
+
+    monkeypatch.setattr(bench_cli, "run_bench", fake_run_bench)
+    monkeypatch.setattr(bench_record, "repo_root", lambda: repo)
+    out = repo / "BENCHMARKS.md"
+
+    # refused before any work: a smaller preset, or uncommitted measured code
+    args = parse(["bench", "--quick", "--record", str(out)])
+    assert args.func(args) == 2
+    (repo / "livekit_segments" / "code.py").write_text("x = 2\n")
+    args = parse(["bench", "--record", str(out)])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert "drop --quick" in err and "uncommitted changes" in err
+    assert len(err.strip().splitlines()) == 2  # one line each, no traceback
+    assert runs == [] and not out.exists()
+
+    git(repo, "checkout", "-q", "--", "livekit_segments")
+    args = parse(["bench", "--record", str(out), "--check"])
+    assert args.func(args) == 1  # the fake report misses B5: --check still says so
+    assert runs == ["default"]
+    assert bench_record.recorded_commit(out.read_text()) == git(repo, "rev-parse", "HEAD")
