@@ -286,6 +286,21 @@ def test_bootstrap_is_deterministic_for_given_samples() -> None:
     assert min(samples) <= lo < stats.median(samples) < hi <= max(samples)
 
 
+def test_too_few_samples_for_any_interval_is_inconclusive() -> None:
+    # [min, max] of n samples covers the q-th percentile with probability 1 - p**n - (1-p)**n
+    assert stats.min_samples(50) == stats.MIN_SAMPLES == 6
+    assert stats.min_samples(99) == 299
+    latencies = spread(0.3, 0.1, 298)  # every one far below a 1 ms bound, but 298 of them
+    p99 = stats.quantile_estimate(latencies, 99, "p99 (ms)")
+    assert p99.high < 1.0 and p99.too_few
+    assert stats.verdict(p99, 1.0) == "inconclusive"
+    p99 = stats.quantile_estimate([*latencies, 0.3], 99, "p99 (ms)")
+    assert stats.verdict(p99, 1.0) == "met"
+    assert stats.verdict(stats.quantile_estimate([x + 1 for x in latencies] * 2, 99, ""), 1.0) == (
+        "missed"
+    )
+
+
 def test_median_difference_interval() -> None:
     base = spread(2.0, 0.5, 48)
     est = stats.median_difference_estimate([x + 0.1 for x in base], base, "gap difference")

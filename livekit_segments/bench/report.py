@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .stats import MIN_SAMPLES, Estimate, Verdict
+from .stats import Estimate, Verdict
 
 __all__ = [
     "BenchReport",
@@ -51,12 +51,6 @@ class Judged:
     estimate: Estimate | None = None
     value: str = ""
 
-    def shown(self) -> str:
-        """The figure judged: the estimate with its interval, else ``value``."""
-        if self.estimate is not None:
-            return fmt_estimate(self.estimate)
-        return self.value or "-"
-
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"name": self.name, "target": self.target, "verdict": self.verdict}
         if self.value:
@@ -78,8 +72,11 @@ def fmt_ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def fmt_estimate(estimate: Estimate | None, digits: int = 3, unit: str = "") -> str:
-    """``point [low, high]``, the 95% interval in brackets; ``n/a`` without an estimate."""
+def fmt_estimate(
+    estimate: Estimate | None, digits: int = 3, unit: str = "", *, few: bool = True
+) -> str:
+    """``point [low, high]``, the 95% interval in brackets; ``n/a`` without an estimate.
+    With ``few``, says so when there were too few samples for a verdict."""
     if estimate is None:
         return "n/a"
 
@@ -87,8 +84,8 @@ def fmt_estimate(estimate: Estimate | None, digits: int = 3, unit: str = "") -> 
         return "-" if not math.isfinite(v) else f"{v:.{digits}f}"
 
     text = f"{f(estimate.point)} [{f(estimate.low)}, {f(estimate.high)}] {unit}".rstrip()
-    # too few samples for any 95% interval of a median: said where the verdict is
-    return text if estimate.n >= MIN_SAMPLES else f"{text} (n={estimate.n}, too few)"
+    # too few samples for any 95% interval: said where the verdict is
+    return f"{text} (n={estimate.n}, too few)" if few and estimate.too_few else text
 
 
 @dataclass

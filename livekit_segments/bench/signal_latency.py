@@ -21,7 +21,7 @@ from .. import playout_started
 from . import stats
 from .fakes import ScriptedAgent, ZeroLatencySink, close_session, reply, silence, start_session
 from .forms import Form, Forms, activate
-from .report import BenchResult, Judged, Row, combine, fmt, fmt_ratio, judge
+from .report import BenchResult, Judged, Row, combine, fmt, fmt_estimate, fmt_ratio, judge
 from .segment_cost import script
 
 __all__ = ["SignalLatencyConfig", "run"]
@@ -158,15 +158,15 @@ async def run(cfg: SignalLatencyConfig, forms: Forms) -> BenchResult:
 
     subject, base = forms.subject, forms.baseline
     single = "1 session"
-    p99_single = stats.percentile(lat[(single, subject)], 99) * 1e3
+    # p99 of one run depends on what else the machine did meanwhile: judged from its interval
+    p99_est = stats.quantile_estimate(
+        [x * 1e3 for x in lat[(single, subject)]], 99, "p99 of the latencies (ms)"
+    )
+    p99_single = p99_est.point
+    p99_status = stats.verdict(p99_est, TARGET_P99_MS)
     judged = [
         # an absolute bound on the patch's own latency, not a comparison with upstream
-        Judged(
-            "p99 with 1 session",
-            f"<= {TARGET_P99_MS} ms",
-            judge(p99_single <= TARGET_P99_MS),
-            value=fmt(p99_single, "ms"),
-        ),
+        Judged("p99 with 1 session", f"<= {TARGET_P99_MS} ms", p99_status, p99_est),
         Judged("resolved value == sink timestamp", "every handle", judge(equal), value=str(equal)),
         Judged(
             "every segment woke its waiter", "0 missing", judge(missing == 0), value=f"{missing}"
@@ -188,9 +188,13 @@ async def run(cfg: SignalLatencyConfig, forms: Forms) -> BenchResult:
                     fmt(sv, "ms"),
                     fmt_ratio(stats.ratio(sv, bv)),
                     f"<= {TARGET_P99_MS} ms" if is_target else "",
-                    judge(p99_single <= TARGET_P99_MS) if is_target else None,
+                    p99_status if is_target else None,
                 )
             )
+            if is_target:
+                rows.append(
+                    Row("  patch's p99, 95% interval", "", fmt_estimate(p99_est, unit="ms"))
+                )
         data_lat[name] = {
             f.value: {
                 "count": len(lat[(name, f)]),

@@ -18,7 +18,9 @@ __all__ = [
     "median",
     "median_difference_estimate",
     "median_estimate",
+    "min_samples",
     "percentile",
+    "quantile_estimate",
     "ratio",
     "verdict",
 ]
@@ -76,12 +78,24 @@ def growth_exponent(x0: float, y0: float, x1: float, y1: float) -> float:
 
 # -- interval estimates and verdicts ---------------------------------------------------------
 
-# The smallest sample for which a distribution-free 95% interval of a median exists: with
-# n samples, [min, max] covers the true median with probability 1 - 2 * 0.5**n, >= 0.95 from 6.
-MIN_SAMPLES = 6
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
+
+
+def min_samples(q: float, confidence: float = CONFIDENCE) -> int:
+    """The smallest n for which any ``confidence`` interval of the ``q``-th percentile exists
+    without assuming a distribution: [min, max] of n samples covers it with probability
+    ``1 - p**n - (1 - p)**n`` (p = q / 100). 6 for the median, 299 for p99."""
+    p = q / 100.0
+    n = 1
+    while 1.0 - p**n - (1.0 - p) ** n < confidence:
+        n += 1
+    return n
+
+
+# fewer samples than this make any verdict on a median inconclusive
+MIN_SAMPLES = min_samples(50.0)
 
 Verdict = Literal["met", "missed", "inconclusive", "n/a"]
 
@@ -95,12 +109,18 @@ class Estimate:
     high: float
     n: int
     statistic: str  # what ``point`` is, e.g. "median of per-pair ratios"
+    min_n: int = MIN_SAMPLES  # fewer samples cannot support the interval: no verdict
+
+    @property
+    def too_few(self) -> bool:
+        return self.n < self.min_n
 
     def to_json(self) -> dict[str, Any]:
         return {
             "point": self.point,
             "ci95": [self.low, self.high],
             "n": self.n,
+            "min_n": self.min_n,
             "statistic": self.statistic,
             "interval": (
                 f"percentile bootstrap {CONFIDENCE:.0%}, {BOOTSTRAP_RESAMPLES} resamples, "
@@ -148,6 +168,15 @@ def median_estimate(samples: Sequence[float], statistic: str) -> Estimate:
     return Estimate(median(samples), low, high, len(samples), statistic)
 
 
+def quantile_estimate(samples: Sequence[float], q: float, statistic: str) -> Estimate:
+    """The ``q``-th percentile of ``samples`` with its bootstrap interval."""
+    min_n = min_samples(q)
+    if not samples:
+        return Estimate(math.nan, math.nan, math.nan, 0, statistic, min_n)
+    low, high = bootstrap_interval(samples, lambda xs: percentile(xs, q))
+    return Estimate(percentile(samples, q), low, high, len(samples), statistic, min_n)
+
+
 def median_difference_estimate(
     subject: Sequence[float], base: Sequence[float], statistic: str
 ) -> Estimate:
@@ -168,13 +197,13 @@ def verdict(estimate: Estimate | None, limit: float, *, strict: bool = False) ->
     """Judge an upper-bound target (``<= limit``, or ``< limit`` when ``strict``).
 
     ``met`` when the whole interval is within the target, ``missed`` when the whole interval
-    is beyond it, ``inconclusive`` when it straddles the limit or rests on fewer than
-    `MIN_SAMPLES` samples; ``n/a`` without an estimate (nothing to compare in this mode).
+    is beyond it, ``inconclusive`` when it straddles the limit or rests on too few samples
+    for the interval (``estimate.min_n``); ``n/a`` without an estimate (nothing to compare).
     """
     if estimate is None:
         return "n/a"
     lo, hi = estimate.low, estimate.high
-    if estimate.n < MIN_SAMPLES or not (math.isfinite(lo) and math.isfinite(hi)):
+    if estimate.too_few or not (math.isfinite(lo) and math.isfinite(hi)):
         return "inconclusive"
     within = hi < limit if strict else hi <= limit
     beyond = lo >= limit if strict else lo > limit
