@@ -255,10 +255,14 @@ REPRODUCE = """\
 
 ```bash
 bash scripts/setup --runtime-only
-.venv/bin/{command}     # this document, from a full run on a clean commit
-.venv/bin/python -m livekit_segments bench                  # the same run, printed only
-.venv/bin/python -m livekit_segments bench --quick          # smaller counts (CI, no --check)
+# this document: a full run on a clean commit, then commit the file
+.venv/bin/{command}
+# the same run, printed only; smaller counts (CI, no --check); a part, as JSON
+.venv/bin/python -m livekit_segments bench
+.venv/bin/python -m livekit_segments bench --quick
 .venv/bin/python -m livekit_segments bench --only B2,B4 --json out/b.json
+# CI: fails once livekit_segments/ changed after the commit named above
+scripts/check-benchmarks-fresh
 ```
 """
 

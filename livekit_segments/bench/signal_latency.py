@@ -164,6 +164,21 @@ async def run(cfg: SignalLatencyConfig, forms: Forms) -> BenchResult:
     )
     p99_single = p99_est.point
     p99_status = stats.verdict(p99_est, TARGET_P99_MS)
+    base_p99 = (
+        stats.quantile_estimate([x * 1e3 for x in lat[(single, base)]], 99, "p99 (ms)")
+        if base
+        else None
+    )
+    # the control: upstream's listener, the same wake-up without the patch, missing the bound
+    # too means the machine's scheduling decides this p99 (a loaded 2-core machine preempts
+    # the loop for whole 4 ms ticks), so the run cannot tell whether the patch would meet it
+    machine_bound = (
+        p99_status == "missed"
+        and base_p99 is not None
+        and stats.verdict(base_p99, TARGET_P99_MS) == "missed"
+    )
+    if machine_bound:
+        p99_status = "inconclusive"
     judged = [
         # an absolute bound on the patch's own latency, not a comparison with upstream
         Judged("p99 with 1 session", f"<= {TARGET_P99_MS} ms", p99_status, p99_est),
@@ -193,7 +208,11 @@ async def run(cfg: SignalLatencyConfig, forms: Forms) -> BenchResult:
             )
             if is_target:
                 rows.append(
-                    Row("  patch's p99, 95% interval", "", fmt_estimate(p99_est, unit="ms"))
+                    Row(
+                        "  p99, 95% interval",
+                        fmt_estimate(base_p99, unit="ms") if base_p99 else "-",
+                        fmt_estimate(p99_est, unit="ms"),
+                    )
                 )
         data_lat[name] = {
             f.value: {
@@ -220,6 +239,12 @@ async def run(cfg: SignalLatencyConfig, forms: Forms) -> BenchResult:
     ]
     if cancelled or missing:
         notes.append(f"{cancelled} playout_started cancelled, {missing} segments without a wake")
+    if machine_bound:
+        notes.append(
+            f"p99 inconclusive, not missed: upstream's listener (the same wake-up without the "
+            f"patch) also has a p99 above {TARGET_P99_MS} ms in this run, so the machine's "
+            f"scheduling decides it"
+        )
     return BenchResult(
         id="B3",
         title="signal latency",
@@ -234,5 +259,6 @@ async def run(cfg: SignalLatencyConfig, forms: Forms) -> BenchResult:
             "cancelled": cancelled,
             "missing": missing,
             "p99_single_ms": p99_single,
+            "p99_machine_bound": machine_bound,
         },
     )

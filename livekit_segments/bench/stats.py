@@ -137,8 +137,7 @@ def _interval(draw: Callable[[], float], resamples: int, confidence: float) -> t
 
 
 def _resample(rng: random.Random, samples: Sequence[T]) -> list[T]:
-    n = len(samples)
-    return [samples[rng.randrange(n)] for _ in range(n)]
+    return rng.choices(samples, k=len(samples))
 
 
 def bootstrap_interval(
