@@ -567,6 +567,16 @@ def test_record_refuses_what_would_not_name_the_code_measured(repo: Path, tmp_pa
     commit_all(repo, "moved on during the run")
     with pytest.raises(bench_record.RecordError, match="changed during the run"):
         bench_record.confirm(prov, root=repo)
+    with pytest.raises(bench_record.RecordError, match="is a directory"):
+        bench_record.prepare("default", None, path=tmp_path, root=repo)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(bench_record.RecordError, match="not a writable folder"):
+        bench_record.prepare("default", None, path=blocker / "BENCHMARKS.md", root=repo)
+    # a missing folder is fine: it is created when the record is written
+    bench_record.prepare("default", None, path=tmp_path / "new" / "B.md", root=repo)
+    bench_record.write(tmp_path / "new" / "B.md", "text\n")
+    assert (tmp_path / "new" / "B.md").read_text() == "text\n"
     plain = tmp_path / "not-a-checkout"
     plain.mkdir()
     with pytest.raises(bench_record.RecordError, match="git checkout"):

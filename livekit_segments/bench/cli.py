@@ -85,7 +85,7 @@ def run_command(args: argparse.Namespace) -> int:
     provenance = None
     if args.record:
         try:
-            provenance = record.prepare(preset, args.only)
+            provenance = record.prepare(preset, args.only, path=args.record)
         except record.RecordError as e:
             print(f"bench: error: {e}", file=sys.stderr)
             return 2

@@ -83,15 +83,33 @@ def _dirty(root: Path) -> list[str]:
     return [line[3:] for line in out.splitlines() if line.strip()]
 
 
+def _check_path(path: str | os.PathLike[str]) -> None:
+    target = Path(path)
+    if target.is_dir():
+        raise RecordError(f"--record {target} is a directory; give a file, e.g. BENCHMARKS.md")
+    existing = target.absolute().parent
+    while not existing.exists():  # missing folders are created when the record is written
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise RecordError(f"--record cannot write {target}: {existing} is not a writable folder")
+
+
 def prepare(
-    preset: str, only: Collection[str] | None = None, *, root: Path | None = None
+    preset: str,
+    only: Collection[str] | None = None,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    root: Path | None = None,
 ) -> Provenance:
-    """Check that a record can be made, before the run: the full preset, every benchmark, and
-    a clean ``livekit_segments/`` in a git checkout. Returns what the record will name."""
+    """Check that a record can be made, before the run: the full preset, every benchmark, a
+    writable ``path`` and a clean ``livekit_segments/`` in a git checkout. Returns what the
+    record will name."""
     if preset != "default" or only:
         raise RecordError(
             "--record records the full run of every benchmark: drop --quick and --only"
         )
+    if path is not None:
+        _check_path(path)
     root = repo_root() if root is None else root
     top = Path(_git(root, "rev-parse", "--show-toplevel")).resolve()
     if top != root.resolve():
@@ -343,6 +361,7 @@ def render(report: BenchReport, prov: Provenance, *, command: str = COMMAND) -> 
 def write(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` whole or not at all (a temporary file, then a rename)."""
     target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, target)
