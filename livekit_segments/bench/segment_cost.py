@@ -129,20 +129,16 @@ async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
         if base
         else []
     )
+    ratios = [x for x in slope_pairs if x is not None]
     seg_est = (
-        stats.median_estimate(
-            [x for x in slope_pairs if x is not None],
-            f"median of {cfg.repeats} per-repetition slope ratios",
-        )
+        stats.median_estimate(ratios, f"median of {len(ratios)} per-repetition slope ratios")
         if base
         else None
     )
     time_exps = [exponent(c, ns) for c in rep_cpu]
+    exps = [x for x in time_exps if math.isfinite(x)]
     exp_est = (
-        stats.median_estimate(
-            [x for x in time_exps if math.isfinite(x)],
-            f"median of {cfg.repeats} per-repetition exponents",
-        )
+        stats.median_estimate(exps, f"median of {len(exps)} per-repetition exponents")
         if len(ns) >= 2
         else None
     )
