@@ -7,6 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
+from . import record
 from .runner import BENCHMARKS, BenchConfig, run_bench
 
 __all__ = ["add_parser", "main", "run_command"]
@@ -44,7 +45,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     size.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument(
-        "--check", action="store_true", help="exit 1 if any benchmark misses its target"
+        "--check",
+        action="store_true",
+        help="exit 1 if a target is missed (its whole 95%% interval beyond it); "
+        "inconclusive is not a failure",
+    )
+    parser.add_argument(
+        "--record",
+        metavar="PATH",
+        help="write BENCHMARKS.md-style Markdown naming the commit measured (full run only; "
+        "refuses uncommitted changes under livekit_segments/)",
     )
     parser.add_argument(
         "--only",
@@ -72,6 +82,13 @@ def run_command(args: argparse.Namespace) -> int:
     """Run the benchmarks as ``args`` say; print the table; 1 on a miss with ``--check``."""
     preset = "tiny" if args.tiny else "quick" if args.quick else "default"
     config = BenchConfig.preset_named(preset)
+    provenance = None
+    if args.record:
+        try:
+            provenance = record.prepare(preset, args.only, path=args.record)
+        except record.RecordError as e:
+            print(f"bench: error: {e}", file=sys.stderr)
+            return 2
 
     def progress(message: str) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)
@@ -83,6 +100,16 @@ def run_command(args: argparse.Namespace) -> int:
     if args.json:
         report.write_json(args.json)
         print(f"results written to {args.json}", file=sys.stderr)
+    if provenance is not None:
+        try:
+            record.confirm(provenance)
+        except record.RecordError as e:
+            print(f"bench: error: {e}", file=sys.stderr)
+            return 2
+        record.write(args.record, record.render(report, provenance))
+        print(
+            f"record of commit {provenance.commit[:12]} written to {args.record}", file=sys.stderr
+        )
     return 1 if args.check and report.missed else 0
 
 
