@@ -13,7 +13,7 @@ import importlib.util
 import logging
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -158,16 +158,15 @@ def install_quietly(*, force: bool) -> None:
         raise UsageError(str(e)) from None
 
 
-def run_command(func: object, args: argparse.Namespace) -> int:
+def run_command(
+    func: Callable[[argparse.Namespace], int], args: argparse.Namespace, prog: str | None = None
+) -> int:
     """Run a subcommand's ``func(args)``; a `UsageError` becomes one line and exit 2."""
-    assert callable(func)
     try:
         return int(func(args))
     except UsageError as e:
-        print(f"{_prog(args)}: error: {e}", file=sys.stderr)
+        if prog is None:
+            command = getattr(args, "command", None)
+            prog = f"livekit-segments {command}" if command else "livekit-segments"
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-
-
-def _prog(args: argparse.Namespace) -> str:
-    command = getattr(args, "command", None)
-    return f"livekit-segments {command}" if command else "livekit-segments"
