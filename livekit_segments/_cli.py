@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 __all__ = [
+    "EXIT_INTERRUPTED",
     "EXIT_USAGE",
     "ArgumentParser",
     "UsageError",
@@ -32,6 +33,8 @@ __all__ = [
 
 EXIT_USAGE = 2
 """Exit code of an expected failure (argparse uses it for bad arguments too)."""
+EXIT_INTERRUPTED = 130
+"""Exit code after Ctrl-C, as a shell reports SIGINT."""
 
 
 class UsageError(Exception):
@@ -161,12 +164,18 @@ def install_quietly(*, force: bool) -> None:
 def run_command(
     func: Callable[[argparse.Namespace], int], args: argparse.Namespace, prog: str | None = None
 ) -> int:
-    """Run a subcommand's ``func(args)``; a `UsageError` becomes one line and exit 2."""
+    """Run a subcommand's ``func(args)``; a `UsageError` becomes one line and exit 2.
+
+    Ctrl-C becomes one line and exit 130; anything else is a bug and keeps its traceback.
+    """
+    if prog is None:
+        command = getattr(args, "command", None)
+        prog = f"livekit-segments {command}" if command else "livekit-segments"
     try:
         return int(func(args))
     except UsageError as e:
-        if prog is None:
-            command = getattr(args, "command", None)
-            prog = f"livekit-segments {command}" if command else "livekit-segments"
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C is the user's choice, not a bug
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

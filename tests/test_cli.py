@@ -6,6 +6,7 @@ Each command runs in-process through ``main()``; "before any work" shows as noth
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import sys
@@ -18,7 +19,7 @@ import livekit.agents
 import livekit_segments
 from livekit.agents.voice import agent_activity
 from livekit_segments.__main__ import main
-from livekit_segments._cli import plural
+from livekit_segments._cli import plural, run_command
 from livekit_segments.bench.cli import main as bench_main
 from livekit_segments.demo.cli import DemoOptions, run_demo
 
@@ -267,6 +268,22 @@ def test_a_missing_internal_is_refused_even_with_force(
     assert "agent_activity.perform_llm_inference" in line
     assert "livekit-segments doctor" in line
     assert not livekit_segments.is_installed()
+
+
+def test_ctrl_c_is_one_line_and_a_bug_keeps_its_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def interrupted(args: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    def buggy(args: argparse.Namespace) -> int:
+        raise ZeroDivisionError
+
+    args = argparse.Namespace(command="demo")
+    assert run_command(interrupted, args) == 130
+    assert one_line(capsys.readouterr().err) == "livekit-segments demo: interrupted"
+    with pytest.raises(ZeroDivisionError):
+        run_command(buggy, args)
 
 
 # ------------------------------------------------------------------ wording
