@@ -11,8 +11,9 @@ STT, LLM and TTS go through LiveKit Inference with the same credentials):
     python examples/agent.py start     # join rooms on your LiveKit server
     python examples/agent.py console   # talk to it in the terminal (needs audio devices)
 
-livekit-agents deprecates its Python CLI's ``dev`` and ``console`` (and ``dev`` no longer
-reloads): for development with hot reload use the LiveKit CLI, ``lk agent dev``.
+``dev`` still exists but no longer reloads (since livekit-agents 1.6.0), and later releases
+deprecate ``dev`` and ``console``: for development with hot reload use the LiveKit CLI,
+``lk agent dev``.
 
 Mint a token to join the test room from a client with ``python examples/token.py``.
 """
