@@ -25,7 +25,15 @@ if TYPE_CHECKING:
     from .synth import Synthesizer
     from .turn import TurnResult
 
-__all__ = ["DemoOptions", "DemoOutcome", "add_parser", "format_table", "pick_synth", "run_demo"]
+__all__ = [
+    "DemoOptions",
+    "DemoOutcome",
+    "add_parser",
+    "format_table",
+    "pick_synth",
+    "preflight",
+    "run_demo",
+]
 
 EXIT_OK = 0
 EXIT_INCONSISTENT = 1
