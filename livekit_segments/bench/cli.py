@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from .. import installer
+from .._cli import (
+    ArgumentParser,
+    check_livekit_agents,
+    output_path,
+    quiet_install_warnings,
+    run_command as run_with_usage_errors,
+)
 from . import record
 from .runner import BENCHMARKS, BenchConfig, run_bench
 
@@ -43,7 +54,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     # the test suite's size: every code path in a few seconds
     size.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument(
+        "--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH"
+    )
     parser.add_argument(
         "--check",
         action="store_true",
@@ -65,6 +78,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verbose", action="store_true", help="keep livekit's log output (quiet by default)"
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="run on a livekit-agents release outside SUPPORTED_VERSIONS (install(force=True))",
+    )
     parser.set_defaults(func=run_command)
 
 
@@ -79,9 +97,16 @@ def _bench_list(text: str) -> list[str]:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run the benchmarks as ``args`` say; print the table; 1 on a miss with ``--check``."""
+    """Run the benchmarks as ``args`` say; print the table; 1 on a miss with ``--check``.
+
+    Raises `UsageError` before measuring anything for an unusable ``--json`` path or a
+    livekit-agents that `install()` refuses (unless ``--force`` lets it).
+    """
     preset = "tiny" if args.tiny else "quick" if args.quick else "default"
     config = BenchConfig.preset_named(preset)
+    if args.json is not None:
+        output_path(args.json, "--json")
+    check_livekit_agents(force=args.force)
     provenance = None
     if args.record:
         try:
@@ -93,11 +118,12 @@ def run_command(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)
 
-    report = asyncio.run(
-        run_bench(config, only=args.only, progress=progress, quiet_logs=not args.verbose)
-    )
+    with _forcing_install(args.force):
+        report = asyncio.run(
+            run_bench(config, only=args.only, progress=progress, quiet_logs=not args.verbose)
+        )
     print(report.render_table())
-    if args.json:
+    if args.json is not None:
         report.write_json(args.json)
         print(f"results written to {args.json}", file=sys.stderr)
     if provenance is not None:
@@ -113,13 +139,36 @@ def run_command(args: argparse.Namespace) -> int:
     return 1 if args.check and report.missed else 0
 
 
+@contextlib.contextmanager
+def _forcing_install(force: bool) -> Iterator[None]:
+    """With ``--force``, every `install()` the bench makes is ``install(force=True)``.
+
+    The bench switches the patch on and off many times (`forms.activate`); the version
+    warning was printed once already, so the repeated installs stay quiet.
+    """
+    if not force:
+        yield
+        return
+    original = installer.install
+
+    def forced(*, force: bool = True) -> None:
+        with quiet_install_warnings():
+            original(force=True)
+
+    installer.install = forced
+    try:
+        yield
+    finally:
+        installer.install = original
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``bench`` command on its own (``python -m livekit_segments.bench``)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m livekit_segments.bench",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     configure(parser)
     args = parser.parse_args(argv)
-    return run_command(args)
+    return run_with_usage_errors(run_command, args, parser.prog)
