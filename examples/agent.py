@@ -97,7 +97,9 @@ async def on_response_playing(handle: SpeechHandle) -> None:
     )
 
 
-server = AgentServer()
+# the worker's health-check HTTP port (upstream's default for `start` is 8081); set
+# AGENT_HTTP_PORT to run several workers on one host, or 0 for any free port
+server = AgentServer(port=int(os.environ.get("AGENT_HTTP_PORT", "8081")))
 
 
 @server.rtc_session()

@@ -107,6 +107,8 @@ async def test_agent_example_starts_with_the_cli_and_fails_only_for_lack_of_a_se
         "LIVEKIT_URL": f"ws://127.0.0.1:{port}",
         "LIVEKIT_API_KEY": FAKE_KEY,
         "LIVEKIT_API_SECRET": FAKE_SECRET,
+        # any free port for the health check: the default 8081 may be taken on this host
+        "AGENT_HTTP_PORT": "0",
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
