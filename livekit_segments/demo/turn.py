@@ -11,7 +11,7 @@ import livekit_segments
 from livekit.agents.voice.events import SpeechCreatedEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
 
-from ..offline_models import offline_session
+from ..testing import offline_session
 from .agent import QUESTION, DemoAgent, Response, TranscriptCollector
 from .realtime_sink import RealtimeAudioSink
 from .synth import Synthesizer
