@@ -78,7 +78,7 @@ async def test_run_turn_collects_every_handle_with_its_signal_and_the_states() -
     assert result.playout_started == audio.started_times
     assert len(audio.started_times) == 3
     assert all(h.played and not h.interrupted and h.handle.done() for h in result.handles)
-    assert result.agent_states == ("thinking", "speaking", "listening")
+    assert result.agent_states == ["thinking", "speaking", "listening"]
     assert result.error is None and not result.interrupted
     # the user's text reached the agent, and every response was spoken
     assert agent.chat_ctxs[0].items[-1].text_content == "What is six times seven?"

@@ -54,9 +54,9 @@ class TurnResult:
 
     handle: SpeechHandle
     """The handle ``generate_reply()`` returned (the turn handle, segment 0)."""
-    handles: tuple[HandleResult, ...]
+    handles: list[HandleResult]
     """The turn's handles in the order ``speech_created`` announced them."""
-    agent_states: tuple[AgentState, ...]
+    agent_states: list[AgentState]
     """Every ``agent_state_changed`` new state from the request until the turn settled."""
 
     @property
@@ -160,9 +160,7 @@ class RunningTurn:
                 )
             )
         self._stop()
-        self._result = TurnResult(
-            handle=turn, handles=tuple(results), agent_states=tuple(self._states)
-        )
+        self._result = TurnResult(handle=turn, handles=results, agent_states=list(self._states))
         return self._result
 
     def __await__(self) -> Generator[Any, None, TurnResult]:
@@ -250,7 +248,7 @@ async def run_turn(
 
         result = await run_turn(session, "What is six times seven?")
         assert result.break_ids == [None, "answer"]
-        assert result.agent_states == ("thinking", "speaking", "listening")
+        assert result.agent_states == ["thinking", "speaking", "listening"]
     """
     return await start_turn(
         session, user_input, instructions=instructions, allow_interruptions=allow_interruptions
