@@ -17,6 +17,7 @@ from livekit.agents.voice.events import AgentState, AgentStateChangedEvent, Spee
 from livekit.agents.voice.speech_handle import SpeechHandle
 
 from .. import playout_started, segment_break, segment_index
+from ..release_compat import speech_error
 from ..segment_break import SegmentBreak
 
 __all__ = ["HandleResult", "RunningTurn", "TurnResult", "run_turn", "start_turn"]
@@ -76,8 +77,11 @@ class TurnResult:
 
     @property
     def error(self) -> BaseException | None:
-        """The turn's failure (``handle.exception()``), e.g. an error raised in ``llm_node``."""
-        return self.handle.exception()
+        """The turn's failure (``handle.exception()``), e.g. an error raised in ``llm_node``.
+
+        Always None on livekit-agents before 1.6.5, which does not record it.
+        """
+        return speech_error(self.handle)
 
 
 class RunningTurn:
