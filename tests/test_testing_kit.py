@@ -88,7 +88,8 @@ async def test_run_turn_collects_every_handle_with_its_signal_and_the_states() -
     assert result.agent_states == ["thinking", "speaking", "listening"]
     assert result.error is None and not result.interrupted
     # the user's text reached the agent, and every response was spoken
-    assert agent.chat_ctxs[0].items[-1].text_content == "What is six times seven?"
+    last = agent.chat_ctxs[0].items[-1]
+    assert last.type == "message" and last.text_content == "What is six times seven?"
     assert text.text == "One moment.The answer is 42.Anything else?"
 
 
@@ -167,9 +168,9 @@ async def test_text_only_session() -> None:
     text = RecordingTextOutput()
     async with started_session(three(), transcription=text) as session:
         result = await run_turn(session, "Hi")
-    started = result.playout_started
+    started = [s for s in result.playout_started if s is not None]
     assert [h.segment_index for h in result.handles] == [0, 1, 2]
-    assert all(isinstance(s, float) for s in started)
+    assert len(started) == 3 and all(isinstance(s, float) for s in started)
     assert started == sorted(started) and len(set(started)) == 3
     assert text.text == "One moment.The answer is 42.Anything else?"
 
@@ -186,6 +187,7 @@ async def test_timestamps_are_exact_on_the_virtual_clock() -> None:
     assert segs[0].started_at == T0  # auto start: the clock has not moved yet
     for prev, nxt in zip(segs, segs[1:], strict=False):
         # each segment starts the moment the previous one has played out
+        assert prev.started_at is not None
         assert prev.finished_at == prev.started_at + prev.duration
         assert nxt.started_at == prev.finished_at
     assert audio.clock.now() == segs[-1].finished_at
