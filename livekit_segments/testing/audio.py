@@ -77,6 +77,7 @@ class PlayedSegment:
     held_for: float = 0.0
     """Virtual seconds the test held the output while this segment was playing."""
     finish_requested: bool = False
+    """The test called ``finish_playback()``; it plays out once flushed and not held."""
 
     @property
     def finished(self) -> bool:
