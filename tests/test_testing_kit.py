@@ -6,6 +6,7 @@ The agents here override only ``llm_node``; their audio comes from upstream's de
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import livekit_segments
 from livekit.agents import Agent, FlushSentinel, ModelSettings, llm
 from livekit.agents.voice.speech_handle import SpeechHandle
 from livekit_segments import SegmentBreak
@@ -314,9 +316,13 @@ def readme_example() -> str:
 
 def test_the_readme_example_passes(tmp_path: Path) -> None:
     (tmp_path / "test_my_agent.py").write_text(readme_example())
+    # the example imports the livekit_segments under test, wherever this process found it
+    package_root = str(Path(livekit_segments.__file__).resolve().parent.parent)
+    pythonpath = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_my_agent.py"],
         cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": pythonpath},
         capture_output=True,
         text=True,
         check=False,
