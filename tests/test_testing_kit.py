@@ -303,6 +303,21 @@ async def test_driving_the_output_out_of_order_says_what_to_await() -> None:
         audio.finish_playback()
 
 
+async def test_run_turn_refuses_an_output_that_would_never_play() -> None:
+    audio = VirtualAudioOutput(finish="manual")
+    async with started_session(three(), audio=audio) as session:
+        with pytest.raises(ValueError, match=r"use start_turn\(\) and drive the output"):
+            await run_turn(session, "Hi")
+        assert audio.segments == []  # refused before asking for a reply
+
+
+@pytest.mark.runtime_only
+async def test_without_install_the_result_says_to_call_it() -> None:
+    async with started_session(three(), audio=VirtualAudioOutput()) as session:
+        with pytest.raises(RuntimeError, match=r"call livekit_segments.install\(\) at startup"):
+            await run_turn(session, "Hi")
+
+
 # ------------------------------------------------------------------ the README example
 
 

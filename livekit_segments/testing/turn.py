@@ -19,6 +19,7 @@ from livekit.agents.voice.speech_handle import SpeechHandle
 from .. import playout_started, segment_break, segment_index
 from ..release_compat import speech_error
 from ..segment_break import SegmentBreak
+from .audio import VirtualAudioOutput
 
 __all__ = ["HandleResult", "RunningTurn", "TurnResult", "run_turn", "start_turn"]
 
@@ -136,34 +137,21 @@ class RunningTurn:
         what they produced and stops listening to the session.
 
         Raises:
-            RuntimeError: a handle is done while its ``playout_started`` is still pending
+            RuntimeError: segment handles are not available (the runtime patch is not
+                installed), or a handle is done while its ``playout_started`` is still pending
                 (the contract says it is resolved or cancelled by then).
         """
         if self._result is not None:
             return self._result
         turn = self.handle
-        await turn
-        # segment handles are done with their segment, at the latest when the turn is
-        for h in self.handles:
-            await h
-        results = []
-        for h in self.handles:
-            fut = playout_started(h)
-            if not fut.done():
-                raise RuntimeError(
-                    f"handle {h.id} is done but its playout_started is still pending"
-                )
-            started = None if fut.cancelled() else fut.result()
-            results.append(
-                HandleResult(
-                    handle=h,
-                    segment_index=segment_index(h),
-                    segment_break=segment_break(h),
-                    playout_started=started,
-                    interrupted=h.interrupted,
-                )
-            )
-        self._stop()
+        try:
+            await turn
+            # segment handles are done with their segment, at the latest when the turn is
+            for h in self.handles:
+                await h
+            results = [self._settled(h) for h in self.handles]
+        finally:
+            self._stop()
         self._result = TurnResult(handle=turn, handles=results, agent_states=list(self._states))
         return self._result
 
@@ -171,6 +159,19 @@ class RunningTurn:
         return self.result().__await__()
 
     # -- internals
+
+    @staticmethod
+    def _settled(h: SpeechHandle) -> HandleResult:
+        fut = playout_started(h)
+        if not fut.done():
+            raise RuntimeError(f"handle {h.id} is done but its playout_started is still pending")
+        return HandleResult(
+            handle=h,
+            segment_index=segment_index(h),
+            segment_break=segment_break(h),
+            playout_started=None if fut.cancelled() else fut.result(),
+            interrupted=h.interrupted,
+        )
 
     def _on_speech_created(self, ev: SpeechCreatedEvent) -> None:
         self._announced.append(ev.speech_handle)
@@ -246,7 +247,7 @@ async def run_turn(
     """Runs one user turn to the end and returns what it produced.
 
     The same as ``await start_turn(...).result()``. With a `VirtualAudioOutput` in manual
-    mode nothing would play, so use `start_turn` and drive the output instead.
+    mode nothing would play, so it raises `ValueError`: use `start_turn` and drive the output.
 
     ::
 
@@ -254,6 +255,17 @@ async def run_turn(
         assert result.break_ids == [None, "answer"]
         assert result.agent_states == ["thinking", "speaking", "listening"]
     """
+    output = session.output.audio
+    while output is not None:
+        if isinstance(output, VirtualAudioOutput) and "manual" in (
+            output.start_mode,
+            output.finish_mode,
+        ):
+            raise ValueError(
+                "run_turn() would wait forever: the VirtualAudioOutput plays only when the test "
+                "says so (start or finish='manual'); use start_turn() and drive the output"
+            )
+        output = output.next_in_chain
     return await start_turn(
         session, user_input, instructions=instructions, allow_interruptions=allow_interruptions
     ).result()
