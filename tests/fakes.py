@@ -1,14 +1,15 @@
-"""Test doubles: a scripted `llm_node`, a TTS node that makes real audio frames, and sinks.
+"""What only this suite needs: a scripted `llm_node` (tool calls, failures and pauses at
+chosen points), a TTS node that makes real audio frames and can fail or stay silent on chosen
+text, and a recorder of every session event.
 
-Nothing here waits on wall-clock time. The audio sink plays on a virtual clock and finishes
-a segment either at once (``auto``) or when the test says so, through futures.
+The generic doubles (offline session, virtual-clock audio output, text output) are the public
+kit in `livekit_segments.testing`; the suite uses them as a user would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,25 +23,10 @@ from livekit.agents import (
     llm,
 )
 from livekit.agents.llm import ChatChunk, ChoiceDelta, FunctionToolCall
-from livekit.agents.voice import io
-from livekit_segments.offline_models import offline_session
+from livekit_segments.testing import RecordingTextOutput, VirtualAudioOutput, offline_session
 
 SAMPLE_RATE = 24000
 FRAME_MS = 10
-
-
-class VirtualClock:
-    """A `time.time()`-like clock that moves only when the sink plays audio."""
-
-    def __init__(self, start: float | None = None) -> None:
-        # starts at the wall clock so upstream's metrics (which mix in time.time()) stay sane
-        self.t = time.time() if start is None else start
-
-    def now(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 # ---------------------------------------------------------------- the scripted llm_node
@@ -166,161 +152,6 @@ class ScriptedAgent(Agent):
                 yield silence_frame()
 
 
-# ---------------------------------------------------------------- sinks
-
-
-@dataclass
-class SinkSegment:
-    frames: int = 0
-    duration: float = 0.0
-    started_at: float | None = None
-    finished: bool = False
-    interrupted: bool = False
-
-
-class FakeAudioSink(io.AudioOutput):
-    """An audio sink on a virtual clock.
-
-    A segment is the audio between two flushes. Its first frame "starts playing" at once
-    (``start="auto"``) or when the test calls `start_playback()` (``"manual"``). It has
-    played out at once after flush (``finish="auto"``) or when the test calls
-    `finish_playback()` (``"manual"``).
-    """
-
-    def __init__(
-        self,
-        clock: VirtualClock,
-        *,
-        start: str = "auto",
-        finish: str = "auto",
-    ) -> None:
-        super().__init__(
-            label="FakeAudioSink",
-            capabilities=io.AudioOutputCapabilities(pause=False),
-            sample_rate=SAMPLE_RATE,
-        )
-        self.clock = clock
-        self.start_mode = start
-        self.finish_mode = finish
-        self.segments: list[SinkSegment] = []
-        self._current: SinkSegment | None = None  # capturing or playing
-        self._flushed = False
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
-        # called right after each playback_started emit returns, before any other callback
-        self.after_started: Callable[[int], None] | None = None
-
-    # -- what upstream calls
-
-    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
-        await super().capture_frame(frame)
-        if self._current is None or self._current.finished:
-            self._current = SinkSegment()
-            self._flushed = False
-            self.segments.append(self._current)
-        seg = self._current
-        seg.frames += 1
-        seg.duration += frame.duration
-        if seg.started_at is None and self.start_mode == "auto":
-            self._start(seg)
-        self._notify()
-
-    def flush(self) -> None:
-        super().flush()
-        if self._current is None or self._current.finished:
-            return
-        self._flushed = True
-        if self.finish_mode == "auto" and self._current.started_at is not None:
-            self._finish(self._current, interrupted=False)
-        self._notify()
-
-    def clear_buffer(self) -> None:
-        seg = self._current
-        if seg is not None and not seg.finished:
-            self._finish(seg, interrupted=True)
-        self._notify()
-
-    # -- what the test calls
-
-    def start_playback(self) -> float:
-        """Start the pending segment's playout now; returns its created_at."""
-        seg = self._current
-        assert seg is not None and seg.started_at is None and not seg.finished
-        self._start(seg)
-        if self.finish_mode == "auto" and self._flushed:
-            self._finish(seg, interrupted=False)
-        self._notify()
-        assert seg.started_at is not None
-        return seg.started_at
-
-    def finish_playback(self) -> None:
-        """The playing segment has played out (manual finish)."""
-        seg = self._current
-        assert seg is not None and seg.started_at is not None and not seg.finished
-        self._finish(seg, interrupted=False)
-        self._notify()
-
-    def when(self, predicate: Callable[[], bool]) -> asyncio.Future[None]:
-        """A future that resolves once ``predicate()`` holds (checked on every sink change)."""
-        fut = asyncio.get_running_loop().create_future()
-        if predicate():
-            fut.set_result(None)
-        else:
-            self._waiters.append((predicate, fut))
-        return fut
-
-    def segment_started(self, n: int) -> asyncio.Future[None]:
-        """Resolves when segment ``n`` (0-based) has started playing."""
-        return self.when(lambda: len(self.segments) > n and self.segments[n].started_at is not None)
-
-    def segment_captured(self, n: int) -> asyncio.Future[None]:
-        """Resolves when segment ``n`` has its first frame captured."""
-        return self.when(lambda: len(self.segments) > n)
-
-    @property
-    def started_times(self) -> list[float]:
-        return [s.started_at for s in self.segments if s.started_at is not None]
-
-    # -- internals
-
-    def _start(self, seg: SinkSegment) -> None:
-        seg.started_at = self.clock.now()
-        self.on_playback_started(created_at=seg.started_at)
-        if self.after_started is not None:
-            self.after_started(self.segments.index(seg))
-
-    def _finish(self, seg: SinkSegment, *, interrupted: bool) -> None:
-        seg.finished = True
-        seg.interrupted = interrupted
-        played = seg.duration if not interrupted else 0.0
-        if seg.started_at is not None:
-            self.clock.advance(max(played, 0.001))
-        self.on_playback_finished(playback_position=played, interrupted=interrupted)
-
-    def _notify(self) -> None:
-        still = []
-        for predicate, fut in self._waiters:
-            if fut.done():
-                continue
-            if predicate():
-                fut.set_result(None)
-            else:
-                still.append((predicate, fut))
-        self._waiters = still
-
-
-class FakeTextSink(io.TextOutput):
-    def __init__(self) -> None:
-        super().__init__(label="FakeTextSink", next_in_chain=None)
-        self.text = ""
-        self.flushes = 0
-
-    async def capture_text(self, text: str) -> None:
-        self.text += text
-
-    def flush(self) -> None:
-        self.flushes += 1
-
-
 # ---------------------------------------------------------------- session harness
 
 
@@ -357,15 +188,14 @@ class Recorder:
 async def start_session(
     agent: Agent,
     *,
-    sink: FakeAudioSink | None,
-    text_sink: FakeTextSink | None = None,
+    sink: VirtualAudioOutput | None,
+    text_sink: RecordingTextOutput | None = None,
     recorder: Recorder | None = None,
 ) -> AgentSession:
-    session = offline_session(sample_rate=SAMPLE_RATE)
+    session = offline_session(
+        sample_rate=SAMPLE_RATE, audio=sink, transcription=text_sink or RecordingTextOutput()
+    )
     if recorder is not None:
         recorder.attach(session)
-    if sink is not None:
-        session.output.audio = sink
-    session.output.transcription = text_sink or FakeTextSink()
     await session.start(agent)
     return session

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from livekit_segments import SegmentBreak
+from livekit_segments.testing import VirtualAudioOutput
 
-from .fakes import FakeAudioSink
 from .test_segments import Turn, assert_strictly_increasing
 
 
-class NewestFirstSink(FakeAudioSink):
+class NewestFirstSink(VirtualAudioOutput):
     """Runs each event's listeners in reverse registration order."""
 
     def emit(self, event: Any, *args: Any) -> None:
@@ -25,7 +25,7 @@ class NewestFirstSink(FakeAudioSink):
 
 async def test_playout_started_resolves_whatever_the_listener_order() -> None:
     t = Turn([["A.", SegmentBreak(), "B.", SegmentBreak(), "C."]])
-    t.sink = NewestFirstSink(t.clock)
+    t.sink = NewestFirstSink(clock=t.clock)
     await t.run()
     await t.close()
 

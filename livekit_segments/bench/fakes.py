@@ -25,7 +25,7 @@ from livekit.agents import (
 from livekit.agents.voice import io
 from livekit.agents.voice.speech_handle import SpeechHandle
 
-from ..offline_models import offline_session
+from ..testing import offline_session
 
 __all__ = [
     "SAMPLE_RATE",

@@ -11,8 +11,8 @@ import livekit_segments
 from livekit.agents.voice.events import SpeechCreatedEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
 
-from ..offline_models import offline_session
 from ..release_compat import speech_error
+from ..testing import offline_session
 from .agent import QUESTION, DemoAgent, Response, TranscriptCollector
 from .realtime_sink import RealtimeAudioSink
 from .synth import Synthesizer

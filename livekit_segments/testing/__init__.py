@@ -1,0 +1,51 @@
+"""Test your own agent's segments, offline and deterministically.
+
+- `offline_session` / `started_session`: an `AgentSession` that needs no API keys, no LiveKit
+  server and no microphone.
+- `VirtualAudioOutput`: an audio output that plays on a `VirtualClock` and reports
+  ``playback_started``/``playback_finished`` with exact timestamps; the test can hold a
+  segment before it starts, decide when it has played out, and hold (pause) the output.
+- `run_turn` / `start_turn`: drive one user turn and get every `SpeechHandle` it opened, with
+  its ``playout_started`` result, segment index and break, plus the agent-state sequence
+  (`TurnResult`). Nothing waits on wall-clock time.
+
+Works with the runtime patch (``livekit_segments.install()``) and with a livekit-agents that
+supports segments natively. Example (pytest with pytest-asyncio)::
+
+    livekit_segments.install()
+
+    @pytest.mark.asyncio
+    async def test_answer_gets_its_own_handle() -> None:
+        audio = VirtualAudioOutput()
+        async with started_session(MyAgent(), audio=audio) as session:
+            result = await run_turn(session, "What is six times seven?")
+        assert result.break_ids == [None, "answer"]
+        assert result.playout_started == audio.started_times
+"""
+
+from .audio import PlayedSegment, RecordingTextOutput, VirtualAudioOutput, VirtualClock
+from .session import (
+    DEFAULT_SAMPLE_RATE,
+    NodeOnlyLLM,
+    OfflineTTS,
+    offline_session,
+    started_session,
+)
+from .turn import HandleResult, RunningTurn, TurnResult, run_turn, start_turn
+
+__all__ = [
+    "DEFAULT_SAMPLE_RATE",
+    "HandleResult",
+    "NodeOnlyLLM",
+    "OfflineTTS",
+    "PlayedSegment",
+    "RecordingTextOutput",
+    "RunningTurn",
+    "TurnResult",
+    "VirtualAudioOutput",
+    "VirtualClock",
+    "offline_session",
+    "run_turn",
+    "start_turn",
+    "started_session",
+]
