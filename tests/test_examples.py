@@ -122,9 +122,13 @@ async def test_agent_example_starts_with_the_cli_and_fails_only_for_lack_of_a_se
     )
     assert proc.stdout is not None
     seen: list[str] = []
+    # a bound on the whole wait: the agent logs a retry now and then, forever
+    deadline = asyncio.get_running_loop().time() + 240
     try:
         while True:
-            line = (await asyncio.wait_for(proc.stdout.readline(), 90)).decode()
+            left = deadline - asyncio.get_running_loop().time()
+            assert left > 0, "no job process initialized within 240 s:\n" + "".join(seen[-30:])
+            line = (await asyncio.wait_for(proc.stdout.readline(), left)).decode()
             assert line, "the agent exited before trying to connect:\n" + "".join(seen[-30:])
             seen.append(line)
             text = "".join(seen)
