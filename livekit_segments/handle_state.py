@@ -11,7 +11,7 @@ import asyncio
 import time
 from typing import Any
 
-from livekit.agents.voice.speech_handle import InterruptionSource, SpeechHandle
+from livekit.agents.voice.speech_handle import SpeechHandle
 
 from .segment_break import SegmentBreak
 
@@ -128,17 +128,18 @@ class SegmentSpeechHandle(SpeechHandle):
     def allow_interruptions(self, value: bool) -> None:
         self._lk_turn.allow_interruptions = value
 
-    def interrupt(
-        self, *, force: bool = False, source: InterruptionSource = "programmatic"
-    ) -> SpeechHandle:
+    def interrupt(self, *, force: bool = False, **kwargs: Any) -> SpeechHandle:
         """Interrupt the turn this segment belongs to, as `SpeechHandle.interrupt` does.
+
+        Other keyword arguments go to the turn's `interrupt` unchanged (``source=`` from
+        livekit-agents 1.8.2 on), so the signature is the installed release's own.
 
         Raises:
             RuntimeError: if the turn does not allow interruptions and `force` is False.
         """
         if self.interrupted or self.done():
             return self
-        self._lk_turn.interrupt(force=force, source=source)
+        self._lk_turn.interrupt(force=force, **kwargs)
         self._cancel()
         return self
 

@@ -258,9 +258,15 @@ def seam_report() -> list[tuple[str, bool]]:
         agent_activity,
         "perform_llm_inference",
     )
+    need(
+        "_AudioOutput.first_frame_fut (a settable dataclass field)",
+        lambda: (
+            "first_frame_fut" in {x.name for x in dataclasses.fields(generation._AudioOutput)}
+            and not generation._AudioOutput.__dataclass_params__.frozen  # type: ignore[attr-defined]
+        ),
+    )
     for cls, field in (
         (generation._LLMGenerationData, "text_ch"),
-        (generation._AudioOutput, "first_frame_fut"),
         (generation._TextOutput, "first_text_fut"),
     ):
         need(

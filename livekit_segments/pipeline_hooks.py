@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import inspect
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -247,33 +246,44 @@ def wrap_perform_audio_forwarding(original: F) -> F:
         if st is not None:
             st.audio_seen = True
             if not st.playout.done():
-                _resolve_on_playback_started(kwargs["audio_output"], out.first_frame_fut, st)
+                # upstream reads out.first_frame_fut at each use, and its forwarding task
+                # has not started yet: every use from here on sees the signalling future
+                out.first_frame_fut = _FirstFrameSignal(out.first_frame_fut, st)
         return task, out
 
     return perform_audio_forwarding  # type: ignore[return-value]
 
 
-def _resolve_on_playback_started(
-    audio_output: Any, first_frame_fut: asyncio.Future[float], st: HandleState
-) -> None:
-    # upstream's listener, registered first, attributes the event to this segment by
-    # resolving first_frame_fut; listeners run in registration order, so this one sees
-    # that in the same emit call and resolves playout_started there
-    def on_playback_started(_: Any) -> None:
-        if first_frame_fut.done():
-            audio_output.off("playback_started", on_playback_started)
-            if not first_frame_fut.cancelled():
-                resolve_playout(st, first_frame_fut.result())
+class _FirstFrameSignal(asyncio.Future):  # type: ignore[type-arg]
+    """Stands in for a segment's ``first_frame_fut``: resolving it resolves the handle's
+    `playout_started` in the same call, inside the sink's playback-started emit.
 
-    # the emitter inspects each listener's signature at every emit; give it ready-made
-    on_playback_started.__signature__ = _ONE_ARG  # type: ignore[attr-defined]
-    audio_output.on("playback_started", on_playback_started)
-    first_frame_fut.add_done_callback(
-        lambda _: audio_output.off("playback_started", on_playback_started)
-    )
+    Upstream's own listener decides whether the event belongs to this segment and calls
+    ``set_result``; hooking that call, rather than adding a second listener, does not depend
+    on the order in which the emitter runs listeners (a set before livekit rtc 1.1.20).
+    Every outcome is passed on to the future it replaces, whose done callback unregisters
+    upstream's listener.
+    """
 
+    def __init__(self, replaced: asyncio.Future[float], st: HandleState) -> None:
+        super().__init__()
+        self._replaced = replaced
+        self._st = st
 
-_ONE_ARG = inspect.Signature([inspect.Parameter("ev", inspect.Parameter.POSITIONAL_ONLY)])
+    def set_result(self, result: float) -> None:
+        super().set_result(result)
+        resolve_playout(self._st, result)
+        self._replaced.set_result(result)
+
+    def set_exception(self, exception: type | BaseException) -> None:
+        super().set_exception(exception)
+        self._replaced.cancel()
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        self._replaced.cancel(msg)
+        return True
 
 
 def wrap_perform_text_forwarding(original: F) -> F:
