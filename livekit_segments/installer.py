@@ -37,7 +37,7 @@ __all__ = [
 
 logger = logging.getLogger("livekit.segments")
 
-SUPPORTED_VERSIONS = "==1.8.9"
+SUPPORTED_VERSIONS = ">=1.6.0,<1.9"
 """The livekit-agents releases this runtime patch is tested against (a PEP 440 specifier)."""
 
 _MISSING = object()

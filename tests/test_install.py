@@ -64,12 +64,12 @@ def test_install_and_uninstall_restore_the_exact_objects() -> None:
 
 
 def test_version_gate_refuses_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agents, "__version__", "1.7.0")
+    monkeypatch.setattr(agents, "__version__", "1.5.9")
     before = snapshot()
     with pytest.raises(UnsupportedVersionError) as info:
         livekit_segments.install()
     message = str(info.value)
-    assert "1.7.0" in message
+    assert "1.5.9" in message
     assert livekit_segments.SUPPORTED_VERSIONS in message
     assert "force=True" in message and "pip install" in message
     assert isinstance(info.value, RuntimeError)

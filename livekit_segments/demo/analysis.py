@@ -90,9 +90,9 @@ def analyse(result: TurnResult) -> Report:
     turn_interrupted = bool(handles) and handles[0].handle.interrupted
 
     # the sink: one playback_finished per captured segment, one segment per response
-    if sink.finished_events != sink.captured_playout_segments:
+    if sink.finished_events != len(sink.segments):
         problems.append(
-            f"sink: {sink.captured_playout_segments} segments captured but "
+            f"sink: {len(sink.segments)} segments captured but "
             f"{sink.finished_events} playback_finished events"
         )
     if len(sink.segments) > len(responses):

@@ -22,6 +22,8 @@ from pathlib import Path
 from livekit import rtc
 from livekit.agents.voice import io
 
+from ..release_compat import report_playback_progress
+
 __all__ = ["PlayoutRecording", "PlayoutRun", "RealtimeAudioSink", "SinkSegment"]
 
 # a frame that starts within this of the previous one's end continues the same run: the
@@ -323,7 +325,7 @@ class RealtimeAudioSink(io.AudioOutput):
         seg.interrupted = interrupted
         self.finished_events += 1
         if seg.started_at is not None and played > 0:
-            self.on_playback_progressed(started_at=seg.started_at, offset=0.0, duration=played)
+            report_playback_progress(self, started_at=seg.started_at, offset=0.0, duration=played)
         self.on_playback_finished(playback_position=played, interrupted=interrupted)
         self._notify()
 
