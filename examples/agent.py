@@ -8,9 +8,12 @@ audio starts playing (``await handle.playout_started``), not after a guessed del
 Run it with livekit-agents' own CLI (needs LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET;
 STT, LLM and TTS go through LiveKit Inference with the same credentials):
 
+    python examples/agent.py start     # join rooms on your LiveKit server
     python examples/agent.py console   # talk to it in the terminal (needs audio devices)
-    python examples/agent.py dev       # join rooms on your LiveKit server, with reload
-    python examples/agent.py start     # production mode
+
+``dev`` still exists but no longer reloads (since livekit-agents 1.6.0), and later releases
+deprecate ``dev`` and ``console``: for development with hot reload use the LiveKit CLI,
+``lk agent dev``.
 
 Mint a token to join the test room from a client with ``python examples/token.py``.
 """
@@ -94,7 +97,9 @@ async def on_response_playing(handle: SpeechHandle) -> None:
     )
 
 
-server = AgentServer()
+# the worker's health-check HTTP port (upstream's default for `start` is 8081); set
+# AGENT_HTTP_PORT to run several workers on one host, or 0 for any free port
+server = AgentServer(port=int(os.environ.get("AGENT_HTTP_PORT", "8081")))
 
 
 @server.rtc_session()

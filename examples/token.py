@@ -35,7 +35,9 @@ def mint_token(
     identity: str,
     ttl: datetime.timedelta = datetime.timedelta(hours=1),
 ) -> str:
-    """A JWT that lets ``identity`` join ``room`` (publish, subscribe, data)."""
+    """A JWT that lets ``identity`` join ``room`` (publish, subscribe, data), valid for ``ttl``."""
+    if ttl <= datetime.timedelta(0):
+        raise ValueError(f"ttl must be positive, got {ttl}: the token would be expired at once")
     return (
         api.AccessToken(api_key, api_secret)
         .with_identity(identity)
@@ -54,11 +56,21 @@ def mint_token(
     )
 
 
+def _positive_minutes(value: str) -> int:
+    try:
+        minutes = int(value)
+    except ValueError:
+        minutes = 0
+    if minutes <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of minutes > 0")
+    return minutes
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--room", default="segments-test")
     parser.add_argument("--identity", default="tester")
-    parser.add_argument("--ttl-minutes", type=int, default=60)
+    parser.add_argument("--ttl-minutes", type=_positive_minutes, default=60, metavar="MINUTES")
     args = parser.parse_args(argv)
 
     missing = [name for name in REQUIRED if not env.get(name)]

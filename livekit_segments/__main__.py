@@ -8,6 +8,8 @@ import importlib.util
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import doctor
+from ._cli import ArgumentParser, run_command
 from .demo import cli as demo_cli
 from .version import __version__
 
@@ -16,7 +18,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser, with every available subcommand registered."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="livekit-segments",
         description="One SpeechHandle per response for LiveKit Agents: demo and tools.",
     )
@@ -25,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # subcommands: each module has add_parser(subparsers), which sets `func` (args -> exit code)
     demo_cli.add_parser(subparsers)
+    doctor.add_parser(subparsers)
     bench = _optional_subcommand("bench")
     if bench is not None:
         bench(subparsers)
@@ -45,7 +48,7 @@ def _optional_subcommand(name: str) -> Callable[[Any], Any] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: the command line), run the subcommand, return its exit code."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ The supported range is ``SUPPORTED_VERSIONS`` (1.6.0 to 1.8.x). What differs, an
 | livekit 1.1.20)                        | 1.1.8 to 1.1.18)  | from a listener of its own         |
 | `AudioOutput.on_playback_progressed`   | 1.7.1 on          | `report_playback_progress` below   |
 | (sinks report played stretches)        |                   | calls it where it exists           |
+| `SpeechHandle.exception()`             | 1.6.5 on          | `speech_error` below: None where   |
+|                                        |                   | the release cannot tell            |
 | `openai>=2` with no upper bound (3.x   | 1.6.0 to 1.6.9    | install `openai<3` beside them     |
 | drops httpx, `import livekit.agents`   |                   | (packaging only: scripts/compat,   |
 | fails)                                 |                   | COMPAT.md, README)                 |
@@ -24,10 +26,12 @@ results.
 from __future__ import annotations
 
 from livekit.agents.voice import io
+from livekit.agents.voice.speech_handle import SpeechHandle
 
-__all__ = ["report_playback_progress"]
+__all__ = ["report_playback_progress", "speech_error"]
 
 _HAS_PROGRESS = hasattr(io.AudioOutput, "on_playback_progressed")
+_HAS_EXCEPTION = hasattr(SpeechHandle, "exception")
 
 
 def report_playback_progress(
@@ -40,3 +44,14 @@ def report_playback_progress(
     """
     if _HAS_PROGRESS:
         output.on_playback_progressed(started_at=started_at, offset=offset, duration=duration)
+
+
+def speech_error(handle: SpeechHandle) -> BaseException | None:
+    """What a finished handle failed with (`SpeechHandle.exception()`, 1.6.5 on).
+
+    None while the handle is not done, and on releases before 1.6.5, which do not record it.
+    """
+    if not _HAS_EXCEPTION or not handle.done():
+        return None
+    error: BaseException | None = handle.exception()
+    return error

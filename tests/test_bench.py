@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import random
+import shutil
+import subprocess
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +18,16 @@ import pytest
 
 import livekit_segments
 from livekit_segments import bench
-from livekit_segments.bench import cli as bench_cli, forms as bench_forms
+from livekit_segments.bench import (
+    cli as bench_cli,
+    forms as bench_forms,
+    install_cost,
+    record as bench_record,
+    report as bench_report,
+    segment_cost,
+    signal_latency,
+    stats,
+)
 from livekit_segments.bench.report import BenchReport, BenchResult, Row
 from livekit_segments.bench.runner import BENCHMARKS, BenchConfig, run_bench
 
@@ -43,8 +57,16 @@ def check_report(doc: dict[str, Any], *, native: bool) -> None:
     assert doc["subject"] == subject
     forms = [subject] if native else ["upstream", subject]
     for bench_id, b in benches.items():
-        assert b["status"] in ("pass", "miss", "n/a"), bench_id
+        assert b["status"] in ("met", "missed", "inconclusive", "n/a"), bench_id
         assert b["target"] and b["title"], bench_id
+        verdicts = [t["verdict"] for t in b["targets"]]
+        assert verdicts, bench_id
+        # a benchmark's verdict is its worst target's
+        assert b["status"] == bench_report.combine(verdicts), bench_id
+        for t in b["targets"]:
+            if "point" in t:  # a noisy figure: judged from its interval
+                assert t["ci95"][0] <= t["ci95"][1], (bench_id, t)
+                assert t["n"] >= 1 and t["statistic"], (bench_id, t)
     for where, x in numbers(doc):
         assert math.isfinite(x), where
 
@@ -59,7 +81,12 @@ def check_report(doc: dict[str, Any], *, native: bool) -> None:
         for form in forms:
             assert list(b2[table][form]) == [str(n) for n in b2["ns"]]
             assert all(v > 0 for v in b2[table][form].values()), (table, form)
-    assert b2["linear"] in (True, False)
+    assert [t["name"] for t in b2["targets"]] == [
+        "CPU per segment ratio (slope)",
+        "growth exponent, CPU time",
+        "growth exponent, memory",
+    ]
+    assert len(b2["repetition_time_exponents"]) == b2["repeats"]
 
     b3 = benches["B3"]
     assert b3["value_equal"] is True
@@ -82,11 +109,17 @@ def check_report(doc: dict[str, Any], *, native: bool) -> None:
     assert b5["segments"] == b5["turns"] * 3
 
     ratios = [b1["ratio"], b2["per_segment_ratio"], b4["ratio"]]
+    compared = [b1["targets"][0], b2["targets"][0], b4["targets"][0]]
     if native:
         assert ratios == [None, None, None]
         assert b1["status"] == "n/a" and b4["status"] == "n/a"
+        assert [t["verdict"] for t in compared] == ["n/a"] * 3
+        assert not any("point" in t for t in compared)
     else:
         assert all(r is not None and r > 0 for r in ratios)
+        assert all("ci95" in t for t in compared)
+        assert len(b1["pair_ratios"]) == b1["batches"]
+        assert b1["targets"][0]["n"] == b1["batches"]
 
 
 async def test_tiny_run_reports_all_five(tmp_path: Path) -> None:
@@ -156,14 +189,17 @@ def test_cli_rejects_unknown_benchmarks() -> None:
 @pytest.mark.parametrize(
     ("status", "check", "code"),
     [
-        ("miss", False, 0),
-        ("miss", True, 1),
-        ("pass", True, 0),
+        ("missed", False, 0),
+        ("missed", True, 1),
+        ("inconclusive", True, 0),
+        ("inconclusive", False, 0),
+        ("met", True, 0),
         ("n/a", True, 0),
     ],
 )
 def test_exit_code(monkeypatch: pytest.MonkeyPatch, status: str, check: bool, code: int) -> None:
-    """A miss is a measurement: exit 0, unless --check asks for 1."""
+    """A miss is a measurement: exit 0, unless --check asks for 1; only a miss fails it, an
+    inconclusive verdict (the interval straddles the target) does not."""
 
     async def fake_run_bench(config: BenchConfig, **_: Any) -> BenchReport:
         result = BenchResult(
@@ -186,6 +222,9 @@ def test_presets_keep_the_required_sizes() -> None:
     default, quick, tiny = BenchConfig.default(), BenchConfig.quick(), BenchConfig.tiny()
     b1 = default.install_cost
     assert b1.batches * b1.replies_per_batch >= 1000
+    # enough pairs for the interval to decide: fewer than MIN_SAMPLES is always inconclusive
+    assert b1.batches >= stats.MIN_SAMPLES
+    assert default.segment_cost.repeats >= stats.MIN_SAMPLES
     assert default.segment_cost.ns == (1, 10, 100, 1000)
     b3 = default.signal_latency
     assert b3.single_segments >= 1000
@@ -194,3 +233,414 @@ def test_presets_keep_the_required_sizes() -> None:
     for small in (quick, tiny):
         assert small.leaks.turns < default.leaks.turns
         assert small.install_cost.batches <= b1.batches
+
+
+# -- the statistics behind the verdicts, on synthetic samples (no timing involved)
+
+
+def spread(center: float, width: float, n: int) -> list[float]:
+    """``n`` samples evenly spread over ``center +- width`` (a deterministic stand-in for noise)."""
+    return [center - width + 2 * width * i / (n - 1) for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("samples", "verdict"),
+    [
+        (spread(0.98, 0.03, 40), "met"),  # the whole interval below 1.02
+        (spread(1.10, 0.03, 40), "missed"),  # the whole interval above 1.02
+        (spread(1.02, 0.05, 40), "inconclusive"),  # straddles 1.02
+        (spread(1.01, 0.30, 40), "inconclusive"),  # below 1.02, but too noisy to tell
+        (spread(0.90, 0.01, 5), "inconclusive"),  # far below, but 5 samples are too few
+        (spread(0.90, 0.01, 6), "met"),
+        (spread(1.20, 0.01, 6), "missed"),
+    ],
+)
+def test_verdict_is_decided_by_the_whole_interval(samples: list[float], verdict: str) -> None:
+    est = stats.median_estimate(samples, "median of synthetic ratios")
+    assert est.low <= est.point <= est.high
+    assert est.n == len(samples)
+    assert stats.verdict(est, 1.02) == verdict
+
+
+def test_verdict_edges() -> None:
+    at_limit = stats.Estimate(0.9, 0.8, 1.0, 30, "x")
+    assert stats.verdict(at_limit, 1.0) == "met"  # <= 1.0: the upper end may touch it
+    assert stats.verdict(at_limit, 1.0, strict=True) == "inconclusive"  # < 1.0: it may not
+    above = stats.Estimate(1.1, 1.0, 1.2, 30, "x")
+    assert stats.verdict(above, 1.0) == "inconclusive"
+    assert stats.verdict(above, 1.0, strict=True) == "missed"
+    assert stats.verdict(None, 1.0) == "n/a"  # nothing to compare (native mode)
+    assert stats.verdict(stats.median_estimate([], "x"), 1.0) == "inconclusive"
+
+
+def test_bootstrap_is_deterministic_for_given_samples() -> None:
+    rng = random.Random(7)
+    samples = [rng.lognormvariate(0, 0.1) for _ in range(50)]
+    state = random.getstate()
+    first = stats.bootstrap_interval(samples, stats.median)
+    assert random.getstate() == state  # its own generator: the global one is left alone
+    random.random()
+    assert stats.bootstrap_interval(list(samples), stats.median) == first
+    assert stats.median_estimate(samples, "x") == stats.median_estimate(samples, "x")
+    # the seed is what fixes it (a mean: the median's interval ends sit on order statistics,
+    # which a neighbouring seed may well reproduce)
+    seeded = [stats.bootstrap_interval(samples, stats.mean, seed=s) for s in (0, 0, 1)]
+    assert seeded[0] == seeded[1] != seeded[2]
+    lo, hi = first
+    assert min(samples) <= lo < stats.median(samples) < hi <= max(samples)
+
+
+def test_too_few_samples_for_any_interval_is_inconclusive() -> None:
+    # [min, max] of n samples covers the q-th percentile with probability 1 - p**n - (1-p)**n
+    assert stats.min_samples(50) == stats.MIN_SAMPLES == 6
+    assert stats.min_samples(99) == 299
+    latencies = spread(0.3, 0.1, 298)  # every one far below a 1 ms bound, but 298 of them
+    p99 = stats.quantile_estimate(latencies, 99, "p99 (ms)")
+    assert p99.high < 1.0 and p99.too_few
+    assert stats.verdict(p99, 1.0) == "inconclusive"
+    p99 = stats.quantile_estimate([*latencies, 0.3], 99, "p99 (ms)")
+    assert stats.verdict(p99, 1.0) == "met"
+    assert stats.verdict(stats.quantile_estimate([x + 1 for x in latencies] * 2, 99, ""), 1.0) == (
+        "missed"
+    )
+
+
+def test_median_difference_interval() -> None:
+    base = spread(2.0, 0.5, 48)
+    est = stats.median_difference_estimate([x + 0.1 for x in base], base, "gap difference")
+    assert est.point == pytest.approx(0.1)
+    assert est.low < 0.1 < est.high
+    assert stats.verdict(est, 1.0, strict=True) == "met"
+    far = stats.median_difference_estimate([x + 3.0 for x in base], base, "gap difference")
+    assert stats.verdict(far, 1.0, strict=True) == "missed"
+
+
+def test_combine_takes_the_worst_verdict() -> None:
+    assert bench_report.combine(["met", "inconclusive", "missed"]) == "missed"
+    assert bench_report.combine(["met", "inconclusive", "n/a"]) == "inconclusive"
+    assert bench_report.combine(["met", "n/a"]) == "met"
+    assert bench_report.combine(["n/a"]) == "n/a"
+
+
+def test_table_shows_estimate_interval_and_verdict() -> None:
+    est = stats.median_estimate(spread(1.10, 0.03, 40), "median of 40 per-pair ratios")
+    verdict = stats.verdict(est, 1.02)
+    result = BenchResult(
+        id="B1",
+        title="cost of being installed",
+        target="t",
+        status=verdict,
+        rows=[Row("m", "1 ms", "1.1 ms", bench_report.fmt_estimate(est), "<= 1.02", verdict)],
+        data={},
+        judged=[bench_report.Judged("CPU per reply ratio", "<= 1.02", verdict, est)],
+    )
+    rep = BenchReport(meta={}, results=[result])
+    table = rep.render_table()
+    assert f"{est.point:.3f} [{est.low:.3f}, {est.high:.3f}]" in table
+    assert "MISSED" in table and "targets missed: B1" in table
+    target = rep.to_json()["benchmarks"]["B1"]["targets"][0]
+    assert target["verdict"] == "missed"
+    assert target["point"] == est.point and target["ci95"] == [est.low, est.high]
+    assert target["n"] == 40
+    few = stats.median_estimate([1.0, 1.1], "x")
+    assert bench_report.fmt_estimate(few).endswith("(n=2, too few)")
+
+
+# -- B1 and B2 judge synthetic measurements (the measuring function replaced; no timing)
+
+RUNTIME_FORMS = bench_forms.Forms(native=False, was_installed=True)
+
+
+@pytest.mark.parametrize(
+    ("repeats", "patch_factor", "verdict"),
+    [(8, 1.0, "met"), (8, 1.5, "missed"), (8, 1.1, "inconclusive"), (3, 1.0, "inconclusive")],
+)
+async def test_b2_judges_the_slope_ratio_over_paired_repetitions(
+    monkeypatch: pytest.MonkeyPatch, repeats: int, patch_factor: float, verdict: str
+) -> None:
+    rng = random.Random(3)
+
+    async def fake_measure(n: int, form: bench_forms.Form, *, memory: bool) -> tuple[float, float]:
+        if memory:
+            return 8000.0 * n, 0.0
+        per_segment = 500e-6 * (patch_factor if form is bench_forms.Form.PATCHED else 1.0)
+        cpu = (2e-3 + per_segment * n) * rng.uniform(0.97, 1.03)
+        return cpu, cpu
+
+    monkeypatch.setattr(segment_cost, "_measure", fake_measure)
+    cfg = segment_cost.SegmentCostConfig(ns=(1, 10, 100, 1000), repeats=repeats)
+    result = await segment_cost.run(cfg, RUNTIME_FORMS)
+    slope = result.judged[0]
+    assert slope.name == "CPU per segment ratio (slope)"
+    assert slope.estimate is not None and slope.estimate.n == repeats
+    assert slope.estimate.low <= patch_factor <= slope.estimate.high
+    assert slope.verdict == verdict
+    assert len(result.data["repetition_slope_ratios"]) == repeats
+    growth = result.judged[1]
+    assert growth.estimate is not None
+    assert growth.verdict == ("met" if repeats >= stats.MIN_SAMPLES else "inconclusive")
+    assert result.status == bench_report.combine([j.verdict for j in result.judged])
+
+
+@pytest.mark.parametrize(("patch_factor", "verdict"), [(1.0, "met"), (1.2, "missed")])
+async def test_b1_judges_the_median_of_per_pair_ratios(
+    monkeypatch: pytest.MonkeyPatch, patch_factor: float, verdict: str
+) -> None:
+    rng = random.Random(5)
+    outliers = iter([10.0, 10.0])  # two batches hit by the machine: a mean would move
+
+    async def fake_batch(session: Any, form: bench_forms.Form, cfg: Any) -> float:
+        factor = patch_factor if form is bench_forms.Form.PATCHED else 1.0
+        spike = next(outliers, 1.0) if form is bench_forms.Form.PATCHED else 1.0
+        return 3e-3 * factor * spike * rng.uniform(0.98, 1.02)
+
+    monkeypatch.setattr(install_cost, "_batch", fake_batch)
+    cfg = install_cost.InstallCostConfig(batches=20, replies_per_batch=1, warmup_replies=0)
+    result = await install_cost.run(cfg, RUNTIME_FORMS)
+    (judged,) = result.judged
+    assert judged.estimate is not None and judged.estimate.n == 20
+    assert judged.estimate.low <= patch_factor <= judged.estimate.high
+    assert judged.verdict == verdict == result.status
+    assert result.data["ratio_of_means"] > 1.5  # what the old verdict used
+
+
+class FakeWatch:
+    """What B3 reads from one session's watch: its latencies (s) and its sink's segments."""
+
+    def __init__(self, latencies: list[float]) -> None:
+        self._latencies = latencies
+        self.sink = types.SimpleNamespace(segments=latencies)
+        self.cancelled = 0
+
+    def latencies(self) -> list[float]:
+        return self._latencies
+
+    def values_equal(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("patch_ms", "upstream_ms", "verdict"),
+    [
+        (0.3, 0.3, "met"),
+        (4.0, 0.3, "missed"),  # upstream's wake-up is fast on this machine: the patch is slow
+        (4.0, 4.0, "inconclusive"),  # both slow: the machine decides the p99
+        (1.0, 0.3, "inconclusive"),  # the interval straddles the bound
+    ],
+)
+async def test_b3_judges_the_p99_from_its_interval_against_a_control(
+    monkeypatch: pytest.MonkeyPatch, patch_ms: float, upstream_ms: float, verdict: str
+) -> None:
+    async def fake_run(form: bench_forms.Form, **_: Any) -> list[FakeWatch]:
+        center = patch_ms if form is bench_forms.Form.PATCHED else upstream_ms
+        # 300 latencies, 5% of them in a tail around the center: the p99 lands in the tail
+        body = [0.1e-3] * 285
+        tail = [x * 1e-3 for x in spread(center, 0.1 * center, 15)]
+        return [FakeWatch(body + tail)]
+
+    monkeypatch.setattr(signal_latency, "_run", fake_run)
+    cfg = signal_latency.SignalLatencyConfig(
+        single_segments=300, single_segments_per_reply=300, sessions=2, segments_per_session=3
+    )
+    result = await signal_latency.run(cfg, RUNTIME_FORMS)
+    p99 = result.judged[0]
+    assert p99.name == "p99 with 1 session" and p99.estimate is not None
+    assert p99.verdict == verdict
+    assert result.data["p99_machine_bound"] is (verdict == "inconclusive" and upstream_ms > 1)
+
+
+# -- BENCHMARKS.md: one command writes it, naming the commit; CI checks it is fresh
+
+ROOT = Path(__file__).resolve().parents[1]
+FRESH = ROOT / "scripts" / "check-benchmarks-fresh"
+
+
+def fake_report() -> BenchReport:
+    """A report as a full run would give, without running one."""
+    est = stats.median_estimate(spread(0.99, 0.02, 60), "median of 60 per-pair ratios")
+    b1 = BenchResult(
+        id="B1",
+        title="cost of being installed",
+        target="CPU per reply ratio <= 1.02",
+        status="met",
+        rows=[
+            Row("CPU per reply", "3 ms", "3 ms", bench_report.fmt_estimate(est), "<= 1.02", "met")
+        ],
+        data={},
+        judged=[bench_report.Judged("CPU per reply ratio", "<= 1.02", "met", est)],
+    )
+    b5 = BenchResult(
+        id="B5",
+        title="no leaks",
+        target="t",
+        status="missed",
+        rows=[Row("live SpeechHandles", "", "0 -> 3", "", "equal", "missed")],
+        data={},
+        judged=[bench_report.Judged("live SpeechHandles", "equal", "missed", value="0 -> 3")],
+    )
+    meta = {"preset": "default", "mode_description": "runtime: a test"}
+    return BenchReport(meta=meta, results=[b1, b5], wall_s=123.4)
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+        "PATH": os.environ["PATH"],
+    }
+    done = subprocess.run(
+        ["git", "-C", str(repo), *args], env=env, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A git checkout shaped like this project: livekit_segments/ and the freshness script."""
+    root = tmp_path / "repo"
+    (root / "livekit_segments").mkdir(parents=True)
+    (root / "livekit_segments" / "code.py").write_text("x = 1\n")
+    (root / "scripts").mkdir()
+    shutil.copy2(FRESH, root / "scripts" / FRESH.name)
+    shutil.copy2(FRESH.parent / "check-fresh", root / "scripts" / "check-fresh")
+    (root / "README.md").write_text("readme\n")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "the measured code")
+    return root
+
+
+def commit_all(repo: Path, message: str) -> None:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+
+
+def fresh(repo: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(repo / "scripts" / FRESH.name)], capture_output=True, text=True, check=False
+    )
+
+
+def test_record_names_the_commit_machine_and_every_verdict(repo: Path) -> None:
+    prov = bench_record.prepare("default", None, root=repo)
+    assert prov.commit == git(repo, "rev-parse", "HEAD")
+    assert prov.subject == "the measured code"
+    report = fake_report()
+    text = bench_record.render(report, prov)
+
+    assert text.splitlines()[0].startswith(f"<!-- bench-record commit={prov.commit} ")
+    assert bench_record.recorded_commit(text) == prov.commit
+    assert f"| commit | `{prov.commit}` (the measured code) |" in text
+    for fact in ("CPUs", "python", "livekit-agents", "livekit-segments", "date", "wall time"):
+        assert f"| {fact} |" in text, fact
+    assert bench_record.COMMAND in text
+    # every target with its figure and verdict; the printed table verbatim; the prose per figure
+    assert "| B1 | CPU per reply ratio | <= 1.02 | " in text
+    est = report.results[0].judged[0].estimate
+    assert est is not None and f"[{est.low:.3f}, {est.high:.3f}]" in text
+    assert "| B5 | live SpeechHandles | equal | 0 -> 3 | **missed** |" in text
+    assert "Summary: targets missed: B5." in text
+    assert report.render_table() in text
+    assert bench_record.FIGURES["B1"] in text and bench_record.FIGURES["B5"] in text
+    assert bench_record.FIGURES["B2"] not in text  # only the figures that ran
+
+
+def test_record_refuses_what_would_not_name_the_code_measured(repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(bench_record.RecordError, match="drop --quick and --only"):
+        bench_record.prepare("quick", None, root=repo)
+    with pytest.raises(bench_record.RecordError, match="drop --quick and --only"):
+        bench_record.prepare("default", ["B1"], root=repo)
+    (repo / "livekit_segments" / "code.py").write_text("x = 2\n")
+    with pytest.raises(bench_record.RecordError, match="uncommitted changes .*code.py.*commit"):
+        bench_record.prepare("default", None, root=repo)
+    git(repo, "checkout", "-q", "--", "livekit_segments")
+    (repo / "livekit_segments" / "new.py").write_text("")
+    with pytest.raises(bench_record.RecordError, match="uncommitted changes"):
+        bench_record.prepare("default", None, root=repo)
+    (repo / "livekit_segments" / "new.py").unlink()
+    (repo / "README.md").write_text("changed outside the measured code\n")
+    prov = bench_record.prepare("default", None, root=repo)
+    bench_record.confirm(prov, root=repo)
+    commit_all(repo, "moved on during the run")
+    with pytest.raises(bench_record.RecordError, match="changed during the run"):
+        bench_record.confirm(prov, root=repo)
+    with pytest.raises(bench_record.RecordError, match="is a directory"):
+        bench_record.prepare("default", None, path=tmp_path, root=repo)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(bench_record.RecordError, match="not a writable folder"):
+        bench_record.prepare("default", None, path=blocker / "BENCHMARKS.md", root=repo)
+    # a missing folder is fine: it is created when the record is written
+    bench_record.prepare("default", None, path=tmp_path / "new" / "B.md", root=repo)
+    bench_record.write(tmp_path / "new" / "B.md", "text\n")
+    assert (tmp_path / "new" / "B.md").read_text() == "text\n"
+    plain = tmp_path / "not-a-checkout"
+    plain.mkdir()
+    with pytest.raises(bench_record.RecordError, match="git checkout"):
+        bench_record.prepare("default", None, root=plain)
+
+
+def test_freshness_check_fails_once_the_measured_code_changed(repo: Path) -> None:
+    record = repo / "BENCHMARKS.md"
+    record.write_text("# Benchmarks\n\nwritten by hand\n")
+    commit_all(repo, "a hand-written record")
+    done = fresh(repo)
+    assert done.returncode == 1 and "names no commit" in done.stderr
+
+    prov = bench_record.prepare("default", None, root=repo)
+    record.write_text(bench_record.render(fake_report(), prov))
+    commit_all(repo, "record the benchmarks")
+    done = fresh(repo)
+    assert done.returncode == 0, done.stderr
+    assert prov.commit[:12] in done.stdout
+
+    (repo / "README.md").write_text("docs move on\n")
+    commit_all(repo, "docs only")
+    assert fresh(repo).returncode == 0
+
+    (repo / "livekit_segments" / "code.py").write_text("x = 3\n")
+    commit_all(repo, "change the measured code")
+    done = fresh(repo)
+    assert done.returncode == 1
+    assert "stale" in done.stderr and "livekit_segments/code.py" in done.stderr
+    assert "python -m livekit_segments bench --record BENCHMARKS.md" in done.stderr
+
+    record.write_text(record.read_text().replace(prov.commit, "f" * 40))
+    commit_all(repo, "a record of a commit this clone lacks")
+    done = fresh(repo)
+    assert done.returncode == 1 and "not in this clone" in done.stderr
+
+
+def test_cli_record_checks_first_then_writes(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs: list[str] = []
+
+    async def fake_run_bench(config: BenchConfig, **_: Any) -> BenchReport:
+        runs.append(config.preset)
+        return fake_report()
+
+    monkeypatch.setattr(bench_cli, "run_bench", fake_run_bench)
+    monkeypatch.setattr(bench_record, "repo_root", lambda: repo)
+    out = repo / "BENCHMARKS.md"
+
+    # refused before any work: a smaller preset, or uncommitted measured code
+    args = parse(["bench", "--quick", "--record", str(out)])
+    assert args.func(args) == 2
+    (repo / "livekit_segments" / "code.py").write_text("x = 2\n")
+    args = parse(["bench", "--record", str(out)])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert "drop --quick" in err and "uncommitted changes" in err
+    assert len(err.strip().splitlines()) == 2  # one line each, no traceback
+    assert runs == [] and not out.exists()
+
+    git(repo, "checkout", "-q", "--", "livekit_segments")
+    args = parse(["bench", "--record", str(out), "--check"])
+    assert args.func(args) == 1  # the fake report misses B5: --check still says so
+    assert runs == ["default"]
+    assert bench_record.recorded_commit(out.read_text()) == git(repo, "rev-parse", "HEAD")

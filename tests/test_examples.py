@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 import jwt
+import pytest
 
 import livekit_segments
 from livekit.agents import AgentServer, llm
@@ -74,6 +75,29 @@ def test_token_script_mints_a_valid_join_token() -> None:
     assert "LIVEKIT_API_KEY, LIVEKIT_API_SECRET" in err.getvalue()
 
 
+@pytest.mark.parametrize("ttl", ["0", "-5", "abc", "1.5"])
+def test_token_script_rejects_a_ttl_that_is_not_a_positive_whole_number(
+    ttl: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token_mod = load("token.py")
+    env = {"LIVEKIT_API_KEY": FAKE_KEY, "LIVEKIT_API_SECRET": FAKE_SECRET, "LIVEKIT_URL": "ws://x"}
+    with pytest.raises(SystemExit) as exc:
+        token_mod.main(["--ttl-minutes", ttl], env=env)
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no token printed
+    assert f"argument --ttl-minutes: {ttl!r} is not a whole number of minutes > 0" in captured.err
+
+    with pytest.raises(ValueError, match="ttl must be positive"):
+        token_mod.mint_token(
+            api_key=FAKE_KEY,
+            api_secret=FAKE_SECRET,
+            room="r",
+            identity="me",
+            ttl=datetime.timedelta(0),
+        )
+
+
 async def test_agent_example_starts_with_the_cli_and_fails_only_for_lack_of_a_server() -> None:
     with socket.socket() as s:  # a local port with nothing listening
         s.bind(("127.0.0.1", 0))
@@ -83,6 +107,8 @@ async def test_agent_example_starts_with_the_cli_and_fails_only_for_lack_of_a_se
         "LIVEKIT_URL": f"ws://127.0.0.1:{port}",
         "LIVEKIT_API_KEY": FAKE_KEY,
         "LIVEKIT_API_SECRET": FAKE_SECRET,
+        # any free port for the health check: the default 8081 may be taken on this host
+        "AGENT_HTTP_PORT": "0",
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from .. import installer
+from .._cli import (
+    ArgumentParser,
+    check_livekit_agents,
+    output_path,
+    quiet_install_warnings,
+    run_command as run_with_usage_errors,
+)
+from . import record
 from .runner import BENCHMARKS, BenchConfig, run_bench
 
 __all__ = ["add_parser", "main", "run_command"]
@@ -42,9 +54,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     # the test suite's size: every code path in a few seconds
     size.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument(
-        "--check", action="store_true", help="exit 1 if any benchmark misses its target"
+        "--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH"
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 if a target is missed (its whole 95%% interval beyond it); "
+        "inconclusive is not a failure",
+    )
+    parser.add_argument(
+        "--record",
+        metavar="PATH",
+        help="write BENCHMARKS.md-style Markdown naming the commit measured (full run only; "
+        "refuses uncommitted changes under livekit_segments/)",
     )
     parser.add_argument(
         "--only",
@@ -54,6 +77,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--verbose", action="store_true", help="keep livekit's log output (quiet by default)"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="run on a livekit-agents release outside SUPPORTED_VERSIONS (install(force=True))",
     )
     parser.set_defaults(func=run_command)
 
@@ -69,30 +97,78 @@ def _bench_list(text: str) -> list[str]:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run the benchmarks as ``args`` say; print the table; 1 on a miss with ``--check``."""
+    """Run the benchmarks as ``args`` say; print the table; 1 on a miss with ``--check``.
+
+    Raises `UsageError` before measuring anything for an unusable ``--json`` path or a
+    livekit-agents that `install()` refuses (unless ``--force`` lets it).
+    """
     preset = "tiny" if args.tiny else "quick" if args.quick else "default"
     config = BenchConfig.preset_named(preset)
+    if args.json is not None:
+        output_path(args.json, "--json")
+    check_livekit_agents(force=args.force)
+    provenance = None
+    if args.record:
+        try:
+            provenance = record.prepare(preset, args.only, path=args.record)
+        except record.RecordError as e:
+            print(f"bench: error: {e}", file=sys.stderr)
+            return 2
 
     def progress(message: str) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)
 
-    report = asyncio.run(
-        run_bench(config, only=args.only, progress=progress, quiet_logs=not args.verbose)
-    )
+    with _forcing_install(args.force):
+        report = asyncio.run(
+            run_bench(config, only=args.only, progress=progress, quiet_logs=not args.verbose)
+        )
     print(report.render_table())
-    if args.json:
+    if args.json is not None:
         report.write_json(args.json)
         print(f"results written to {args.json}", file=sys.stderr)
+    if provenance is not None:
+        try:
+            record.confirm(provenance)
+        except record.RecordError as e:
+            print(f"bench: error: {e}", file=sys.stderr)
+            return 2
+        record.write(args.record, record.render(report, provenance))
+        print(
+            f"record of commit {provenance.commit[:12]} written to {args.record}", file=sys.stderr
+        )
     return 1 if args.check and report.missed else 0
+
+
+@contextlib.contextmanager
+def _forcing_install(force: bool) -> Iterator[None]:
+    """With ``--force``, every `install()` the bench makes is ``install(force=True)``.
+
+    The bench switches the patch on and off many times (`forms.activate`); the version
+    warning was printed once already, so the repeated installs stay quiet.
+    """
+    if not force:
+        yield
+        return
+    original = installer.install
+
+    def forced(*, force: bool = True) -> None:
+        with quiet_install_warnings():
+            original(force=True)
+
+    installer.install = forced
+    try:
+        yield
+    finally:
+        installer.install = original
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``bench`` command on its own (``python -m livekit_segments.bench``)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m livekit_segments.bench",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     configure(parser)
     args = parser.parse_args(argv)
-    return run_command(args)
+    return run_with_usage_errors(run_command, args, parser.prog)

@@ -21,7 +21,7 @@ from livekit.agents.voice.speech_handle import SpeechHandle
 
 from .fakes import ScriptedAgent, ZeroLatencySink, close_session, reply, silence, start_session
 from .forms import Form, Forms, activate
-from .report import BenchResult, Row, judge
+from .report import BenchResult, Judged, Row, combine, judge
 from .segment_cost import script
 
 __all__ = ["LeaksConfig", "run"]
@@ -141,13 +141,34 @@ async def run(cfg: LeaksConfig, forms: Forms) -> BenchResult:
     measured = max(turns - warmup, 1)
     rss_growth = end.rss - warm.rss
     blocks_growth = end.blocks - warm.blocks
-    steady_ok = (
-        end.handles == warm.handles
-        and rss_growth <= RSS_NOISE_BYTES
-        and blocks_growth <= BLOCKS_NOISE
-    )
     closed_ok = closed.handles == base.handles
-    status = judge(steady_ok and closed_ok)
+    judged = [
+        Judged(
+            "live SpeechHandles warm -> end",
+            "equal",
+            judge(end.handles == warm.handles),
+            value=f"{warm.handles} -> {end.handles}",
+        ),
+        Judged(
+            "live SpeechHandles baseline -> closed",
+            "equal",
+            judge(closed_ok),
+            value=f"{base.handles} -> {closed.handles}",
+        ),
+        Judged(
+            "resident memory growth",
+            f"<= {RSS_NOISE_BYTES / 2**20:.0f} MiB",
+            judge(rss_growth <= RSS_NOISE_BYTES),
+            value=f"{rss_growth / 2**20:+.2f} MiB",
+        ),
+        Judged(
+            "live Python blocks growth",
+            f"<= {BLOCKS_NOISE}",
+            judge(blocks_growth <= BLOCKS_NOISE),
+            value=f"{blocks_growth:+d}",
+        ),
+    ]
+    status = combine([j.verdict for j in judged])
 
     def mib(v: float) -> str:
         return f"{v / 2**20:.1f}"
@@ -203,6 +224,7 @@ async def run(cfg: LeaksConfig, forms: Forms) -> BenchResult:
         target="handles and memory back to baseline within noise",
         status=status,
         rows=rows,
+        judged=judged,
         notes=[
             f"{turns} turns of {cfg.segments_per_turn} segments ({segments} segments, "
             f"{created} speech_created) in one session; every {cfg.trim_every} turns the "

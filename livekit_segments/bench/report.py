@@ -6,26 +6,58 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
+
+from .stats import Estimate, Verdict
 
 __all__ = [
     "BenchReport",
     "BenchResult",
+    "Judged",
     "Row",
     "Status",
+    "combine",
     "fmt",
+    "fmt_estimate",
     "fmt_ratio",
     "judge",
 ]
 
-Status = Literal["pass", "miss", "n/a"]
+Status = Verdict  # "met", "missed", "inconclusive" or "n/a"
 
 
 def judge(ok: bool | None) -> Status:
-    """``pass`` or ``miss``; ``n/a`` when the target cannot be evaluated in this mode."""
+    """An exact check (a count, an equality): ``met`` or ``missed``; ``n/a`` when the target
+    cannot be evaluated in this mode. Noisy measurements are judged by `stats.verdict`."""
     if ok is None:
         return "n/a"
-    return "pass" if ok else "miss"
+    return "met" if ok else "missed"
+
+
+def combine(statuses: list[Status]) -> Status:
+    """A benchmark's verdict from its targets': any missed, else any inconclusive, else met."""
+    order: tuple[Status, ...] = ("missed", "inconclusive", "met")
+    return next((s for s in order if s in statuses), "n/a")
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One target of a benchmark and its verdict; ``estimate`` when it was measured with an
+    interval (a noisy figure), None for an exact check; ``value`` is the figure as shown."""
+
+    name: str
+    target: str
+    verdict: Status
+    estimate: Estimate | None = None
+    value: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"name": self.name, "target": self.target, "verdict": self.verdict}
+        if self.value:
+            doc["value"] = self.value
+        if self.estimate is not None:
+            doc.update(self.estimate.to_json())
+        return doc
 
 
 def fmt(value: float | None, unit: str = "", digits: int = 3) -> str:
@@ -38,6 +70,22 @@ def fmt(value: float | None, unit: str = "", digits: int = 3) -> str:
 
 def fmt_ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def fmt_estimate(
+    estimate: Estimate | None, digits: int = 3, unit: str = "", *, few: bool = True
+) -> str:
+    """``point [low, high]``, the 95% interval in brackets; ``n/a`` without an estimate.
+    With ``few``, says so when there were too few samples for a verdict."""
+    if estimate is None:
+        return "n/a"
+
+    def f(v: float) -> str:
+        return "-" if not math.isfinite(v) else f"{v:.{digits}f}"
+
+    text = f"{f(estimate.point)} [{f(estimate.low)}, {f(estimate.high)}] {unit}".rstrip()
+    # too few samples for any 95% interval: said where the verdict is
+    return f"{text} (n={estimate.n}, too few)" if few and estimate.too_few else text
 
 
 @dataclass
@@ -62,6 +110,7 @@ class BenchResult:
     data: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    judged: list[Judged] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +119,7 @@ class BenchResult:
             "status": self.status,
             "wall_s": round(self.wall_s, 3),
             "notes": list(self.notes),
+            "targets": [j.to_json() for j in self.judged],
             **self.data,
         }
 
@@ -82,7 +132,13 @@ class BenchReport:
 
     @property
     def missed(self) -> list[str]:
-        return [r.id for r in self.results if r.status == "miss"]
+        """Benchmarks with a target whose whole interval is beyond it (``--check`` fails)."""
+        return [r.id for r in self.results if r.status == "missed"]
+
+    @property
+    def inconclusive(self) -> list[str]:
+        """Benchmarks with a target whose interval straddles it: neither met nor missed."""
+        return [r.id for r in self.results if r.status == "inconclusive"]
 
     def to_json(self) -> dict[str, Any]:
         """The whole report as JSON-ready data (non-finite numbers become null)."""
@@ -91,6 +147,7 @@ class BenchReport:
                 **self.meta,
                 "wall_s": round(self.wall_s, 3),
                 "missed": self.missed,
+                "inconclusive": self.inconclusive,
                 "benchmarks": {r.id: r.to_json() for r in self.results},
             }
         )
@@ -139,9 +196,24 @@ class BenchReport:
             f"python {self.meta.get('python')}, {self.meta.get('cpu_count')} CPUs, "
             f"wall {self.wall_s:.1f} s"
         )
-        missed = self.missed
-        out.append("targets: all met" if not missed else f"targets missed: {', '.join(missed)}")
+        out.append(
+            "ratios: median of per-pair ratios (or as noted) [95% bootstrap interval]; a target "
+            "is met when the whole interval is within it, missed when it is wholly beyond"
+        )
+        out.append(self.summary())
         return "\n".join(out)
+
+    def summary(self) -> str:
+        """One line: every benchmark met, or which missed and which were inconclusive."""
+        missed, unsure = self.missed, self.inconclusive
+        if not missed and not unsure:
+            return "targets: all met"
+        parts = []
+        if missed:
+            parts.append(f"missed: {', '.join(missed)}")
+        if unsure:
+            parts.append(f"inconclusive: {', '.join(unsure)}")
+        return "targets " + "; ".join(parts)
 
 
 def _line(cells: tuple[str, ...], widths: list[int]) -> str:

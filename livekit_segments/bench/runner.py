@@ -43,7 +43,7 @@ class BenchConfig:
         return cls(
             preset="default",
             install_cost=InstallCostConfig(batches=60, replies_per_batch=20),
-            segment_cost=SegmentCostConfig(ns=(1, 10, 100, 1000), repeats=5),
+            segment_cost=SegmentCostConfig(ns=(1, 10, 100, 1000), repeats=15),
             signal_latency=SignalLatencyConfig(
                 single_segments=1000,
                 single_segments_per_reply=100,
@@ -62,7 +62,7 @@ class BenchConfig:
             install_cost=InstallCostConfig(batches=6, replies_per_batch=20),
             segment_cost=SegmentCostConfig(ns=(1, 10, 100, 1000), repeats=1, memory_max_n=100),
             signal_latency=SignalLatencyConfig(
-                single_segments=200,
+                single_segments=300,  # p99 needs 299 samples for any 95% interval
                 single_segments_per_reply=50,
                 sessions=50,
                 segments_per_session=4,

@@ -21,7 +21,7 @@ from .. import playout_started
 from . import stats
 from .fakes import ScriptedAgent, ZeroLatencySink, close_session, reply, silence, start_session
 from .forms import Form, Forms, activate
-from .report import BenchResult, Row, fmt, fmt_ratio, judge
+from .report import BenchResult, Judged, Row, combine, fmt, fmt_estimate, fmt_ratio, judge
 from .segment_cost import script
 
 __all__ = ["SignalLatencyConfig", "run"]
@@ -158,9 +158,36 @@ async def run(cfg: SignalLatencyConfig, forms: Forms) -> BenchResult:
 
     subject, base = forms.subject, forms.baseline
     single = "1 session"
-    p99_single = stats.percentile(lat[(single, subject)], 99) * 1e3
-    ok = p99_single <= TARGET_P99_MS and equal and missing == 0
-    status = judge(ok)
+    # p99 of one run depends on what else the machine did meanwhile: judged from its interval
+    p99_est = stats.quantile_estimate(
+        [x * 1e3 for x in lat[(single, subject)]], 99, "p99 of the latencies (ms)"
+    )
+    p99_single = p99_est.point
+    p99_status = stats.verdict(p99_est, TARGET_P99_MS)
+    base_p99 = (
+        stats.quantile_estimate([x * 1e3 for x in lat[(single, base)]], 99, "p99 (ms)")
+        if base
+        else None
+    )
+    # the control: upstream's listener, the same wake-up without the patch, missing the bound
+    # too means the machine's scheduling decides this p99 (a loaded 2-core machine preempts
+    # the loop for whole 4 ms ticks), so the run cannot tell whether the patch would meet it
+    machine_bound = (
+        p99_status == "missed"
+        and base_p99 is not None
+        and stats.verdict(base_p99, TARGET_P99_MS) == "missed"
+    )
+    if machine_bound:
+        p99_status = "inconclusive"
+    judged = [
+        # an absolute bound on the patch's own latency, not a comparison with upstream
+        Judged("p99 with 1 session", f"<= {TARGET_P99_MS} ms", p99_status, p99_est),
+        Judged("resolved value == sink timestamp", "every handle", judge(equal), value=str(equal)),
+        Judged(
+            "every segment woke its waiter", "0 missing", judge(missing == 0), value=f"{missing}"
+        ),
+    ]
+    status = combine([j.verdict for j in judged])
 
     rows: list[Row] = []
     data_lat: dict[str, Any] = {}
@@ -176,9 +203,17 @@ async def run(cfg: SignalLatencyConfig, forms: Forms) -> BenchResult:
                     fmt(sv, "ms"),
                     fmt_ratio(stats.ratio(sv, bv)),
                     f"<= {TARGET_P99_MS} ms" if is_target else "",
-                    judge(p99_single <= TARGET_P99_MS) if is_target else None,
+                    p99_status if is_target else None,
                 )
             )
+            if is_target:
+                rows.append(
+                    Row(
+                        "  p99, 95% interval",
+                        fmt_estimate(base_p99, unit="ms") if base_p99 else "-",
+                        fmt_estimate(p99_est, unit="ms"),
+                    )
+                )
         data_lat[name] = {
             f.value: {
                 "count": len(lat[(name, f)]),
@@ -204,6 +239,12 @@ async def run(cfg: SignalLatencyConfig, forms: Forms) -> BenchResult:
     ]
     if cancelled or missing:
         notes.append(f"{cancelled} playout_started cancelled, {missing} segments without a wake")
+    if machine_bound:
+        notes.append(
+            f"p99 inconclusive, not missed: upstream's listener (the same wake-up without the "
+            f"patch) also has a p99 above {TARGET_P99_MS} ms in this run, so the machine's "
+            f"scheduling decides it"
+        )
     return BenchResult(
         id="B3",
         title="signal latency",
@@ -211,11 +252,13 @@ async def run(cfg: SignalLatencyConfig, forms: Forms) -> BenchResult:
         status=status,
         rows=rows,
         notes=notes,
+        judged=judged,
         data={
             "latency": data_lat,
             "value_equal": equal,
             "cancelled": cancelled,
             "missing": missing,
             "p99_single_ms": p99_single,
+            "p99_machine_bound": machine_bound,
         },
     )

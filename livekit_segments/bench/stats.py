@@ -3,9 +3,29 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
-__all__ = ["growth_exponent", "linear_fit", "median", "percentile", "ratio"]
+__all__ = [
+    "MIN_SAMPLES",
+    "Estimate",
+    "Verdict",
+    "bootstrap_interval",
+    "growth_exponent",
+    "linear_fit",
+    "median",
+    "median_difference_estimate",
+    "median_estimate",
+    "min_samples",
+    "percentile",
+    "quantile_estimate",
+    "ratio",
+    "verdict",
+]
+
+T = TypeVar("T")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -54,3 +74,136 @@ def growth_exponent(x0: float, y0: float, x1: float, y1: float) -> float:
     if min(x0, y0, x1, y1) <= 0 or x0 == x1:
         return math.nan
     return math.log(y1 / y0) / math.log(x1 / x0)
+
+
+# -- interval estimates and verdicts ---------------------------------------------------------
+
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95
+
+
+def min_samples(q: float, confidence: float = CONFIDENCE) -> int:
+    """The smallest n for which any ``confidence`` interval of the ``q``-th percentile exists
+    without assuming a distribution: [min, max] of n samples covers it with probability
+    ``1 - p**n - (1 - p)**n`` (p = q / 100). 6 for the median, 299 for p99."""
+    p = q / 100.0
+    n = 1
+    while 1.0 - p**n - (1.0 - p) ** n < confidence:
+        n += 1
+    return n
+
+
+# fewer samples than this make any verdict on a median inconclusive
+MIN_SAMPLES = min_samples(50.0)
+
+Verdict = Literal["met", "missed", "inconclusive", "n/a"]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with its bootstrap interval, from ``n`` independent samples."""
+
+    point: float
+    low: float
+    high: float
+    n: int
+    statistic: str  # what ``point`` is, e.g. "median of per-pair ratios"
+    min_n: int = MIN_SAMPLES  # fewer samples cannot support the interval: no verdict
+
+    @property
+    def too_few(self) -> bool:
+        return self.n < self.min_n
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "point": self.point,
+            "ci95": [self.low, self.high],
+            "n": self.n,
+            "min_n": self.min_n,
+            "statistic": self.statistic,
+            "interval": (
+                f"percentile bootstrap {CONFIDENCE:.0%}, {BOOTSTRAP_RESAMPLES} resamples, "
+                f"seed {BOOTSTRAP_SEED}"
+            ),
+        }
+
+
+def _interval(draw: Callable[[], float], resamples: int, confidence: float) -> tuple[float, float]:
+    """Percentile interval of ``resamples`` draws; non-finite draws (degenerate fits) dropped."""
+    values = [v for v in (draw() for _ in range(resamples)) if math.isfinite(v)]
+    tail = (1.0 - confidence) / 2 * 100.0
+    return percentile(values, tail), percentile(values, 100.0 - tail)
+
+
+def _resample(rng: random.Random, samples: Sequence[T]) -> list[T]:
+    return rng.choices(samples, k=len(samples))
+
+
+def bootstrap_interval(
+    samples: Sequence[T],
+    statistic: Callable[[Sequence[T]], float],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """The percentile-bootstrap interval of ``statistic(samples)``.
+
+    Seeded, with its own generator: the same samples always give the same interval, and the
+    global `random` state is left alone.
+    """
+    if not samples:
+        return math.nan, math.nan
+    rng = random.Random(seed)
+    return _interval(lambda: statistic(_resample(rng, samples)), resamples, confidence)
+
+
+def median_estimate(samples: Sequence[float], statistic: str) -> Estimate:
+    """The median of ``samples`` with its bootstrap interval."""
+    if not samples:
+        return Estimate(math.nan, math.nan, math.nan, 0, statistic)
+    low, high = bootstrap_interval(samples, median)
+    return Estimate(median(samples), low, high, len(samples), statistic)
+
+
+def quantile_estimate(samples: Sequence[float], q: float, statistic: str) -> Estimate:
+    """The ``q``-th percentile of ``samples`` with its bootstrap interval."""
+    min_n = min_samples(q)
+    if not samples:
+        return Estimate(math.nan, math.nan, math.nan, 0, statistic, min_n)
+    low, high = bootstrap_interval(samples, lambda xs: percentile(xs, q))
+    return Estimate(percentile(samples, q), low, high, len(samples), statistic, min_n)
+
+
+def median_difference_estimate(
+    subject: Sequence[float], base: Sequence[float], statistic: str
+) -> Estimate:
+    """``median(subject) - median(base)`` of two unpaired samples, each resampled by itself."""
+    n = min(len(subject), len(base))
+    if n == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0, statistic)
+    rng = random.Random(BOOTSTRAP_SEED)
+    low, high = _interval(
+        lambda: median(_resample(rng, subject)) - median(_resample(rng, base)),
+        BOOTSTRAP_RESAMPLES,
+        CONFIDENCE,
+    )
+    return Estimate(median(subject) - median(base), low, high, n, statistic)
+
+
+def verdict(estimate: Estimate | None, limit: float, *, strict: bool = False) -> Verdict:
+    """Judge an upper-bound target (``<= limit``, or ``< limit`` when ``strict``).
+
+    ``met`` when the whole interval is within the target, ``missed`` when the whole interval
+    is beyond it, ``inconclusive`` when it straddles the limit or rests on too few samples
+    for the interval (``estimate.min_n``); ``n/a`` without an estimate (nothing to compare).
+    """
+    if estimate is None:
+        return "n/a"
+    lo, hi = estimate.low, estimate.high
+    if estimate.too_few or not (math.isfinite(lo) and math.isfinite(hi)):
+        return "inconclusive"
+    within = hi < limit if strict else hi <= limit
+    beyond = lo >= limit if strict else lo > limit
+    return "met" if within else "missed" if beyond else "inconclusive"

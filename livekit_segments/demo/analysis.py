@@ -11,6 +11,7 @@ import numpy.typing as npt
 import livekit_segments
 from livekit.agents.voice.speech_handle import SpeechHandle
 
+from .._cli import plural
 from .agent import Response
 from .realtime_sink import SinkSegment
 from .turn import HandleRecord, TurnResult
@@ -92,14 +93,19 @@ def analyse(result: TurnResult) -> Report:
     # the sink: one playback_finished per captured segment, one segment per response
     if sink.finished_events != len(sink.segments):
         problems.append(
-            f"sink: {len(sink.segments)} segments captured but "
-            f"{sink.finished_events} playback_finished events"
+            f"sink: {plural(len(sink.segments), 'segment')} captured but "
+            f"{plural(sink.finished_events, 'playback_finished event')}"
         )
     if len(sink.segments) > len(responses):
-        problems.append(f"sink: {len(sink.segments)} segments for {len(responses)} responses")
+        problems.append(
+            f"sink: {plural(len(sink.segments), 'segment')} for "
+            f"{plural(len(responses), 'response')}"
+        )
     # the handles: one per response, fewer only when the turn was cut short
     if len(handles) > len(responses) or (not turn_interrupted and len(handles) < len(responses)):
-        problems.append(f"{len(handles)} handles for {len(responses)} responses")
+        problems.append(
+            f"{plural(len(handles), 'handle')} for {plural(len(responses), 'response')}"
+        )
 
     for k, response in enumerate(responses):
         row = SegmentRow(position=k, response=response, handle=None)

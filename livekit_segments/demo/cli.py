@@ -5,21 +5,39 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
+
+from .._cli import (
+    EXIT_USAGE,
+    check_livekit_agents,
+    install_quietly,
+    output_path,
+    plural,
+    require_module,
+)
 
 if TYPE_CHECKING:
     from .analysis import Report
     from .synth import Synthesizer
     from .turn import TurnResult
 
-__all__ = ["DemoOptions", "DemoOutcome", "add_parser", "format_table", "pick_synth", "run_demo"]
+__all__ = [
+    "DemoOptions",
+    "DemoOutcome",
+    "add_parser",
+    "format_table",
+    "pick_synth",
+    "preflight",
+    "run_demo",
+]
 
 EXIT_OK = 0
 EXIT_INCONSISTENT = 1
-EXIT_MISSING_EXTRA = 3
+EXIT_MISSING_EXTRA = EXIT_USAGE
 
 _DESCRIPTION = """\
 Runs one reply of a scripted agent in a real AgentSession, offline: no API keys, no server,
@@ -81,15 +99,41 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--quiet", action="store_true", help="print nothing but problems; the exit code tells"
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="run on a livekit-agents release outside SUPPORTED_VERSIONS (install(force=True))",
+    )
     parser.set_defaults(func=_command)
     return parser
 
 
 def _non_negative_seconds(value: str) -> float:
-    seconds = float(value)
-    if not seconds >= 0.0:
+    # ArgumentTypeError, never ValueError: argparse would name this function in the message
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (seconds >= 0.0 and math.isfinite(seconds)):
         raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds >= 0")
     return seconds
+
+
+def preflight(options: DemoOptions, *, force: bool) -> None:
+    """Everything that can fail before the demo runs, checked before it runs.
+
+    Creates missing parent folders of ``--wav`` and ``--plot``; raises `UsageError` for an
+    unusable path, a missing optional dependency, or a livekit-agents `install()` refuses.
+    """
+    if options.wav is not None:
+        output_path(options.wav, "--wav")
+    if options.plot is not None:
+        output_path(options.plot, "--plot")
+    require_module("numpy", "the demo")
+    if options.plot is not None:
+        require_module("matplotlib", "--plot")
+    check_livekit_agents(force=force)
+    install_quietly(force=force)
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -105,6 +149,7 @@ def _command(args: argparse.Namespace) -> int:
         level=logging.ERROR if options.quiet else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    preflight(options, force=args.force)
     return asyncio.run(run_demo(options)).exit_code
 
 
@@ -154,7 +199,8 @@ async def run_demo(
         plot_timeline(result, report, options.plot)
         say(f"wrote {options.plot}")
     if report.ok:
-        say(f"ok: {sum(r.handle is not None for r in report.rows)} handles, signals consistent")
+        opened = sum(r.handle is not None for r in report.rows)
+        say(f"ok: {plural(opened, 'handle')}, signals consistent")
         return DemoOutcome(EXIT_OK, result, report)
     for problem in report.problems:
         print(f"FAIL: {problem}", file=err)

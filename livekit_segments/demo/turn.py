@@ -12,6 +12,7 @@ from livekit.agents.voice.events import SpeechCreatedEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
 
 from ..offline_models import offline_session
+from ..release_compat import speech_error
 from .agent import QUESTION, DemoAgent, Response, TranscriptCollector
 from .realtime_sink import RealtimeAudioSink
 from .synth import Synthesizer
@@ -107,8 +108,9 @@ async def run_turn(
         if interrupt_fut is not None:
             await interrupt_fut
         ended_at = time.time()
-        if turn.exception() is not None:
-            errors.append(f"the turn failed: {turn.exception()!r}")
+        error = speech_error(turn)
+        if error is not None:
+            errors.append(f"the turn failed: {error!r}")
     finally:
         if timer is not None:
             timer.cancel()
