@@ -1,0 +1,190 @@
+"""Generated cases for the property suite (tests/test_generated.py): the model and strategies.
+
+A case is plain data: what each `llm_node` call yields, how the session is set up, when the
+driver interrupts, and the driver's picks among the actions it can take at each idle point.
+The same case runs twice, with `SegmentBreak`s and with plain `FlushSentinel`s in their place.
+
+Seed: every run draws its cases from one seed, printed in the pytest header. Replay a run
+with ``LKSEG_SEED=<seed>``; ``LKSEG_EXAMPLES=<n>`` changes how many cases run (default 1000).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import strategies as st
+
+# ---------------------------------------------------------------- seed and size
+
+
+def _seed_from_env() -> int:
+    raw = os.environ.get("LKSEG_SEED", "").strip()
+    if not raw:
+        return secrets.randbelow(2**32)
+    try:
+        return int(raw, 0)
+    except ValueError:
+        raise SystemExit(f"LKSEG_SEED must be an integer, not {raw!r}") from None
+
+
+SEED = _seed_from_env()
+EXAMPLES = int(os.environ.get("LKSEG_EXAMPLES", "1000"))
+
+
+def replay_hint() -> str:
+    return f"replay: LKSEG_SEED={SEED} LKSEG_EXAMPLES={EXAMPLES} pytest tests/test_generated.py"
+
+
+# ---------------------------------------------------------------- script items
+
+
+@dataclass(frozen=True)
+class Text:
+    """A text chunk. ``""`` and whitespace are kept as they are; "Boom" makes the TTS fail."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Brk:
+    """A `SegmentBreak` in the patched run, a plain `FlushSentinel` in the upstream run."""
+
+    id: str | None = None
+    userdata: Any = None
+
+
+@dataclass(frozen=True)
+class Flush:
+    """A plain `FlushSentinel` in both runs."""
+
+
+@dataclass(frozen=True)
+class Delay:
+    """The model waits here until the driver releases it (a future, never a sleep)."""
+
+
+@dataclass(frozen=True)
+class LLMError:
+    """`llm_node` raises here."""
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A call to the agent's ``lookup`` tool; the next step of the turn is the follow-up."""
+
+
+Item = Text | Brk | Flush | Delay | LLMError | Tool
+
+# ---------------------------------------------------------------- session
+
+
+INTERRUPT_KINDS = ("session", "turn", "segment", "barge_in", "speech_created")
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """Interrupt the turn.
+
+    ``kind`` "speech_created": from inside ``speech_created`` of the turn's ``at``-th segment
+    handle (1-based), calling ``interrupt()`` on that handle; the upstream run interrupts the
+    turn at the same moment (when that segment's ``transcription_node`` is called).
+    Other kinds: at the turn's ``at``-th idle point (0 = before anything ran).
+    """
+
+    kind: str
+    at: int
+
+
+@dataclass(frozen=True)
+class TurnSpec:
+    """One user turn: one script per LLM call (step 0, then the follow-up after each tool)."""
+
+    steps: tuple[tuple[Item, ...], ...]
+    interrupt: Interrupt | None = None
+
+
+@dataclass(frozen=True)
+class Case:
+    audio: bool
+    start: str  # sink start mode: "auto" or "manual"
+    finish: str  # sink finish mode
+    turns: tuple[TurnSpec, ...]
+    # the driver's pick (modulo the number of enabled actions) at each idle point; 0 after
+    choices: tuple[int, ...]
+
+
+# ---------------------------------------------------------------- strategies
+
+_WORDS = ["Hello. ", "Sure, ", "the answer ", "is 42. ", "Anything else? "]
+
+
+def _text() -> st.SearchStrategy[Text]:
+    return st.one_of(
+        st.sampled_from(_WORDS).map(Text),
+        st.sampled_from(_WORDS).map(Text),
+        st.sampled_from(_WORDS).map(Text),
+        st.sampled_from(["", " ", "   ", "\n"]).map(Text),
+    )
+
+
+def _brk() -> st.SearchStrategy[Brk]:
+    return st.builds(
+        Brk,
+        id=st.one_of(st.none(), st.sampled_from(["ack", "answer", "follow_up", ""])),
+        userdata=st.one_of(st.none(), st.integers(0, 9), st.just({"source": "rag"})),
+    )
+
+
+def _item(last_step: bool) -> st.SearchStrategy[Item]:
+    weighted: list[st.SearchStrategy[Any]] = [
+        _text(),
+        _text(),
+        _text(),
+        _brk(),
+        _brk(),
+        st.just(Flush()),
+        st.just(Delay()),
+        st.just(Delay()),
+    ]
+    rare: list[st.SearchStrategy[Any]] = [st.just(LLMError()), st.just(Text("Boom "))]
+    if not last_step:
+        rare.append(st.just(Tool()))
+    return st.one_of(*weighted, st.one_of(*rare))
+
+
+@st.composite
+def _script(draw: st.DrawFn, *, last_step: bool) -> tuple[Item, ...]:
+    items = draw(st.lists(_item(last_step), max_size=12))
+    # a step that is not the last of its turn calls the tool at its end, as models do
+    if not last_step and draw(st.booleans()):
+        items.append(Tool())
+    return tuple(items)
+
+
+@st.composite
+def _turn(draw: st.DrawFn) -> TurnSpec:
+    n_steps = draw(st.integers(1, 3))
+    steps = tuple(draw(_script(last_step=i == n_steps - 1)) for i in range(n_steps))
+    interrupt = draw(
+        st.one_of(
+            st.none(),
+            st.none(),
+            st.builds(Interrupt, kind=st.sampled_from(INTERRUPT_KINDS), at=st.integers(0, 10)),
+        )
+    )
+    return TurnSpec(steps=steps, interrupt=interrupt)
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> Case:
+    audio = draw(st.sampled_from([True, True, True, False]))
+    return Case(
+        audio=audio,
+        start=draw(st.sampled_from(["manual", "auto"])) if audio else "auto",
+        finish=draw(st.sampled_from(["manual", "auto"])) if audio else "auto",
+        turns=tuple(draw(st.lists(_turn(), min_size=1, max_size=3))),
+        choices=tuple(draw(st.lists(st.integers(0, 5), max_size=30))),
+    )
