@@ -112,54 +112,43 @@ class Case:
     start: str  # sink start mode: "auto" or "manual"
     finish: str  # sink finish mode
     turns: tuple[TurnSpec, ...]
-    # the driver's pick (modulo the number of enabled actions) at each idle point; 0 after
+    # the driver's pick (modulo the number of enabled actions) at each idle point, then
+    # ``fallback`` (0 favours the model, releasing it first; 1 favours the sink's playout)
     choices: tuple[int, ...]
+    fallback: int = 0
 
 
 # ---------------------------------------------------------------- strategies
 
 _WORDS = ["Hello. ", "Sure, ", "the answer ", "is 42. ", "Anything else? "]
-
-
-def _text() -> st.SearchStrategy[Text]:
-    return st.one_of(
-        st.sampled_from(_WORDS).map(Text),
-        st.sampled_from(_WORDS).map(Text),
-        st.sampled_from(_WORDS).map(Text),
-        st.sampled_from(["", " ", "   ", "\n"]).map(Text),
-    )
-
-
-def _brk() -> st.SearchStrategy[Brk]:
-    return st.builds(
-        Brk,
-        id=st.one_of(st.none(), st.sampled_from(["ack", "answer", "follow_up", ""])),
-        userdata=st.one_of(st.none(), st.integers(0, 9), st.just({"source": "rag"})),
-    )
-
-
-def _item(last_step: bool) -> st.SearchStrategy[Item]:
-    weighted: list[st.SearchStrategy[Any]] = [
-        _text(),
-        _text(),
-        _text(),
-        _brk(),
-        _brk(),
-        st.just(Flush()),
-        st.just(Delay()),
-        st.just(Delay()),
-    ]
-    rare: list[st.SearchStrategy[Any]] = [st.just(LLMError()), st.just(Text("Boom "))]
-    if not last_step:
-        rare.append(st.just(Tool()))
-    return st.one_of(*weighted, st.one_of(*rare))
+_RAG = {"source": "rag"}
+# one draw per item (cheap to generate, shrinks towards "Hello. "); repeats weigh the kinds
+_ITEMS: list[Item] = [
+    *[Text(w) for w in _WORDS * 3],
+    *[Text(w) for w in ("", " ", "   ", "\n")],
+    Brk(),
+    Brk(),
+    Brk(id="answer"),
+    Brk(id="follow_up", userdata=_RAG),
+    Brk(id="", userdata=0),
+    Brk(userdata=_RAG),
+    Flush(),
+    Flush(),
+    Delay(),
+    Delay(),
+    Delay(),
+    Delay(),
+    LLMError(),
+    Text("Boom "),  # TTS failure
+]
+_ITEMS_WITH_TOOL: list[Item] = [*_ITEMS, Tool()]
 
 
 @st.composite
 def _script(draw: st.DrawFn, *, last_step: bool) -> tuple[Item, ...]:
-    items = draw(st.lists(_item(last_step), max_size=12))
+    items = draw(st.lists(st.sampled_from(_ITEMS if last_step else _ITEMS_WITH_TOOL), max_size=10))
     # a step that is not the last of its turn calls the tool at its end, as models do
-    if not last_step and draw(st.booleans()):
+    if not last_step:
         items.append(Tool())
     return tuple(items)
 
@@ -186,5 +175,6 @@ def cases(draw: st.DrawFn) -> Case:
         start=draw(st.sampled_from(["manual", "auto"])) if audio else "auto",
         finish=draw(st.sampled_from(["manual", "auto"])) if audio else "auto",
         turns=tuple(draw(st.lists(_turn(), min_size=1, max_size=3))),
-        choices=tuple(draw(st.lists(st.integers(0, 5), max_size=30))),
+        choices=tuple(draw(st.lists(st.integers(0, 5), max_size=20))),
+        fallback=draw(st.integers(0, 1)),
     )

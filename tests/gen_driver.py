@@ -394,7 +394,7 @@ class Run:
 
     def pick(self) -> int:
         i, self.picks = self.picks, self.picks + 1
-        return self.case.choices[i] if i < len(self.case.choices) else 0
+        return self.case.choices[i] if i < len(self.case.choices) else self.case.fallback
 
     async def idle(self) -> None:
         """Returns once nothing else on the loop is ready to run."""

@@ -93,14 +93,15 @@ def _window_contents(log: list[Any] | None) -> list[Any]:
 
 
 def _errors(run: Run) -> list[tuple[str, str]]:
-    return sorted(
-        (str(c.get("message")), str(c.get("exception"))) for c in run.loop_errors
-    )
+    return sorted((str(c.get("message")), str(c.get("exception"))) for c in run.loop_errors)
 
 
 def check(case: Case) -> list[str]:
     """Every property of one case; returns what failed (empty: all hold)."""
-    gc.freeze()  # each run's gc.collect() then scans only what this case made
+    # the last case's garbage goes first (cheap: it is all young), then each run's
+    # gc.collect() scans only what this case made
+    gc.collect()
+    gc.freeze()
     p = Run(case, patched=True).run()
     # the upstream run interrupts at the same moment as the patched run's speech_created did
     u = Run(case, patched=False, sc_points={tr: t for t, tr in p.sc_recorded.items()}).run()
@@ -113,7 +114,9 @@ def check(case: Case) -> list[str]:
         uo[key] = _strip(uo[key], windows=EXACT_TIMING)
     for key in po:
         if po[key] != uo[key]:
-            bad.append(f"{key} differs from upstream:\n  patched:  {po[key]}\n  upstream: {uo[key]}")
+            bad.append(
+                f"{key} differs from upstream:\n  patched:  {po[key]}\n  upstream: {uo[key]}"
+            )
 
     for run, name in ((p, "patched"), (u, "upstream")):
         # nothing left pending
