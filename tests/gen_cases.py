@@ -144,37 +144,50 @@ _ITEMS: list[Item] = [
 _ITEMS_WITH_TOOL: list[Item] = [*_ITEMS, Tool()]
 
 
-@st.composite
-def _script(draw: st.DrawFn, *, last_step: bool) -> tuple[Item, ...]:
-    items = draw(st.lists(st.sampled_from(_ITEMS if last_step else _ITEMS_WITH_TOOL), max_size=10))
-    # a step that is not the last of its turn calls the tool at its end, as models do
-    if not last_step:
-        items.append(Tool())
-    return tuple(items)
+# built once: a strategy made inside a draw is a new object (and cache entry) every time
+_SCRIPT_LAST = st.lists(st.sampled_from(_ITEMS), max_size=10).map(tuple)
+# a step that is not the last of its turn calls the tool at its end, as models do
+_SCRIPT_MID = st.lists(st.sampled_from(_ITEMS_WITH_TOOL), max_size=10).map(
+    lambda items: (*items, Tool())
+)
+_INTERRUPT = st.one_of(
+    st.none(),
+    st.none(),
+    st.builds(Interrupt, kind=st.sampled_from(INTERRUPT_KINDS), at=st.integers(0, 10)),
+)
+_STEPS = st.integers(1, 3)
+_AUDIO = st.sampled_from([True, True, True, False])  # 3 in 4 with audio
+_MODE = st.sampled_from(["manual", "auto"])
+_CHOICES = st.lists(st.integers(0, 5), max_size=20).map(tuple)
+_FALLBACK = st.integers(0, 1)
 
 
 @st.composite
 def _turn(draw: st.DrawFn) -> TurnSpec:
-    n_steps = draw(st.integers(1, 3))
-    steps = tuple(draw(_script(last_step=i == n_steps - 1)) for i in range(n_steps))
-    interrupt = draw(
-        st.one_of(
-            st.none(),
-            st.none(),
-            st.builds(Interrupt, kind=st.sampled_from(INTERRUPT_KINDS), at=st.integers(0, 10)),
-        )
-    )
-    return TurnSpec(steps=steps, interrupt=interrupt)
+    n_steps = draw(_STEPS)
+    steps = tuple(draw(_SCRIPT_MID) for _ in range(n_steps - 1)) + (draw(_SCRIPT_LAST),)
+    return TurnSpec(steps=steps, interrupt=draw(_INTERRUPT))
+
+
+_TURNS = st.lists(_turn(), min_size=1, max_size=3).map(tuple)
 
 
 @st.composite
-def cases(draw: st.DrawFn) -> Case:
-    audio = draw(st.sampled_from([True, True, True, False]))
+def _cases(draw: st.DrawFn) -> Case:
+    audio = draw(_AUDIO)
     return Case(
         audio=audio,
-        start=draw(st.sampled_from(["manual", "auto"])) if audio else "auto",
-        finish=draw(st.sampled_from(["manual", "auto"])) if audio else "auto",
-        turns=tuple(draw(st.lists(_turn(), min_size=1, max_size=3))),
-        choices=tuple(draw(st.lists(st.integers(0, 5), max_size=20))),
-        fallback=draw(st.integers(0, 1)),
+        start=draw(_MODE) if audio else "auto",
+        finish=draw(_MODE) if audio else "auto",
+        turns=draw(_TURNS),
+        choices=draw(_CHOICES),
+        fallback=draw(_FALLBACK),
     )
+
+
+def cases() -> st.SearchStrategy[Case]:
+    """Generated cases (see the module docstring)."""
+    return _CASES
+
+
+_CASES = _cases()

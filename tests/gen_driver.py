@@ -246,8 +246,10 @@ class Run:
         self.late: list[str] = []  # segment handles not done on time
         self.after_interrupt: list[str] = []  # handles announced in an interrupted turn
         self.whitespace: list[str] = []  # handles announced for whitespace-only responses
+        self.turn_done_first: list[str] = []  # turn handle done before one of its segments
         # the driver's trace, compared between the flavours
         self.trace: list[tuple[Any, ...]] = []
+        self.effective: list[str] = []  # interruptions that interrupted a turn
         self.picks = 0
         self.loop_errors: list[dict[str, Any]] = []
         self.leftover: list[str] = []
@@ -318,6 +320,7 @@ class Run:
         ):
             self.sc_recorded[t] = self.tr_calls
             self.interrupt(t, "speech_created", h)
+            self.effective.append("speech_created")
 
     def on_transcription_node(self) -> None:
         self.tr_calls += 1
@@ -439,12 +442,18 @@ class Run:
             while True:
                 await self.idle()
                 self.check_on_time(t)
+                if turn.done():
+                    self.turn_done_first += [
+                        f"turn {t} done, {h.id} not" for h in self.segments[t] if not h.done()
+                    ]
                 ip = spec.interrupt
                 if ip is not None and ip.kind != "speech_created" and ip.at == points:
                     points += 1
                     if not turn.done():
                         self.interrupt(t, ip.kind, None)
                         self.trace.append(("interrupt", t, ip.kind, turn.interrupted))
+                        if turn.interrupted:
+                            self.effective.append(ip.kind)
                         continue
                 if turn.done():
                     break

@@ -13,11 +13,11 @@ Replay: the seed is printed in the pytest header and in every failure;
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import HealthCheck, Phase, event, given, seed, settings
 
 from livekit_segments import SegmentBreak
 
@@ -96,8 +96,11 @@ def _errors(run: Run) -> list[tuple[str, str]]:
     return sorted((str(c.get("message")), str(c.get("exception"))) for c in run.loop_errors)
 
 
-def check(case: Case) -> list[str]:
-    """Every property of one case; returns what failed (empty: all hold)."""
+def check(case: Case, note: Callable[[str], None] = lambda _: None) -> list[str]:
+    """Every property of one case; returns what failed (empty: all hold).
+
+    ``note`` gets what the case covered (hypothesis `event`: --hypothesis-show-statistics).
+    """
     # the last case's garbage goes first (cheap: it is all young), then each run's
     # gc.collect() scans only what this case made
     gc.collect()
@@ -106,6 +109,15 @@ def check(case: Case) -> list[str]:
     # the upstream run interrupts at the same moment as the patched run's speech_created did
     u = Run(case, patched=False, sc_points={tr: t for t, tr in p.sc_recorded.items()}).run()
     bad: list[str] = []
+    note("audio" if case.audio else "text only")
+    n_segments = sum(len(v) for v in p.segments.values())
+    note(f"segment handles: {n_segments if n_segments < 5 else '5+'}")
+    for kind in sorted(set(p.effective)):
+        note(f"interrupted by {kind}")
+    if any(h.exception() is not None for h in p.turn_handles):
+        note("turn failed (LLM or TTS error)")
+    if any(h.num_steps > 1 for h in p.turn_handles):
+        note("tool step")
 
     # identical wherever upstream defines the behaviour
     po, uo = p.observed(), u.observed()
@@ -150,6 +162,8 @@ def check(case: Case) -> list[str]:
         bad.append(f"unretrieved exceptions: {unknown}")
 
     # the patched run's handles
+    if p.turn_done_first:
+        bad.append(f"turn handle done before its segments: {p.turn_done_first}")
     if p.after_interrupt:
         bad.append(f"handles announced after an interruption: {p.after_interrupt}")
     for h in p.done_before_interrupt:
@@ -196,5 +210,5 @@ def check(case: Case) -> list[str]:
 @seed(SEED)
 @given(case=cases())
 def test_generated_case(case: Case) -> None:
-    bad = check(case)
+    bad = check(case, note=event)
     assert not bad, "\n".join([f"seed {SEED} ({replay_hint()})", repr(case), *bad])
