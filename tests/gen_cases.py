@@ -138,24 +138,41 @@ _ITEMS: list[Item] = [
     Delay(),
     Delay(),
     Delay(),
-    LLMError(),
-    Text("Boom "),  # TTS failure
 ]
-_ITEMS_WITH_TOOL: list[Item] = [*_ITEMS, Tool()]
+_ERRORS: list[Item] = [LLMError(), Text("Boom ")]  # Boom: TTS failure
+
+
+# a script is a list of fragments: single items, or a break with the start of its response
+# (the shape that opens a handle, rarer when every item is drawn on its own)
+_RESPONSES: list[tuple[Item, ...]] = [
+    (Brk(id="answer"), Text("the answer ")),
+    (Brk(), Text("Sure, ")),
+    (Brk(id="follow_up", userdata=_RAG), Delay(), Text("Anything else? ")),
+    (Brk(), Flush(), Text("is 42. ")),
+]
+_FRAGMENTS = [*[(i,) for i in _ITEMS], *_RESPONSES * 3]
+_FRAGMENTS_WITH_TOOL = [*_FRAGMENTS, (Tool(),)]
+
+
+def _flat(fragments: list[tuple[Item, ...]]) -> tuple[Item, ...]:
+    return tuple(item for fragment in fragments for item in fragment)
 
 
 # built once: a strategy made inside a draw is a new object (and cache entry) every time
-_SCRIPT_LAST = st.lists(st.sampled_from(_ITEMS), max_size=10).map(tuple)
+_SCRIPT_LAST = st.lists(st.sampled_from(_FRAGMENTS), max_size=8).map(_flat)
 # a step that is not the last of its turn calls the tool at its end, as models do
-_SCRIPT_MID = st.lists(st.sampled_from(_ITEMS_WITH_TOOL), max_size=10).map(
-    lambda items: (*items, Tool())
+_SCRIPT_MID = st.lists(st.sampled_from(_FRAGMENTS_WITH_TOOL), max_size=8).map(
+    lambda fragments: (*_flat(fragments), Tool())
 )
+# an error in about one turn in ten, at any position of one of its steps (hypothesis favours
+# the ends of a range, so the rare value sits in the middle; shrinking goes to "no error")
+_HAS_ERROR = st.sampled_from([False] * 5 + [True] + [False] * 4)
+_ERROR = st.tuples(st.integers(0, 2), st.integers(0, 10), st.sampled_from(_ERRORS))
 _INTERRUPT = st.one_of(
     st.none(),
-    st.none(),
-    st.builds(Interrupt, kind=st.sampled_from(INTERRUPT_KINDS), at=st.integers(0, 10)),
+    st.builds(Interrupt, kind=st.sampled_from(INTERRUPT_KINDS), at=st.integers(0, 6)),
 )
-_STEPS = st.integers(1, 3)
+_STEPS = st.sampled_from([1, 1, 1, 2, 2, 3])
 _AUDIO = st.sampled_from([True, True, True, False])  # 3 in 4 with audio
 _MODE = st.sampled_from(["manual", "auto"])
 _CHOICES = st.lists(st.integers(0, 5), max_size=20).map(tuple)
@@ -165,8 +182,13 @@ _FALLBACK = st.integers(0, 1)
 @st.composite
 def _turn(draw: st.DrawFn) -> TurnSpec:
     n_steps = draw(_STEPS)
-    steps = tuple(draw(_SCRIPT_MID) for _ in range(n_steps - 1)) + (draw(_SCRIPT_LAST),)
-    return TurnSpec(steps=steps, interrupt=draw(_INTERRUPT))
+    steps = [draw(_SCRIPT_MID) for _ in range(n_steps - 1)] + [draw(_SCRIPT_LAST)]
+    if draw(_HAS_ERROR):
+        step, pos, item = draw(_ERROR)
+        script = steps[min(step, n_steps - 1)]
+        pos = min(pos, len(script))
+        steps[min(step, n_steps - 1)] = (*script[:pos], item, *script[pos:])
+    return TurnSpec(steps=tuple(steps), interrupt=draw(_INTERRUPT))
 
 
 _TURNS = st.lists(_turn(), min_size=1, max_size=3).map(tuple)

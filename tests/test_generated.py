@@ -7,12 +7,15 @@ view of the session), and the patched run must keep the contract of its handles.
 
 Replay: the seed is printed in the pytest header and in every failure;
 ``LKSEG_SEED=<seed> pytest tests/test_generated.py`` runs the same cases and finds the same
-(shrunk) failure. ``LKSEG_EXAMPLES=<n>`` sets the number of cases (default 1000).
+(shrunk) failure. ``LKSEG_EXAMPLES=<n>`` sets the number of cases (default 1000). The
+failure prints the shrunk `Case`; ``check(<that Case>)`` (names from tests/gen_cases.py) runs it
+alone, e.g. in a scratch test. ``--hypothesis-show-statistics`` shows what the cases covered.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -105,9 +108,16 @@ def check(case: Case, note: Callable[[str], None] = lambda _: None) -> list[str]
     # gc.collect() scans only what this case made
     gc.collect()
     gc.freeze()
-    p = Run(case, patched=True).run()
-    # the upstream run interrupts at the same moment as the patched run's speech_created did
-    u = Run(case, patched=False, sc_points={tr: t for t, tr in p.sc_recorded.items()}).run()
+    # pytest keeps every log record of a test, with its traceback (and so a whole session)
+    # for 1000 cases; replay one case with check() to see its logs
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        p = Run(case, patched=True).run()
+        # the upstream run interrupts where the patched run's speech_created interruption did
+        u = Run(case, patched=False, sc_points={tr: t for t, tr in p.sc_recorded.items()}).run()
+    finally:
+        logging.disable(previous)
     bad: list[str] = []
     note("audio" if case.audio else "text only")
     n_segments = sum(len(v) for v in p.segments.values())
