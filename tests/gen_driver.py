@@ -55,6 +55,46 @@ def turn_of(handle: SpeechHandle) -> SpeechHandle:
     return handle
 
 
+class _VirtualTimeSelector:
+    """Wraps the loop's selector: where the loop would sleep until its next timer, the
+    virtual time jumps there instead. I/O (another thread's call_soon_threadsafe) still wakes
+    it."""
+
+    def __init__(self, selector: Any, loop: VirtualTimeLoop) -> None:
+        self._selector = selector
+        self._loop = loop
+
+    def select(self, timeout: float | None = None) -> Any:
+        events = self._selector.select(0)
+        if events or timeout == 0:
+            return events
+        if timeout is None:
+            return self._selector.select(None)
+        self._loop.virtual_time += timeout
+        return []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._selector, name)
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose time moves only when nothing is ready to run.
+
+    The driver always has something ready (it polls for idleness), so upstream's timers (the
+    backchannel boundary, the away timer) never fire while it drives a case, however slow the
+    machine: a case cannot depend on wall time. While it awaits the session (start, close),
+    timers fire at once, in order.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.virtual_time = 0.0
+        self._selector = _VirtualTimeSelector(self._selector, self)  # type: ignore[has-type]
+
+    def time(self) -> float:
+        return self.virtual_time
+
+
 # ---------------------------------------------------------------- fakes with a log
 
 
@@ -474,7 +514,7 @@ class Run:
         self.leftover = [repr(t) for t in asyncio.all_tasks() if t is not me and not t.done()]
 
     def run(self) -> Run:
-        loop = asyncio.new_event_loop()
+        loop = VirtualTimeLoop()
         try:
             loop.run_until_complete(self.main())
         finally:
