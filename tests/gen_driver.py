@@ -235,6 +235,12 @@ class GenAgent(ScriptedAgent):
 # ---------------------------------------------------------------- one run
 
 
+def error_of(handle: SpeechHandle) -> BaseException | None:
+    """The turn's failure (`SpeechHandle.exception()` is 1.7+; None before)."""
+    exception = getattr(handle, "exception", None)
+    return None if exception is None else exception()  # type: ignore[no-any-return]
+
+
 def history(agent: Agent) -> list[tuple[Any, ...]]:
     out: list[tuple[Any, ...]] = []
     for item in agent.chat_ctx.items:
@@ -538,7 +544,7 @@ class Run:
             "history": history(self.agent),
             "trace": list(self.trace),
             "turns": [
-                (h.interrupted, type(h.exception()).__name__ if h.exception() else None)
+                (h.interrupted, type(error_of(h)).__name__ if error_of(h) else None)
                 for h in self.turn_handles
             ],
         }

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, Phase, event, given, seed, settings
 from livekit_segments import SegmentBreak
 
 from .gen_cases import EXAMPLES, SEED, Case, cases, replay_hint
-from .gen_driver import Run, turn_of
+from .gen_driver import Run, error_of, turn_of
 
 # Issue 8, deliverables 1-3, are being implemented concurrently. Until they land these
 # properties fail today for known reasons; the lead flips this to True on merge:
@@ -124,7 +124,7 @@ def check(case: Case, note: Callable[[str], None] = lambda _: None) -> list[str]
     note(f"segment handles: {n_segments if n_segments < 5 else '5+'}")
     for kind in sorted(set(p.effective)):
         note(f"interrupted by {kind}")
-    if any(h.exception() is not None for h in p.turn_handles):
+    if any(error_of(h) is not None for h in p.turn_handles):
         note("turn failed (LLM or TTS error)")
     if any(h.num_steps > 1 for h in p.turn_handles):
         note("tool step")
