@@ -81,7 +81,7 @@ Item = Text | Brk | Flush | Delay | LLMError | Tool
 # ---------------------------------------------------------------- session
 
 
-INTERRUPT_KINDS = ("session", "turn", "segment", "barge_in", "speech_created")
+INTERRUPT_KINDS = ("session", "turn", "segment", "barge_in", "speech_created", "playback_started")
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,8 @@ class Interrupt:
     ``kind`` "speech_created": from inside ``speech_created`` of the turn's ``at``-th segment
     handle (1-based), calling ``interrupt()`` on that handle; the upstream run interrupts the
     turn at the same moment (when that segment's ``transcription_node`` is called).
+    "playback_started": the turn, from inside the sink's playback-started event of the turn's
+    ``at``-th sink segment (0-based), right after the patch resolved ``playout_started`` there.
     Other kinds: at the turn's ``at``-th idle point (0 = before anything ran).
     """
 
@@ -170,7 +172,8 @@ _HAS_ERROR = st.sampled_from([False] * 5 + [True] + [False] * 4)
 _ERROR = st.tuples(st.integers(0, 2), st.integers(0, 10), st.sampled_from(_ERRORS))
 _INTERRUPT = st.one_of(
     st.none(),
-    st.builds(Interrupt, kind=st.sampled_from(INTERRUPT_KINDS), at=st.integers(0, 6)),
+    st.builds(Interrupt, kind=st.sampled_from(INTERRUPT_KINDS), at=st.integers(0, 4)),
+    st.builds(Interrupt, kind=st.sampled_from(INTERRUPT_KINDS), at=st.integers(1, 3)),
 )
 _STEPS = st.sampled_from([1, 1, 1, 2, 2, 3])
 _AUDIO = st.sampled_from([True, True, True, False])  # 3 in 4 with audio

@@ -280,6 +280,7 @@ class Run:
         self.segments: dict[int, list[SpeechHandle]] = defaultdict(list)  # turn -> handles
         self.created: list[SpeechHandle] = []  # every speech_created handle, in order
         self.cur_turn = -1
+        self.turn_first_segment = 0  # the sink's first segment of the current turn
         self.in_start: tuple[int, float] | None = None
         self.resolved_at_start: dict[int, tuple[int, float]] = {}  # id(handle) -> (seg, ts)
         # interruptions
@@ -380,6 +381,19 @@ class Run:
             fut = h.playout_started
             if id(h) not in self.resolved_at_start and fut.done() and not fut.cancelled():
                 self.resolved_at_start[id(h)] = self.in_start
+        t = self.cur_turn
+        spec = self.case.turns[t].interrupt
+        turn = self.turn_handles[t]
+        if (
+            spec is not None
+            and spec.kind == "playback_started"
+            and n - self.turn_first_segment == spec.at
+            and not turn.done()
+        ):
+            self.interrupt(t, "turn", None)
+            self.trace.append(("interrupt", t, spec.kind, turn.interrupted))
+            if turn.interrupted:
+                self.effective.append(spec.kind)
 
     # -- interruptions
 
@@ -482,6 +496,7 @@ class Run:
             self.cur_turn = t
             self.agent.turn = t
             self.mark(("turn", t))
+            self.turn_first_segment = len(self.sink.segments) if self.sink else 0
             turn = session.generate_reply(user_input=f"question {t}")
             self.turn_handles.append(turn)
             points = 0
@@ -493,7 +508,8 @@ class Run:
                         f"turn {t} done, {h.id} not" for h in self.segments[t] if not h.done()
                     ]
                 ip = spec.interrupt
-                if ip is not None and ip.kind != "speech_created" and ip.at == points:
+                at_idle = ip is not None and ip.kind not in ("speech_created", "playback_started")
+                if ip is not None and at_idle and ip.at == points:
                     points += 1
                     if not turn.done():
                         self.interrupt(t, ip.kind, None)
