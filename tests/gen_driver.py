@@ -136,8 +136,30 @@ class GenSink(FakeAudioSink):
         super()._finish(seg, interrupted=interrupted)
         self.log.append(("finish", self.segments.index(seg), interrupted))
 
+    # what the driver may do (the only places that read the fake's internals)
+
+    def can_start(self) -> bool:
+        seg = self._current
+        return (
+            self.start_mode == "manual"
+            and seg is not None
+            and not seg.finished
+            and seg.started_at is None
+        )
+
+    def can_finish(self) -> bool:
+        seg = self._current
+        return (
+            self.finish_mode == "manual"
+            and seg is not None
+            and not seg.finished
+            and seg.started_at is not None
+            and self._flushed
+        )
+
     @property
     def idle(self) -> bool:
+        """Every segment captured so far has played out (or was cleared)."""
         return all(s.finished for s in self.segments)
 
 
@@ -435,13 +457,10 @@ class Run:
         acts = []
         if self.agent.blocked is not None and not self.agent.blocked.done():
             acts.append("release")
-        sink = self.sink
-        if sink is not None and sink._current is not None and not sink._current.finished:
-            seg = sink._current
-            if seg.started_at is None and sink.start_mode == "manual":
-                acts.append("start")
-            if seg.started_at is not None and sink.finish_mode == "manual" and sink._flushed:
-                acts.append("finish")
+        if self.sink is not None and self.sink.can_start():
+            acts.append("start")
+        if self.sink is not None and self.sink.can_finish():
+            acts.append("finish")
         return acts
 
     def apply(self, act: str) -> None:

@@ -152,20 +152,29 @@ def check(case: Case, note: Callable[[str], None] = lambda _: None) -> list[str]
                 bad.append(f"{name}: {h.id}.playout_started not done at the end")
         if run.leftover:
             bad.append(f"{name}: tasks left running: {run.leftover}")
-        # resolved values: strictly increasing, each the sink's own timestamp
-        values = []
+        # resolved values: strictly increasing within a turn, never decreasing across turns,
+        # each the sink's own timestamp
+        values: list[float] = []
+        for t in range(len(run.turn_handles)):
+            in_turn = [
+                h.playout_started.result()
+                for h in run.handles_of(t)
+                if h.playout_started.done() and not h.playout_started.cancelled()
+            ]
+            if any(a >= b for a, b in zip(in_turn, in_turn[1:], strict=False)):
+                bad.append(f"{name}: turn {t}: resolved values not strictly increasing: {in_turn}")
+            if values and in_turn and in_turn[0] < values[-1]:
+                bad.append(f"{name}: turn {t} resolved {in_turn[0]}, before an earlier turn")
+            values += in_turn
         for h in run.all_handles():
             fut = h.playout_started
             if fut.done() and not fut.cancelled():
-                values.append(fut.result())
                 if run.sink is not None:
                     at = run.resolved_at_start.get(id(h))
                     if at is None:
                         bad.append(f"{name}: {h.id}.playout_started resolved outside the sink")
                     elif at[1] != fut.result():
                         bad.append(f"{name}: {h.id}.playout_started {fut.result()} != {at}")
-        if any(a >= b for a, b in zip(values, values[1:], strict=False)):
-            bad.append(f"{name}: resolved values not strictly increasing: {values}")
 
     # unretrieved exceptions: none the patch adds, and upstream's only the known one
     if _errors(p) != _errors(u):
