@@ -319,6 +319,8 @@ class Run:
         # the driver's trace, compared between the flavours
         self.trace: list[tuple[Any, ...]] = []
         self.effective: list[str] = []  # interruptions that interrupted a turn
+        # the handles' state at each idle point where it changed (for comparing the forms)
+        self.timeline: list[tuple[Any, ...]] = []
         self.picks = 0
         self.loop_errors: list[dict[str, Any]] = []
         self.leftover: list[str] = []
@@ -489,6 +491,26 @@ class Run:
                 return
         raise Stuck("the event loop never went idle")
 
+    def record_state(self, t: int, point: int) -> None:
+        state = tuple(
+            (
+                h.segment_index,
+                h.done(),
+                h.interrupted,
+                "pending"
+                if not h.playout_started.done()
+                else "cancelled"
+                if h.playout_started.cancelled()
+                else h.playout_started.result()
+                if self.sink is not None
+                else "resolved",  # text only: a wall-clock time
+            )
+            for h in self.handles_of(t)
+        )
+        last = next((e for e in reversed(self.timeline) if e[0] == t), None)
+        if last is None or last[2] != state:
+            self.timeline.append((t, point, state))
+
     def check_on_time(self, t: int) -> None:
         """Every segment handle whose response is complete and played out is done."""
         if not self.patched:
@@ -521,6 +543,7 @@ class Run:
             points = 0
             while True:
                 await self.idle()
+                self.record_state(t, points)
                 self.check_on_time(t)
                 if turn.done():
                     self.turn_done_first += [

@@ -15,7 +15,9 @@ alone, e.g. in a scratch test. ``--hypothesis-show-statistics`` shows what the c
 from __future__ import annotations
 
 import gc
+import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -46,6 +48,10 @@ EXACT_TIMING = False
 # unretrieved: a TTS failure in a segment followed by more text re-raises in the
 # `produce_segments` task, which nobody awaits. The patched run may show it exactly where the
 # upstream run does, nowhere else.
+# LKSEG_DUMP=<file>: append each case's handle timeline (patched run) as a JSON line; run
+# both forms with one seed and diff the files to see where the forms differ
+DUMP = os.environ.get("LKSEG_DUMP")
+
 UPSTREAM_UNRETRIEVED = {("Task exception was never retrieved", "generated tts failure")}
 
 
@@ -131,6 +137,11 @@ def check(case: Case, note: Callable[[str], None] = lambda _: None) -> list[str]
         note("turn failed (LLM or TTS error)")
     if any(h.num_steps > 1 for h in p.turn_handles):
         note("tool step")
+
+    if DUMP:
+        # one line per case: what the patched run's handles did, to diff the two forms
+        with open(DUMP, "a") as f:
+            f.write(json.dumps({"case": repr(case), "timeline": p.timeline}, default=str) + "\n")
 
     # identical wherever upstream defines the behaviour
     po, uo = p.observed(), u.observed()
