@@ -1,10 +1,12 @@
 """Runs one generated case (tests/gen_cases.py) in one flavour and records what it did.
 
 Flavours: ``patched`` (the script's breaks are `SegmentBreak`s) and upstream (plain
-`FlushSentinel`s in their place). Each run gets its own event loop. The driver waits until
-the loop is idle (nothing ready to run), then takes one action: release the model's pending
-delay, start or finish the sink's playout (manual modes), interrupt, or start the next turn.
-Nothing waits on wall time; the sink plays on a virtual clock.
+`FlushSentinel`s in their place). Each run gets its own event loop (`VirtualTimeLoop`). The
+driver starts each turn with ``generate_reply``, then, whenever the loop is idle (nothing ready
+to run), takes one action: interrupt (at the planned point), release the model's pending
+delay, or start or finish the sink's playout (manual modes), picking among the enabled ones
+as the case says; the next turn starts once the turn's handle is done. Nothing waits on wall
+time; the sink plays on a virtual clock.
 """
 
 from __future__ import annotations
