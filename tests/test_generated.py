@@ -243,5 +243,8 @@ def check(case: Case, note: Callable[[str], None] = lambda _: None) -> list[str]
 @seed(SEED)
 @given(case=cases())
 def test_generated_case(case: Case) -> None:
-    bad = check(case, note=event)
+    try:
+        bad = check(case, note=event)
+    except Exception as e:  # a stuck session or a crash: same replay
+        raise AssertionError(f"seed {SEED} ({replay_hint()})\n{case!r}\n{e!r}") from e
     assert not bad, "\n".join([f"seed {SEED} ({replay_hint()})", repr(case), *bad])
