@@ -21,10 +21,16 @@ import livekit_segments
 MODE = "native" if livekit_segments.has_native_support() else "runtime"
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> list[str]:
     import livekit.agents
 
-    return f"livekit-segments mode: {MODE} (livekit-agents {livekit.agents.__version__})"
+    from .gen_cases import EXAMPLES, SEED
+
+    return [
+        f"livekit-segments mode: {MODE} (livekit-agents {livekit.agents.__version__})",
+        f"generated cases (tests/test_generated.py): {EXAMPLES}, seed {SEED} "
+        f"(replay: LKSEG_SEED={SEED})",
+    ]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
