@@ -22,16 +22,14 @@ from livekit.agents import Agent, AgentSession, FlushSentinel, ModelSettings, fu
 from livekit.agents.llm import ChatChunk, ChoiceDelta, FunctionToolCall
 from livekit.agents.voice.speech_handle import SpeechHandle
 from livekit_segments import SegmentBreak
-
-from .fakes import (
-    FakeAudioSink,
-    FakeTextSink,
-    ScriptedAgent,
-    SinkSegment,
+from livekit_segments.testing import (
+    PlayedSegment as SinkSegment,
+    RecordingTextOutput as FakeTextSink,
+    VirtualAudioOutput,
     VirtualClock,
-    silence_frame,
-    start_session,
 )
+
+from .fakes import SAMPLE_RATE, ScriptedAgent, silence_frame, start_session
 from .gen_cases import Brk, Case, Delay, Flush, Item, LLMError, Text, Tool
 
 CLOCK0 = 1_800_000_000.0  # the virtual clock's start: the same in both runs of a case
@@ -100,11 +98,11 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 # ---------------------------------------------------------------- fakes with a log
 
 
-class GenSink(FakeAudioSink):
+class GenSink(VirtualAudioOutput):
     """The virtual-clock sink, logging every call it gets."""
 
     def __init__(self, run: Run, clock: VirtualClock, *, start: str, finish: str) -> None:
-        super().__init__(clock, start=start, finish=finish)
+        super().__init__(clock=clock, start=start, finish=finish, sample_rate=SAMPLE_RATE)
         self.run = run
         self.log: list[tuple[Any, ...]] = []
 
@@ -141,22 +139,21 @@ class GenSink(FakeAudioSink):
     # what the driver may do (the only places that read the fake's internals)
 
     def can_start(self) -> bool:
-        seg = self._current
+        head = self._head()
         return (
             self.start_mode == "manual"
-            and seg is not None
-            and not seg.finished
-            and seg.started_at is None
+            and head is not None
+            and head.started_at is None
+            and not self.held
         )
 
     def can_finish(self) -> bool:
-        seg = self._current
+        seg = self.playing
         return (
             self.finish_mode == "manual"
             and seg is not None
-            and not seg.finished
-            and seg.started_at is not None
-            and self._flushed
+            and seg.flushed
+            and not seg.finish_requested
         )
 
     @property
