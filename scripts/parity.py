@@ -22,6 +22,9 @@ def outcomes(path: str) -> dict[str, str]:
 
 
 def main() -> int:
+    if len(sys.argv) != 3 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2
     runtime, native = outcomes(sys.argv[1]), outcomes(sys.argv[2])
     problems = []
     for name in sorted(set(runtime) | set(native)):
