@@ -14,3 +14,77 @@ def test_scripts_readme_lists_every_script_in_scripts() -> None:
     listed = set(re.findall(r"^\| `([^`]+)` \|", table, flags=re.MULTILINE))
     present = {p.name for p in (ROOT / "scripts").iterdir() if p.is_file()}
     assert present - listed == set(), "add a row to the table at the top of scripts/README.md"
+
+
+# Every document whose commands a new user runs (issue 9: they must work as written).
+DOCS = [
+    "README.md",
+    "CONTRIBUTING.md",
+    "BENCHMARKS.md",
+    "docs/demo.md",
+    "docs/deployment.md",
+    "scripts/README.md",
+    "patches/README.md",
+    "wip/README.md",
+]
+
+
+def _doc_texts() -> dict[str, str]:
+    return {name: (ROOT / name).read_text() for name in DOCS}
+
+
+def _code(text: str) -> list[str]:
+    """The command-like text of a Markdown file: inline code, fenced and indented blocks."""
+    fenced = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+    indented = re.findall(r"^(?: {4}|\t)(.+)$", text, flags=re.MULTILINE)
+    prose = re.sub(r"^```[^\n]*\n.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+    inline = re.findall(r"`([^`\n]+)`", prose)
+    return fenced + indented + inline
+
+
+def test_every_script_the_docs_name_exists_and_runs_as_written() -> None:
+    problems = []
+    for doc, text in _doc_texts().items():
+        for code in _code(text):
+            for prefix, name in re.findall(r"(bash |python3? )?\bscripts/([\w.-]*\w)", code):
+                path = ROOT / "scripts" / name
+                if not path.is_file():
+                    problems.append(f"{doc}: scripts/{name} does not exist")
+                elif not prefix and "." not in name and not path.stat().st_mode & 0o111:
+                    problems.append(f"{doc}: scripts/{name} is run directly but not executable")
+    assert problems == []
+
+
+_CLI = re.compile(r"(?:python3? -m livekit_segments|livekit-segments)((?: +[^\s`#&|;)]+)*)")
+
+
+def test_every_cli_command_in_the_docs_parses() -> None:
+    from livekit_segments.__main__ import build_parser
+
+    commands = set()
+    for doc, text in _doc_texts().items():
+        for code in _code(text):
+            for tail in _CLI.findall(code):
+                argv = tail.split()
+                if argv and re.fullmatch(r"[a-z][a-z-]*", argv[0]):  # not "livekit-segments 0.1.0"
+                    commands.add((doc, tuple(argv)))
+    assert {argv[0] for _, argv in commands} >= {"demo", "doctor", "bench"}
+    for doc, argv in sorted(commands):
+        try:
+            build_parser().parse_args(list(argv))  # parse only: nothing runs
+        except SystemExit as exit_:
+            command = "livekit-segments " + " ".join(argv)
+            raise AssertionError(f"{doc}: `{command}` is refused") from exit_
+
+
+def test_demo_md_lists_exactly_the_demo_options() -> None:
+    from livekit_segments.__main__ import build_parser
+
+    text = (ROOT / "docs" / "demo.md").read_text()
+    table = text.split("## Options", 1)[1]
+    listed = set(re.findall(r"^\| `(--[a-z-]+)", table, flags=re.MULTILINE))
+    commands = next(a for a in build_parser()._actions if a.dest == "command")
+    assert isinstance(commands.choices, dict)
+    demo = commands.choices["demo"]
+    options = {s for a in demo._actions for s in a.option_strings if s.startswith("--")}
+    assert listed == options - {"--help"}
