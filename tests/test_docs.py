@@ -88,3 +88,15 @@ def test_demo_md_lists_exactly_the_demo_options() -> None:
     demo = commands.choices["demo"]
     options = {s for a in demo._actions for s in a.option_strings if s.startswith("--")}
     assert listed == options - {"--help"}
+
+
+def test_every_relative_link_in_the_docs_points_at_a_file_in_the_repository() -> None:
+    broken = []
+    for doc, text in _doc_texts().items():
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue  # a URL, or an anchor in the same file
+            path = (ROOT / doc).parent / target.split("#", 1)[0]
+            if not path.exists():
+                broken.append(f"{doc}: {target}")
+    assert broken == []
