@@ -24,12 +24,11 @@ MODE = "native" if livekit_segments.has_native_support() else "runtime"
 def pytest_report_header(config: pytest.Config) -> list[str]:
     import livekit.agents
 
-    from .gen_cases import EXAMPLES, SEED
+    from .gen_cases import EXAMPLES, SEED, replay_hint
 
     return [
         f"livekit-segments mode: {MODE} (livekit-agents {livekit.agents.__version__})",
-        f"generated cases (tests/test_generated.py): {EXAMPLES}, seed {SEED} "
-        f"(replay: LKSEG_SEED={SEED})",
+        f"generated cases (tests/test_generated.py): {EXAMPLES}, seed {SEED} ({replay_hint()})",
     ]
 
 
