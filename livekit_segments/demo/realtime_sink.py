@@ -22,6 +22,7 @@ from pathlib import Path
 from livekit import rtc
 from livekit.agents.voice import io
 
+from ..predicate_waiters import PredicateWaiters
 from ..release_compat import report_playback_progress
 
 __all__ = ["PlayoutRecording", "PlayoutRun", "RealtimeAudioSink", "SinkSegment"]
@@ -187,7 +188,7 @@ class RealtimeAudioSink(io.AudioOutput):
         self._capturing: SinkSegment | None = None  # between first frame and flush
         self._forward_task: asyncio.Task[None] | None = None
         self._playout_tasks: set[asyncio.Task[None]] = set()
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._waiters = PredicateWaiters()
 
     @property
     def source(self) -> rtc.AudioSource | None:
@@ -262,12 +263,7 @@ class RealtimeAudioSink(io.AudioOutput):
 
     def when(self, predicate: Callable[[], bool]) -> asyncio.Future[None]:
         """A future that resolves once ``predicate()`` holds (checked on every sink change)."""
-        fut = asyncio.get_running_loop().create_future()
-        if predicate():
-            fut.set_result(None)
-        else:
-            self._waiters.append((predicate, fut))
-        return fut
+        return self._waiters.when(predicate)
 
     # -- internals
 
@@ -306,7 +302,7 @@ class RealtimeAudioSink(io.AudioOutput):
                     source.clear_queue()
             finally:
                 self._outstanding[seg.index] -= 1
-                self._notify()
+                self._waiters.notify()
 
     async def _play_out(self, seg: SinkSegment) -> None:
         await self.when(lambda: seg.finished or self._outstanding.get(seg.index, 0) == 0)
@@ -327,15 +323,4 @@ class RealtimeAudioSink(io.AudioOutput):
         if seg.started_at is not None and played > 0:
             report_playback_progress(self, started_at=seg.started_at, offset=0.0, duration=played)
         self.on_playback_finished(playback_position=played, interrupted=interrupted)
-        self._notify()
-
-    def _notify(self) -> None:
-        still = []
-        for predicate, fut in self._waiters:
-            if fut.done():
-                continue
-            if predicate():
-                fut.set_result(None)
-            else:
-                still.append((predicate, fut))
-        self._waiters = still
+        self._waiters.notify()

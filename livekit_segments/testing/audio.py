@@ -18,6 +18,7 @@ from typing import Literal
 from livekit import rtc
 from livekit.agents.voice import io
 
+from ..predicate_waiters import PredicateWaiters
 from .session import DEFAULT_SAMPLE_RATE
 
 __all__ = [
@@ -134,7 +135,7 @@ class VirtualAudioOutput(io.AudioOutput):
         """Called with the segment's index right after each ``playback_started`` emit."""
         self._capturing: PlayedSegment | None = None
         self._held_at: float | None = None
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._waiters = PredicateWaiters()
 
     # -- what livekit-agents calls
 
@@ -178,7 +179,7 @@ class VirtualAudioOutput(io.AudioOutput):
         """
         if self._held_at is None:
             self._held_at = self.clock.now()
-        self._notify()
+        self._waiters.notify()
 
     def release(self) -> None:
         """Ends a `hold`; what was held proceeds as the modes say."""
@@ -233,12 +234,7 @@ class VirtualAudioOutput(io.AudioOutput):
 
     def when(self, predicate: Callable[[], bool]) -> asyncio.Future[None]:
         """A future that resolves once ``predicate()`` holds (checked on every change)."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if predicate():
-            fut.set_result(None)
-        else:
-            self._waiters.append((predicate, fut))
-        return fut
+        return self._waiters.when(predicate)
 
     def segment_captured(self, n: int) -> asyncio.Future[None]:
         """Resolves when segment ``n`` (0-based) has its first frame."""
@@ -272,7 +268,7 @@ class VirtualAudioOutput(io.AudioOutput):
                 self._finish(seg, interrupted=False)
                 continue
             break
-        self._notify()
+        self._waiters.notify()
 
     def _start(self, seg: PlayedSegment) -> None:
         seg.started_at = self.clock.now()
@@ -294,17 +290,6 @@ class VirtualAudioOutput(io.AudioOutput):
         seg.interrupted = interrupted
         seg.finished_at = self.clock.now()
         self.on_playback_finished(playback_position=position, interrupted=interrupted)
-
-    def _notify(self) -> None:
-        still = []
-        for predicate, fut in self._waiters:
-            if fut.done():
-                continue
-            if predicate():
-                fut.set_result(None)
-            else:
-                still.append((predicate, fut))
-        self._waiters = still
 
 
 class RecordingTextOutput(io.TextOutput):
