@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import types
@@ -138,6 +139,9 @@ async def test_tiny_run_reports_all_five(tmp_path: Path) -> None:
     table = report.render_table()
     for bench_id in BENCHMARKS:
         assert f"\n{bench_id} " in table
+    # the tiny preset runs one reply where the others run several: "1 reply", not "1 replies"
+    assert re.search(r"\b1 reply\b", table), table
+    assert not re.search(r"\b1 (replies|rounds|segments)\b", table), table
 
 
 async def test_native_mode_measures_the_native_form_alone(

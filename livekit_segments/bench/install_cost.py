@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from livekit.agents import AgentSession
 
+from .._cli import plural
 from . import stats
 from .fakes import ScriptedAgent, ZeroLatencySink, close_session, reply, silence, start_session
 from .forms import Form, Forms, activate
@@ -102,7 +103,7 @@ async def run(cfg: InstallCostConfig, forms: Forms) -> BenchResult:
     }
     rows = [
         Row(
-            f"CPU per reply, {cfg.batches} rounds x {cfg.replies_per_batch} per form",
+            f"CPU per reply, {plural(cfg.batches, 'round')} x {cfg.replies_per_batch} per form",
             ms(base),
             ms(subject),
             fmt_estimate(estimate),

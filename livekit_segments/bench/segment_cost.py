@@ -8,6 +8,7 @@ import time
 import tracemalloc
 from dataclasses import dataclass
 
+from .._cli import plural
 from . import stats
 from .fakes import (
     ScriptedAgent,
@@ -76,7 +77,7 @@ async def _measure(n: int, form: Form, *, memory: bool) -> tuple[float, float]:
         if memory:
             tracemalloc.stop()
     if sink.count != n:
-        raise RuntimeError(f"expected {n} segments at the sink, saw {sink.count}")
+        raise RuntimeError(f"expected {plural(n, 'segment')} at the sink, saw {sink.count}")
     return wall, cpu
 
 
@@ -224,7 +225,8 @@ async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
         judged=judged,
         notes=[
             f"one reply of N segments per fresh session, zero-latency TTS and sink; CPU is "
-            f"the median of {cfg.repeats} replies (thread time, GC paused); memory is the "
+            f"the median of {plural(cfg.repeats, 'reply', 'replies')} (thread time, GC paused); "
+            "memory is the "
             f"tracemalloc peak above the pre-reply heap, from one more reply under tracemalloc; "
             f"the slope ratio and the CPU growth exponent (patch form, between the two largest "
             f"N) are medians over repetitions, each repetition running every N under both "

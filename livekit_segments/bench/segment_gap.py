@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .._cli import plural
 from . import stats
 from .fakes import AudioSourceSink, ScriptedAgent, close_session, reply, silence, start_session
 from .forms import Form, Forms, activate
@@ -53,7 +54,7 @@ async def _reply_gaps(form: Form, cfg: SegmentGapConfig, into: _Gaps) -> None:
         await close_session(session, sink)
     segs = sink.segments
     if len(segs) != cfg.segments_per_reply:
-        raise RuntimeError(f"expected {cfg.segments_per_reply} segments, saw {len(segs)}")
+        raise RuntimeError(f"expected {plural(cfg.segments_per_reply, 'segment')}, saw {len(segs)}")
     for prev, nxt in zip(segs, segs[1:], strict=False):
         if prev.drained_at is None or prev.released_at is None:
             raise RuntimeError("a segment was not played out before the next one started")
@@ -124,7 +125,8 @@ async def run(cfg: SegmentGapConfig, forms: Forms) -> BenchResult:
         judged=[Judged("added to the median gap", f"< {TARGET_ADDED_MS} ms", status, estimate)],
         notes=[
             f"rtc.AudioSource(queue_size_ms={cfg.queue_size_ms}) sink, {seg_ms} ms segments, "
-            f"{cfg.segments_per_reply} per reply, {cfg.replies} replies per form, interleaved; "
+            f"{cfg.segments_per_reply} per reply, "
+            f"{plural(cfg.replies, 'reply', 'replies')} per form, interleaved; "
             f"gap = segment k+1's first frame into the source - the source running dry after "
             f"segment k; it splits into the source's release lateness (a loop timer) and the "
             f"pipeline's time from that release to the next frame"
