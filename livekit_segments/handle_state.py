@@ -37,6 +37,9 @@ class HandleState:
         "audio_seen",
         "next_index",
         "open_handle",
+        "open_tracker",
+        "open_first",
+        "watching",
         "newest",
         "forwarded_any",
     )
@@ -51,6 +54,9 @@ class HandleState:
         # turn bookkeeping, used on segment 0 only
         self.next_index = 1
         self.open_handle: SegmentSpeechHandle | None = None
+        self.open_tracker: Any = None  # the generation that opened it
+        self.open_first = -1  # its first segment, numbered within that generation
+        self.watching = False  # ends the open handle when the turn is interrupted
         self.newest: SpeechHandle | None = None
         self.forwarded_any = False
 
@@ -121,6 +127,13 @@ class SegmentSpeechHandle(SpeechHandle):
         return self._lk_turn
 
     @property
+    def interrupted(self) -> bool:
+        # the turn's interruption cuts the open response at once; the hooks end it just after
+        return SpeechHandle.interrupted.fget(self) or (  # type: ignore[attr-defined]
+            not self.done() and self._lk_turn.interrupted
+        )
+
+    @property
     def allow_interruptions(self) -> bool:
         return self._lk_turn.allow_interruptions
 
@@ -187,7 +200,12 @@ def handle_properties() -> dict[str, Any]:
         st = peek_state(self)
         return None if st is None else st.segment_break
 
+    def turn(self: SpeechHandle) -> SpeechHandle:
+        """The handle the whole reply was scheduled with: this handle itself for segment 0."""
+        return self
+
     return {
+        "turn": property(turn),
         "playout_started": property(playout_started),
         "segment_index": property(segment_index),
         "segment_break": property(segment_break),

@@ -14,6 +14,7 @@ only observes or routes around it:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextvars
 import functools
 import logging
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from livekit.agents import FlushSentinel
-from livekit.agents.voice import agent_activity as _activity_mod
+from livekit.agents.voice import agent_activity as _activity_mod, generation as _generation_mod
 from livekit.agents.voice.events import SpeechCreatedEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
 
@@ -29,6 +30,7 @@ from .handle_state import (
     HandleState,
     SegmentSpeechHandle,
     finish_segment,
+    peek_state,
     resolve_playout,
     state_of,
 )
@@ -55,6 +57,9 @@ class GenerationTracker:
         "pending",
         "ended",
         "forwarded",
+        "returned",
+        "bounds",
+        "cut",
         "_waiters",
     )
 
@@ -66,6 +71,10 @@ class GenerationTracker:
         self.pending: SegmentBreak | None = None
         self.ended = False
         self.forwarded = 0  # forward_generation calls so far
+        self.returned = -1  # the last segment whose forward_generation returned
+        # segment counts at which a response was closed (a break, or the model's end)
+        self.bounds: list[int] = []
+        self.cut: int | None = None  # a failed TTS: no segment after this one is forwarded
         self._waiters: list[Callable[[], bool]] = []
 
     def observe(self, value: object) -> None:
@@ -73,6 +82,7 @@ class GenerationTracker:
             self.in_segment = False
             if isinstance(value, SegmentBreak):
                 self.pending = value  # the last break before the text labels it
+                self._close()
         elif value and not self.in_segment:
             self.in_segment = True
             if self.pending is not None:
@@ -83,15 +93,22 @@ class GenerationTracker:
 
     def end(self) -> None:
         self.ended = True
+        self._close()
         self._wake()
 
-    def last_of_handle(self, j: int) -> bool | None:
-        """Whether segment ``j`` is the last one its handle plays; None while unknown."""
-        if self.segments > j + 1:
-            return (j + 1) in self.breaks
-        if self.ended:
-            return True
-        return None
+    def _close(self) -> None:
+        # no later text can join the response that has started: it ends at this point
+        if self.segments and (not self.bounds or self.bounds[-1] < self.segments):
+            self.bounds.append(self.segments)
+            self._wake()
+
+    def last_of_response(self, j: int) -> int | None:
+        """The last segment of the response that segment ``j`` belongs to; None while open."""
+        i = bisect.bisect_right(self.bounds, j)
+        last = self.bounds[i] - 1 if i < len(self.bounds) else None
+        if self.cut is not None and self.cut >= j and (last is None or self.cut < last):
+            return self.cut
+        return last
 
     def when_known(self, check: Callable[[], bool]) -> None:
         """Call ``check`` on every change until it returns True."""
@@ -109,6 +126,8 @@ _generation: contextvars.ContextVar[GenerationTracker | None] = contextvars.Cont
 _playout_target: contextvars.ContextVar[tuple[asyncio.Task[Any] | None, HandleState] | None] = (
     contextvars.ContextVar("livekit_segments_playout_target", default=None)
 )
+# what forward_generation returns for a segment of which nothing was forwarded
+_SKIPPED_OUTPUT: Callable[[], Any] | None = getattr(_generation_mod, "_ForwardOutput", None)
 
 
 def _current_target() -> HandleState | None:
@@ -127,13 +146,30 @@ def wrap_perform_llm_inference(original: F) -> F:
         tracker = GenerationTracker(asyncio.current_task())
         text_ch = gen_data.text_ch
         send_nowait = text_ch.send_nowait
+        # whitespace after a break, held until the response has something to say
+        held: list[str] = []
+
+        def send(value: Any) -> None:
+            send_nowait(value)
+            tracker.observe(value)
 
         # the producer task reads the channel when it starts, after this returns
         def observed_send_nowait(value: Any) -> None:
-            send_nowait(value)
             # most items are more text of the segment already started: nothing to see
-            if not (tracker.in_segment and value.__class__ is str):
-                tracker.observe(value)
+            if tracker.in_segment and value.__class__ is str:
+                send_nowait(value)
+                return
+            if isinstance(value, str):
+                if value and tracker.pending is not None and value.isspace():
+                    held.append(value)
+                    return
+                if value and held:
+                    for h in held:
+                        send(h)
+                    held.clear()
+            elif held:
+                held.clear()  # a response of nothing but whitespace: nothing to say
+            send(value)
 
         text_ch.send_nowait = observed_send_nowait
         llm_task.add_done_callback(lambda _: tracker.end())
@@ -158,15 +194,61 @@ def _announce(turn: SpeechHandle, handle: SpeechHandle) -> None:
     )
 
 
-def _route(turn: SpeechHandle, ts: HandleState, brk: SegmentBreak | None) -> SpeechHandle:
+def _settle(turn: SpeechHandle) -> None:
+    """End the turn's open segment handle once nothing more of it can play.
+
+    That is when the turn is interrupted, or when its response is closed (the model yielded
+    the next `SegmentBreak`, or ended) and its last segment has played out.
+    """
+    ts = peek_state(turn)
+    seg = None if ts is None else ts.open_handle
+    if ts is None or seg is None:
+        return
+    if turn.interrupted:
+        finish_segment(seg, interrupted=True)
+        return
+    tracker: GenerationTracker = ts.open_tracker
+    last = tracker.last_of_response(ts.open_first)
+    if last is not None and tracker.returned >= last:
+        finish_segment(seg, interrupted=False)
+
+
+def _watch(turn: SpeechHandle, ts: HandleState, seg: SegmentSpeechHandle) -> None:
+    """Ends ``seg`` on the turn's interruption and at the end of its generation."""
+    if not ts.watching:
+        ts.watching = True
+        interrupt_fut = getattr(turn, "_interrupt_fut", None)
+        if isinstance(interrupt_fut, asyncio.Future) and not interrupt_fut.done():
+            interrupt_fut.add_done_callback(lambda _: _settle(turn))
+    generations = getattr(turn, "_generations", None)
+    if generations:
+
+        def on_generation_done(_: object) -> None:
+            # the reply loop of this generation is over: none of its segments plays any more
+            if ts.open_handle is seg:
+                finish_segment(seg, interrupted=turn.interrupted)
+
+        generations[-1].add_done_callback(on_generation_done)
+
+
+def _route(
+    turn: SpeechHandle,
+    ts: HandleState,
+    tracker: GenerationTracker,
+    j: int,
+    brk: SegmentBreak | None,
+) -> SpeechHandle:
     """The handle a segment plays under; opens and announces a new one after a break."""
     if brk is None:
+        if ts.open_handle is not None and ts.open_tracker is not tracker:
+            # a generation's responses end with it: a tool step's text plays under the turn
+            finish_segment(ts.open_handle, interrupted=False)
         target: SpeechHandle = ts.open_handle or turn
     elif not ts.forwarded_any:
         ts.segment_break = brk  # a leading break labels segment 0
         target = turn
     else:
-        if ts.open_handle is not None:  # a next break was seen before the end was known
+        if ts.open_handle is not None:  # ended by the break already, unless it never played
             finish_segment(ts.open_handle, interrupted=False)
         newest = ts.newest or turn
         # only the newest handle may still start playing: results strictly increase
@@ -176,35 +258,20 @@ def _route(turn: SpeechHandle, ts: HandleState, brk: SegmentBreak | None) -> Spe
         seg = SegmentSpeechHandle(turn=turn, index=ts.next_index, segment_break=brk)
         ts.next_index += 1
         ts.open_handle = seg
+        ts.open_tracker = tracker
+        ts.open_first = j
         ts.newest = seg
+        _watch(turn, ts, seg)
+        tracker.when_known(lambda: _settle_done(turn, seg))
         _announce(turn, seg)
         target = seg
     ts.forwarded_any = True
     return target
 
 
-def _after_forward(
-    turn: SpeechHandle, tracker: GenerationTracker, j: int, target: SpeechHandle
-) -> None:
-    if not isinstance(target, SegmentSpeechHandle):
-        return
-
-    # ends the handle once it is known that no more of its response follows
-    def check() -> bool:
-        if target.done():
-            return True
-        if turn.interrupted:
-            finish_segment(target, interrupted=True)
-            return True
-        last = tracker.last_of_handle(j)
-        if last is None:
-            return False  # the LLM has not said yet
-        if last:
-            finish_segment(target, interrupted=False)
-        return True
-
-    if not check():
-        tracker.when_known(check)
+def _settle_done(turn: SpeechHandle, seg: SegmentSpeechHandle) -> bool:
+    _settle(turn)
+    return seg.done()
 
 
 def wrap_forward_generation(original: F) -> F:
@@ -225,7 +292,15 @@ def wrap_forward_generation(original: F) -> F:
             j = tracker.forwarded
             tracker.forwarded += 1
             if not turn.interrupted:
-                target = _route(turn, state_of(turn), tracker.breaks.pop(j, None))
+                target = _route(turn, state_of(turn), tracker, j, tracker.breaks.pop(j, None))
+
+        if turn.interrupted and _SKIPPED_OUTPUT is not None:
+            # interrupted before anything of this segment was forwarded (from speech_created,
+            # or while it was prepared): none of its audio or text may reach the outputs
+            if tracker is not None:
+                tracker.returned = j
+                _settle(turn)
+            return _SKIPPED_OUTPUT()
 
         token = _playout_target.set((task, state_of(target)))
         try:
@@ -233,7 +308,12 @@ def wrap_forward_generation(original: F) -> F:
         finally:
             _playout_target.reset(token)
             if tracker is not None:
-                _after_forward(turn, tracker, j, target)
+                tracker.returned = j
+                if getattr(kwargs.get("tts_data"), "error", None) is not None:
+                    # upstream starts no segment after a failed synthesis (1.8 on; before, the
+                    # end of the generation ends the handle)
+                    tracker.cut = j
+                _settle(turn)
 
     return forward_generation  # type: ignore[return-value]
 

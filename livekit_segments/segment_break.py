@@ -22,12 +22,16 @@ class SegmentBreak(FlushSentinel):
     split exactly where upstream splits it; with `livekit_segments.install()` the text after
     it also plays under a new `SpeechHandle`, announced through `speech_created`.
 
+    A break is immutable and compares (and hashes) by identity.
+
     Args:
         id: an optional label for the response that follows, such as ``"answer"``.
         userdata: anything the app wants to find again on ``handle.segment_break``.
     """
 
     __slots__ = ("_id", "_userdata")
+    _id: str | None
+    _userdata: Any
 
     def __init__(self, id: str | None = None, userdata: Any = None) -> None:
         if id is not None and not isinstance(id, str):
@@ -35,8 +39,8 @@ class SegmentBreak(FlushSentinel):
                 f"SegmentBreak id must be a str or None, not {type(id).__name__}; "
                 f"pass str(...) for a non-string label, or put the object in userdata"
             )
-        self._id = id
-        self._userdata = userdata
+        object.__setattr__(self, "_id", id)
+        object.__setattr__(self, "_userdata", userdata)
         if not _patch_active:
             from . import job_process
 
@@ -52,8 +56,15 @@ class SegmentBreak(FlushSentinel):
         """The app's own data, carried unchanged to ``handle.segment_break``."""
         return self._userdata
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"SegmentBreak is immutable: create a new one to change {name}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"SegmentBreak is immutable: cannot delete {name}")
+
     def __repr__(self) -> str:
-        return f"SegmentBreak(id={self._id!r}, userdata={self._userdata!r})"
+        # never the userdata: it may hold the app's data, which must not reach logs
+        return f"SegmentBreak(id={self._id!r})"
 
 
 if not TYPE_CHECKING and hasattr(_agents, "SegmentBreak"):
