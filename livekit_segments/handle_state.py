@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from livekit.agents.voice.speech_handle import SpeechHandle
@@ -42,6 +43,10 @@ class HandleState:
         "watching",
         "newest",
         "forwarded_any",
+        "on_playout",
+        "session",
+        "thinking",
+        "thinking_tracker",
     )
 
     def __init__(self, index: int, segment_break: SegmentBreak | None) -> None:
@@ -59,6 +64,12 @@ class HandleState:
         self.watching = False  # ends the open handle when the turn is interrupted
         self.newest: SpeechHandle | None = None
         self.forwarded_any = False
+        # called once playout_started resolves (segment handles: the agent speaks again)
+        self.on_playout: Callable[[float], None] | None = None
+        # turn only: the session, and whether its state shows "thinking" between responses
+        self.session: Any = None
+        self.thinking = False
+        self.thinking_tracker: Any = None
 
 
 def peek_state(handle: SpeechHandle) -> HandleState | None:
@@ -98,7 +109,10 @@ def _on_handle_done(handle: SpeechHandle) -> None:
 def resolve_playout(st: HandleState, started_at: float | None) -> None:
     """Resolve a handle's `playout_started`, once; `None` means "now" (text-only output)."""
     if not st.playout.done():
-        st.playout.set_result(time.time() if started_at is None else started_at)
+        started = time.time() if started_at is None else started_at
+        st.playout.set_result(started)
+        if st.on_playout is not None:
+            st.on_playout(started)
 
 
 class SegmentSpeechHandle(SpeechHandle):

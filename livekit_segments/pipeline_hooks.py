@@ -60,7 +60,8 @@ class GenerationTracker:
         "returned",
         "bounds",
         "cut",
-        "_waiters",
+        "functions",
+        "on_change",
     )
 
     def __init__(self, task: asyncio.Task[Any] | None) -> None:
@@ -75,7 +76,8 @@ class GenerationTracker:
         # segment counts at which a response was closed (a break, or the model's end)
         self.bounds: list[int] = []
         self.cut: int | None = None  # a failed TTS: no segment after this one is forwarded
-        self._waiters: list[Callable[[], bool]] = []
+        self.on_change: Callable[[], None] | None = None
+        self.functions: list[Any] = []  # the tool calls the model made, as upstream collects
 
     def observe(self, value: object) -> None:
         if isinstance(value, FlushSentinel):
@@ -110,13 +112,9 @@ class GenerationTracker:
             return self.cut
         return last
 
-    def when_known(self, check: Callable[[], bool]) -> None:
-        """Call ``check`` on every change until it returns True."""
-        self._waiters.append(check)
-
     def _wake(self) -> None:
-        if self._waiters:
-            self._waiters = [w for w in self._waiters if not w()]
+        if self.on_change is not None:
+            self.on_change()
 
 
 _generation: contextvars.ContextVar[GenerationTracker | None] = contextvars.ContextVar(
@@ -172,6 +170,7 @@ def wrap_perform_llm_inference(original: F) -> F:
             send(value)
 
         text_ch.send_nowait = observed_send_nowait
+        tracker.functions = getattr(gen_data, "generated_functions", tracker.functions)
         llm_task.add_done_callback(lambda _: tracker.end())
         _generation.set(tracker)
         return llm_task, gen_data
@@ -213,13 +212,24 @@ def _settle(turn: SpeechHandle) -> None:
         finish_segment(seg, interrupted=False)
 
 
-def _watch(turn: SpeechHandle, ts: HandleState, seg: SegmentSpeechHandle) -> None:
-    """Ends ``seg`` on the turn's interruption and at the end of its generation."""
+def _on_interrupted(turn: SpeechHandle) -> None:
+    _settle(turn)
+    ts = peek_state(turn)
+    if ts is not None:
+        _unthink(ts)
+
+
+def _watch_interrupt(turn: SpeechHandle, ts: HandleState) -> None:
     if not ts.watching:
         ts.watching = True
         interrupt_fut = getattr(turn, "_interrupt_fut", None)
         if isinstance(interrupt_fut, asyncio.Future) and not interrupt_fut.done():
-            interrupt_fut.add_done_callback(lambda _: _settle(turn))
+            interrupt_fut.add_done_callback(lambda _: _on_interrupted(turn))
+
+
+def _watch(turn: SpeechHandle, ts: HandleState, seg: SegmentSpeechHandle) -> None:
+    """Ends ``seg`` on the turn's interruption and at the end of its generation."""
+    _watch_interrupt(turn, ts)
     generations = getattr(turn, "_generations", None)
     if generations:
 
@@ -262,16 +272,66 @@ def _route(
         ts.open_first = j
         ts.newest = seg
         _watch(turn, ts, seg)
-        tracker.when_known(lambda: _settle_done(turn, seg))
+        state_of(seg).on_playout = functools.partial(_speak, turn, ts)
         _announce(turn, seg)
         target = seg
     ts.forwarded_any = True
     return target
 
 
-def _settle_done(turn: SpeechHandle, seg: SegmentSpeechHandle) -> bool:
+def _update(turn: SpeechHandle, tracker: GenerationTracker) -> None:
+    """Something changed in the reply (a response closed, a segment played out)."""
     _settle(turn)
-    return seg.done()
+    ts = peek_state(turn)
+    if ts is None or ts.session is None:
+        return
+    if ts.thinking:
+        if ts.thinking_tracker is tracker and tracker.ended:
+            last = tracker.segments - 1 if tracker.cut is None else tracker.cut
+            if tracker.returned >= last:
+                if tracker.functions:
+                    # upstream's tool step keeps "thinking" and ends the agent's speech
+                    ts.thinking = False
+                else:
+                    _unthink(ts)  # no next response: the reply ends
+        return
+    if turn.interrupted or tracker.ended or tracker.cut is not None:
+        return
+    j = tracker.returned
+    # segment j played out, its response is closed by a break, and the model has not yet
+    # started the next one: nothing plays until it does
+    if j < 0 or tracker.last_of_response(j) != j or tracker.segments != j + 1:
+        return
+    if ts.session.agent_state != "speaking":
+        return
+    ts.thinking = True
+    ts.thinking_tracker = tracker
+    _watch_interrupt(turn, ts)
+    ts.session._update_agent_state("thinking")
+
+
+def _speak(turn: SpeechHandle, ts: HandleState, started_at: float) -> None:
+    """The first frame of the response that follows: the agent speaks again."""
+    if not ts.thinking:
+        return
+    ts.thinking = False
+    if ts.session.agent_state == "thinking":
+        ts.session._update_agent_state(
+            "speaking",
+            start_time=started_at,
+            otel_context=getattr(turn, "_agent_turn_context", None),
+        )
+
+
+def _unthink(ts: HandleState) -> None:
+    """No response follows (the model ended, the turn was interrupted): back to "speaking"
+    without an event, so that upstream's end of the reply runs as after any spoken reply and
+    sets the state it always sets."""
+    if not ts.thinking:
+        return
+    ts.thinking = False
+    if ts.session.agent_state == "thinking":
+        ts.session._agent_state = "speaking"
 
 
 def wrap_forward_generation(original: F) -> F:
@@ -289,17 +349,23 @@ def wrap_forward_generation(original: F) -> F:
         target: SpeechHandle = turn
         j = -1
         if tracker is not None:
+            ts = state_of(turn)
+            if ts.session is None:
+                activity = _activity_mod._AgentActivityContextVar.get(None)
+                ts.session = None if activity is None else activity.session
+            if tracker.on_change is None:
+                tracker.on_change = functools.partial(_update, turn, tracker)
             j = tracker.forwarded
             tracker.forwarded += 1
             if not turn.interrupted:
-                target = _route(turn, state_of(turn), tracker, j, tracker.breaks.pop(j, None))
+                target = _route(turn, ts, tracker, j, tracker.breaks.pop(j, None))
 
         if turn.interrupted and _SKIPPED_OUTPUT is not None:
             # interrupted before anything of this segment was forwarded (from speech_created,
             # or while it was prepared): none of its audio or text may reach the outputs
             if tracker is not None:
                 tracker.returned = j
-                _settle(turn)
+                _update(turn, tracker)
             return _SKIPPED_OUTPUT()
 
         token = _playout_target.set((task, state_of(target)))
@@ -313,7 +379,7 @@ def wrap_forward_generation(original: F) -> F:
                     # upstream starts no segment after a failed synthesis (1.8 on; before, the
                     # end of the generation ends the handle)
                     tracker.cut = j
-                _settle(turn)
+                _update(turn, tracker)
 
     return forward_generation  # type: ignore[return-value]
 

@@ -382,3 +382,95 @@ async def test_tts_failure_then_tool_step_plays_the_follow_up_under_the_turn() -
     assert b.playout_started.cancelled()
     assert turn.num_steps == 2
     assert t.sink.segments[-1].started_at is not None  # the follow-up played
+
+
+# ------------------------------------------------------------------ 4. agent state
+
+
+def states(t: Turn) -> list[str]:
+    return [ev.new_state for ev in t.rec.of("agent_state_changed")]
+
+
+async def test_agent_thinks_between_responses_while_the_model_works() -> None:
+    more, thinking = gate(), gate()
+    t = Turn(
+        [
+            [
+                "Ack.",
+                FlushSentinel(),  # upstream's meaning: the same response goes on
+                Wait(more),
+                "More ack.",
+                SegmentBreak(id="answer"),
+                Wait(thinking),
+                "The answer.",
+                SegmentBreak(id="more"),  # ready when the answer ends: no flicker
+                "More.",
+            ]
+        ]
+    )
+    turn = await t.start()
+    assert t.sink is not None and t.session is not None
+    sink = t.sink
+    await sink.when(lambda: bool(sink.segments) and sink.segments[0].finished)
+    await run_ready()
+    assert t.session.agent_state == "speaking"  # a plain flush changes nothing
+    more.set_result(None)
+    await sink.when(lambda: len(sink.segments) == 2 and sink.segments[1].finished)
+    await run_ready()
+    # the acknowledgement has played, the model is still producing the answer
+    assert t.session.agent_state == "thinking"
+    assert t.session._agent_speaking_span is None  # one agent_speaking span per period
+    speaking_at: list[float] = []
+    t.session.on(
+        "agent_state_changed",
+        lambda ev: speaking_at.append(t.clock.now()) if ev.new_state == "speaking" else None,
+    )
+    thinking.set_result(None)
+    await turn
+    await t.close()
+    assert states(t) == ["listening", "thinking", "speaking", "thinking", "speaking", "listening"]
+    # speaking again at the answer's first frame
+    assert speaking_at == [sink.segments[2].started_at]
+
+
+@pytest.mark.parametrize("end", ["model_ends", "interrupted"])
+async def test_end_of_turn_state_after_thinking_between_responses(end: str) -> None:
+    more = gate()
+    t = Turn([["Ack.", SegmentBreak(id="x"), Wait(more)]])
+    turn = await t.start()
+    assert t.sink is not None and t.session is not None
+    await t.sink.when(lambda: bool(t.sink.segments) and t.sink.segments[0].finished)
+    await run_ready()
+    assert t.session.agent_state == "thinking"
+    if end == "interrupted":
+        turn.interrupt()
+    more.set_result(None)
+    await turn
+    await run_ready()
+    # upstream's end of a spoken reply ran: listening again, with barge-in re-armed
+    assert t.session.agent_state == "listening"
+    assert states(t)[-1] == "listening"
+    await t.close()
+
+
+async def test_agent_state_with_a_tool_step_after_a_break() -> None:
+    @function_tool
+    async def lookup() -> str:
+        """Look the answer up."""
+        return "42"
+
+    more = gate()
+    t = Turn(
+        [["Let me check.", SegmentBreak(id="x"), Wait(more), ToolCall("lookup")], ["It is 42."]],
+        tools=[lookup],
+    )
+    turn = await t.start()
+    assert t.sink is not None and t.session is not None
+    await t.sink.when(lambda: bool(t.sink.segments) and t.sink.segments[0].finished)
+    await run_ready()
+    assert t.session.agent_state == "thinking"
+    more.set_result(None)
+    await turn
+    await t.close()
+    # exactly what upstream shows for a tool step: thinking until the follow-up speaks
+    assert states(t) == ["listening", "thinking", "speaking", "thinking", "speaking", "listening"]
