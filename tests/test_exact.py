@@ -369,19 +369,17 @@ async def test_tts_failure_then_tool_step_plays_the_follow_up_under_the_turn() -
         tools=[lookup],
     )
     turn = await t.start()
-    assert t.sink is not None and t.session is not None
-    at_tools: list[bool] = []
-    t.session.on("function_tools_executed", lambda ev: at_tools.append(t.handles[1].done()))
+    assert t.sink is not None
+    started: list[tuple[int, bool]] = []
+    t.sink.after_started = lambda n: started.append((n, t.handles[-1].done()))
     await turn
     await t.close()
     assert [h.segment_index for h in t.handles] == [0, 1]
     b = t.handles[1]
-    assert b.done()
-    # the response of "b" ended with its generation: the follow-up plays under the turn
-    assert at_tools == [True]
-    assert b.playout_started.cancelled()
+    assert b.done() and b.playout_started.cancelled()
     assert turn.num_steps == 2
-    assert t.sink.segments[-1].started_at is not None  # the follow-up played
+    # the response of "b" ended with its generation: the follow-up plays under the turn
+    assert started[-1] == (len(t.sink.segments) - 1, True)
 
 
 # ------------------------------------------------------------------ 4. agent state
