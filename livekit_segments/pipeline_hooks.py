@@ -302,7 +302,10 @@ def _update(turn: SpeechHandle, tracker: GenerationTracker) -> None:
     # started the next one: nothing plays until it does
     if j < 0 or tracker.last_of_response(j) != j or tracker.segments != j + 1:
         return
-    if ts.session.agent_state != "speaking" or not hasattr(ts.session, "_agent_state"):
+    session = ts.session
+    if session.agent_state != "speaking" or not (
+        hasattr(session, "_agent_state") and hasattr(session, "_update_agent_state")
+    ):
         return
     ts.thinking = True
     ts.thinking_tracker = tracker
