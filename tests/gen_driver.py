@@ -202,6 +202,11 @@ class GenAgent(ScriptedAgent):
         steps = run.case.turns[t].steps
         script: tuple[Item, ...] = steps[step] if step < len(steps) else ()
         key = (t, step)
+        # upstream flavour: the documented whitespace rule (README Semantics, "break followed
+        # only by whitespace"), so that both flavours say the same: after a break, whitespace
+        # waits for the response's first word; a flush, a break or the end drops it
+        pending = False
+        held: list[str] = []
         try:
             for n, item in enumerate(script):
                 if isinstance(item, Delay):
@@ -228,10 +233,21 @@ class GenAgent(ScriptedAgent):
                         ),
                     )
                 elif isinstance(item, Text):
+                    if not run.patched and item.text:
+                        if pending and item.text.isspace():
+                            held.append(item.text)
+                            continue
+                        pending = False
+                        for chunk in held:
+                            yield chunk
+                        held.clear()
                     yield item.text
                 elif isinstance(item, Flush):
+                    held.clear()
                     yield FlushSentinel()
                 elif isinstance(item, Brk):
+                    held.clear()
+                    pending = True
                     yield run.break_for(key, n, item)
         finally:
             run.ended.add(key)
