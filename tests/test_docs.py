@@ -25,7 +25,7 @@ DOCS = [
     "docs/deployment.md",
     "scripts/README.md",
     "patches/README.md",
-    "wip/README.md",
+    "patches/PR.md",
 ]
 
 
