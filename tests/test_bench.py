@@ -82,11 +82,25 @@ def check_report(doc: dict[str, Any], *, native: bool) -> None:
         for form in forms:
             assert list(b2[table][form]) == [str(n) for n in b2["ns"]]
             assert all(v > 0 for v in b2[table][form].values()), (table, form)
-    assert [t["name"] for t in b2["targets"]] == [
-        "CPU per segment ratio (slope)",
-        "growth exponent, CPU time",
-        "growth exponent, memory",
-    ]
+    names = [t["name"] for t in b2["targets"]]
+    if native:
+        assert names == [
+            "CPU per segment ratio (slope)",
+            "growth exponent, CPU time",
+            "growth exponent, memory",
+        ]
+    else:
+        assert names == [
+            "CPU per segment ratio (slope)",
+            "patch cost per segment / handle floor",
+            "memory per segment above FlushSentinel",
+            "growth exponent, CPU time",
+            "growth exponent, memory",
+        ]
+        assert len(b2["overhead_floor_ratios"]) == b2["repeats"]
+    # the floor is measured in every mode, once per repetition
+    assert len(b2["handle_floor_us"]) == b2["repeats"]
+    assert all(x > 0 for x in b2["handle_floor_us"]) and b2["handle_floor_kib"] > 0
     assert len(b2["repetition_time_exponents"]) == b2["repeats"]
 
     b3 = benches["B3"]
@@ -357,7 +371,7 @@ RUNTIME_FORMS = bench_forms.Forms(native=False, was_installed=True)
 
 @pytest.mark.parametrize(
     ("repeats", "patch_factor", "verdict"),
-    [(8, 1.0, "met"), (8, 1.5, "missed"), (8, 1.1, "inconclusive"), (3, 1.0, "inconclusive")],
+    [(8, 1.0, "met"), (8, 1.5, "missed"), (8, 1.15, "inconclusive"), (3, 1.0, "inconclusive")],
 )
 async def test_b2_judges_the_slope_ratio_over_paired_repetitions(
     monkeypatch: pytest.MonkeyPatch, repeats: int, patch_factor: float, verdict: str
@@ -371,19 +385,60 @@ async def test_b2_judges_the_slope_ratio_over_paired_repetitions(
         cpu = (2e-3 + per_segment * n) * rng.uniform(0.97, 1.03)
         return cpu, cpu
 
+    async def fake_floor(count: int) -> tuple[float, float]:
+        return 100e-6, 4096.0
+
     monkeypatch.setattr(segment_cost, "_measure", fake_measure)
+    monkeypatch.setattr(segment_cost, "_measure_floor", fake_floor)
     cfg = segment_cost.SegmentCostConfig(ns=(1, 10, 100, 1000), repeats=repeats)
     result = await segment_cost.run(cfg, RUNTIME_FORMS)
+    judged = {j.name: j for j in result.judged}
     slope = result.judged[0]
     assert slope.name == "CPU per segment ratio (slope)"
     assert slope.estimate is not None and slope.estimate.n == repeats
     assert slope.estimate.low <= patch_factor <= slope.estimate.high
     assert slope.verdict == verdict
     assert len(result.data["repetition_slope_ratios"]) == repeats
-    growth = result.judged[1]
+    growth = judged["growth exponent, CPU time"]
     assert growth.estimate is not None
     assert growth.verdict == ("met" if repeats >= stats.MIN_SAMPLES else "inconclusive")
     assert result.status == bench_report.combine([j.verdict for j in result.judged])
+
+
+@pytest.mark.parametrize(
+    ("patch_factor", "verdict"),
+    # 500 us per upstream segment, a 100 us floor: 1.1 is 50 us (0.5 floors), 1.5 is 2.5 floors
+    [(1.1, "met"), (1.5, "missed"), (1.3, "inconclusive")],
+)
+async def test_b2_judges_the_patch_cost_per_segment_in_handle_floors(
+    monkeypatch: pytest.MonkeyPatch, patch_factor: float, verdict: str
+) -> None:
+    rng = random.Random(4)
+    floors = iter([100e-6 * rng.uniform(0.8, 1.2) for _ in range(8)])
+
+    async def fake_measure(n: int, form: bench_forms.Form, *, memory: bool) -> tuple[float, float]:
+        per_segment = 500e-6 * (patch_factor if form is bench_forms.Form.PATCHED else 1.0)
+        if memory:
+            # the patch keeps 1 KiB more per segment; one handle and its event keep 4 KiB
+            return (8000.0 + (1024.0 if form is bench_forms.Form.PATCHED else 0.0)) * n, 0.0
+        cpu = (2e-3 + per_segment * n) * rng.uniform(0.99, 1.01)
+        return cpu, cpu
+
+    async def fake_floor(count: int) -> tuple[float, float]:
+        return next(floors), 4096.0
+
+    monkeypatch.setattr(segment_cost, "_measure", fake_measure)
+    monkeypatch.setattr(segment_cost, "_measure_floor", fake_floor)
+    cfg = segment_cost.SegmentCostConfig(ns=(1, 10, 100, 1000), repeats=8)
+    result = await segment_cost.run(cfg, RUNTIME_FORMS)
+    judged = {j.name: j for j in result.judged}
+    floor = judged["patch cost per segment / handle floor"]
+    assert floor.estimate is not None and floor.estimate.n == 8
+    assert floor.estimate.low <= (patch_factor - 1) * 5 <= floor.estimate.high
+    assert floor.verdict == verdict
+    memory = judged["memory per segment above FlushSentinel"]
+    assert memory.verdict == "met" and memory.value == "1.00 KiB"
+    assert result.data["handle_floor_kib"] == 4.0
 
 
 @pytest.mark.parametrize(("patch_factor", "verdict"), [(1.0, "met"), (1.2, "missed")])
@@ -396,7 +451,7 @@ async def test_b1_judges_the_median_of_per_pair_ratios(
     async def fake_batch(session: Any, form: bench_forms.Form, cfg: Any) -> float:
         factor = patch_factor if form is bench_forms.Form.PATCHED else 1.0
         spike = next(outliers, 1.0) if form is bench_forms.Form.PATCHED else 1.0
-        return 3e-3 * factor * spike * rng.uniform(0.98, 1.02)
+        return 3e-3 * factor * spike * rng.uniform(0.995, 1.005)
 
     monkeypatch.setattr(install_cost, "_batch", fake_batch)
     cfg = install_cost.InstallCostConfig(batches=20, replies_per_batch=1, warmup_replies=0)

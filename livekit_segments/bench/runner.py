@@ -42,7 +42,7 @@ class BenchConfig:
         """The full run: under 3 minutes on a 2-core machine."""
         return cls(
             preset="default",
-            install_cost=InstallCostConfig(batches=60, replies_per_batch=20),
+            install_cost=InstallCostConfig(batches=400, replies_per_batch=20),
             segment_cost=SegmentCostConfig(ns=(1, 10, 100, 1000), repeats=15),
             signal_latency=SignalLatencyConfig(
                 single_segments=1000,

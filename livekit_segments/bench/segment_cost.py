@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import math
 import time
 import tracemalloc
 from dataclasses import dataclass
+
+from livekit.agents import AgentSession
+from livekit.agents.voice.events import SpeechCreatedEvent
+from livekit.agents.voice.speech_handle import SpeechHandle
 
 from .._cli import plural
 from . import stats
@@ -22,9 +27,11 @@ from .fakes import (
 from .forms import Form, Forms, activate, break_factory
 from .report import BenchResult, Judged, Row, combine, fmt, fmt_estimate, fmt_ratio, judge
 
-__all__ = ["SegmentCostConfig", "run", "script"]
+__all__ = ["SegmentCostConfig", "handle_floor", "run", "script"]
 
-TARGET_RATIO = 1.10
+TARGET_RATIO = 1.15
+# the patch's own cost per segment, in units of what a new announced SpeechHandle costs
+TARGET_FLOOR_MULTIPLE = 1.5
 # y ~ N**k between the two largest N: 1 is linear; fixed per-reply costs pull it below 1
 TARGET_EXPONENT = 1.10
 
@@ -35,6 +42,7 @@ class SegmentCostConfig:
     repeats: int  # timed replies per (N, form); the median is reported
     memory: bool = True  # one more reply per (N, form) under tracemalloc
     memory_max_n: int | None = None  # tracemalloc slows replies ~3x: skip larger N
+    floor_handles: int = 200  # handles per floor measurement (one per repetition)
 
 
 def script(n: int, form: Form) -> list[ScriptItem]:
@@ -81,6 +89,61 @@ async def _measure(n: int, form: Form, *, memory: bool) -> tuple[float, float]:
     return wall, cpu
 
 
+def _one_handle(session: AgentSession[None]) -> SpeechHandle:
+    """What any new, announced segment handle costs at least: create, schedule, announce
+    through ``speech_created`` (event validated, recorded and emitted), finish."""
+    handle = SpeechHandle.create()
+    handle._mark_scheduled()
+    session.emit(
+        "speech_created",
+        SpeechCreatedEvent(speech_handle=handle, user_initiated=False, source="generate_reply"),
+    )
+    handle._mark_done()
+    return handle
+
+
+async def handle_floor(session: AgentSession[None], count: int) -> tuple[float, float]:
+    """(thread CPU s, retained bytes) per handle for `count` handles made by `_one_handle`.
+
+    CPU includes the loop turns that run the handles' done callbacks. Bytes are what stays
+    allocated while the handles and their recorded events are kept, as a reply keeps them.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        c0 = time.thread_time()
+        for _ in range(count):
+            _one_handle(session)
+        for _ in range(3):  # the done callbacks _mark_done scheduled
+            await asyncio.sleep(0)
+        cpu = (time.thread_time() - c0) / count
+    finally:
+        gc.enable()
+    tracemalloc.start()
+    try:
+        gc.collect()
+        base = tracemalloc.get_traced_memory()[0]
+        kept = [_one_handle(session) for _ in range(count)]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        gc.collect()
+        retained = (tracemalloc.get_traced_memory()[0] - base) / count
+    finally:
+        tracemalloc.stop()
+    del kept
+    return cpu, retained
+
+
+async def _measure_floor(count: int) -> tuple[float, float]:
+    sink = ZeroLatencySink()
+    session = await start_session(ScriptedAgent(["Hello."], frames=[silence(10)]), sink)
+    try:
+        await reply(session)  # a warm session, as the replies measure
+        return await handle_floor(session, count)
+    finally:
+        await close_session(session, sink)
+
+
 def _span(ns: list[int]) -> str:
     return f"N={ns[-2]}..{ns[-1]}" if len(ns) >= 2 else "-"
 
@@ -91,12 +154,18 @@ async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
     wall: dict[tuple[int, Form], list[float]] = {}
     cpu: dict[tuple[int, Form], list[float]] = {}
     peak: dict[tuple[int, Form], float] = {}
+    floor_cpu: list[float] = []
+    floor_mem = math.nan
     for rep in range(cfg.repeats):
         for i, n in enumerate(ns):
             for form in forms.order(rep + i):
                 w, c = await _measure(n, form, memory=False)
                 wall.setdefault((n, form), []).append(w)
                 cpu.setdefault((n, form), []).append(c)
+        # the floor, measured with the baseline live (upstream's handle, nothing patched)
+        activate(forms.baseline or forms.subject)
+        f_cpu, floor_mem = await _measure_floor(cfg.floor_handles)
+        floor_cpu.append(f_cpu)
     for i, n in enumerate(mem_ns):
         for form in forms.order(i):
             peak[(n, form)] = (await _measure(n, form, memory=True))[0]
@@ -136,6 +205,26 @@ async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
         if base
         else None
     )
+    # the patch's own cost per segment (slope above upstream's), in floors of the same
+    # repetition
+    floor_pairs = (
+        [
+            (per_segment(c, ns, subject) - per_segment(c, ns, base)) / f
+            for c, f in zip(rep_cpu, floor_cpu, strict=True)
+        ]
+        if base
+        else []
+    )
+    floor_est = (
+        stats.median_estimate(
+            floor_pairs, f"median of {len(floor_pairs)} per-repetition overhead/floor ratios"
+        )
+        if base
+        else None
+    )
+    floor_status = stats.verdict(floor_est, TARGET_FLOOR_MULTIPLE)
+    mem_over = seg_mem[subject] - seg_mem[base] if base and mem_ns else None
+    mem_floor_status = judge(mem_over <= floor_mem) if mem_over is not None and cfg.memory else None
     time_exps = [exponent(c, ns) for c in rep_cpu]
     exps = [x for x in time_exps if math.isfinite(x)]
     exp_est = (
@@ -155,6 +244,26 @@ async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
             "growth exponent, memory", f"<= {TARGET_EXPONENT}", mem_status, value=f"{mem_exp:.2f}"
         ),
     ]
+    if base:
+        judged.insert(
+            1,
+            Judged(
+                "patch cost per segment / handle floor",
+                f"<= {TARGET_FLOOR_MULTIPLE}",
+                floor_status,
+                floor_est,
+            ),
+        )
+    if mem_floor_status is not None and mem_over is not None:
+        judged.insert(
+            2,
+            Judged(
+                "memory per segment above FlushSentinel",
+                f"<= floor {floor_mem / 1024:.2f} KiB",
+                mem_floor_status,
+                value=f"{mem_over / 1024:.2f} KiB",
+            ),
+        )
     status = combine([j.verdict for j in judged])
 
     def row(metric: str, values: dict[tuple[int, Form], float], n: int, unit: str) -> Row:
@@ -178,6 +287,26 @@ async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
             ratio_status,
         )
     )
+    floor_med = stats.median(floor_cpu)
+    rows.append(
+        Row(
+            "handle floor: create + announce + finish a SpeechHandle",
+            fmt(floor_med * 1e6, "us"),
+            "",
+            "",
+        )
+    )
+    if base:
+        rows.append(
+            Row(
+                "patch cost per segment (slope above upstream) / floor",
+                "",
+                fmt((seg_cpu[subject] - seg_cpu[base]) * 1e6, "us"),
+                fmt_estimate(floor_est),
+                f"<= {TARGET_FLOOR_MULTIPLE}",
+                floor_status,
+            )
+        )
     if mem_ns:
         rows.append(
             Row(
@@ -187,6 +316,18 @@ async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
                 fmt_ratio(mem_ratio),
             )
         )
+        if mem_over is not None and mem_floor_status is not None:
+            rows.append(
+                Row(
+                    "memory per segment above FlushSentinel, against one retained handle "
+                    "and its event",
+                    fmt(floor_mem / 1024, "KiB"),
+                    fmt(mem_over / 1024, "KiB"),
+                    "",
+                    "<= floor",
+                    mem_floor_status,
+                )
+            )
     rows.append(
         Row(
             f"growth exponent, CPU time ({_span(ns)})",
@@ -217,8 +358,9 @@ async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
         id="B2",
         title="cost per segment",
         target=(
-            f"linear growth (exponent <= {TARGET_EXPONENT}) and per-segment CPU ratio "
-            f"<= {TARGET_RATIO}"
+            f"linear growth (exponent <= {TARGET_EXPONENT}), per-segment CPU ratio "
+            f"<= {TARGET_RATIO}, patch cost per segment <= {TARGET_FLOOR_MULTIPLE}x the "
+            f"handle floor"
         ),
         status=status,
         rows=rows,
@@ -230,7 +372,14 @@ async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
             f"tracemalloc peak above the pre-reply heap, from one more reply under tracemalloc; "
             f"the slope ratio and the CPU growth exponent (patch form, between the two largest "
             f"N) are medians over repetitions, each repetition running every N under both "
-            f"forms back to back"
+            f"forms back to back",
+            f"handle floor: what a new announced SpeechHandle costs by itself (create, "
+            f"_mark_scheduled, a validated SpeechCreatedEvent through the session's emit, "
+            f"_mark_done, and the loop turns of its done callbacks), "
+            f"{cfg.floor_handles} handles in a warm session once per repetition, upstream "
+            f"live; the patch's cost per segment is its slope minus upstream's, divided by "
+            f"that repetition's floor; the memory floor is what one such handle and its "
+            f"recorded event keep allocated",
         ],
         data={
             "ns": ns,
@@ -249,5 +398,10 @@ async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
             "memory_per_segment_kib": {f.value: v / 1024 for f, v in seg_mem.items()},
             "memory_per_segment_ratio": mem_ratio,
             "growth_exponent": {"time": time_exp, "memory": mem_exp},
+            "handle_floor_us": [x * 1e6 for x in floor_cpu],
+            "handle_floor_kib": floor_mem / 1024,
+            "overhead_per_segment_us": (seg_cpu[subject] - seg_cpu[base]) * 1e6 if base else None,
+            "overhead_floor_ratios": floor_pairs,
+            "memory_above_flush_kib": None if mem_over is None else mem_over / 1024,
         },
     )
