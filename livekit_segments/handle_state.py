@@ -47,6 +47,8 @@ class HandleState:
         "session",
         "thinking",
         "thinking_tracker",
+        "watched",
+        "speak",
     )
 
     def __init__(self, index: int, segment_break: SegmentBreak | None) -> None:
@@ -70,6 +72,8 @@ class HandleState:
         self.session: Any = None
         self.thinking = False
         self.thinking_tracker: Any = None
+        self.watched: Any = None  # the generation whose end is watched (its segment handles)
+        self.speak: Callable[[float], None] | None = None  # on_playout of its segment handles
 
 
 def peek_state(handle: SpeechHandle) -> HandleState | None:

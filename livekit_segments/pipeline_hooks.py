@@ -47,6 +47,9 @@ class GenerationTracker:
     Upstream ends a segment at every `FlushSentinel` and starts the next only when non-empty
     text arrives. This sees the same items in the same order (the channel is FIFO with one
     reader), so segment ``j`` here is the ``j``-th `forward_generation` call of the reply.
+
+    Until the model yields its first `SegmentBreak` nothing here reacts: a reply without
+    breaks only counts its segments (`has_breaks` gates every update).
     """
 
     __slots__ = (
@@ -61,10 +64,14 @@ class GenerationTracker:
         "bounds",
         "cut",
         "functions",
-        "on_change",
+        "turn",
+        "has_breaks",
+        "llm_task",
     )
 
-    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+    def __init__(
+        self, task: asyncio.Task[Any] | None, llm_task: asyncio.Task[Any] | None = None
+    ) -> None:
         self.task = task
         self.segments = 0  # segments started so far
         self.breaks: dict[int, SegmentBreak] = {}  # segment number -> break that opens it
@@ -76,33 +83,46 @@ class GenerationTracker:
         # segment counts at which a response was closed (a break, or the model's end)
         self.bounds: list[int] = []
         self.cut: int | None = None  # a failed TTS: no segment after this one is forwarded
-        self.on_change: Callable[[], None] | None = None
         self.functions: list[Any] = []  # the tool calls the model made, as upstream collects
+        self.turn: SpeechHandle | None = None  # set by the first forward_generation call
+        self.has_breaks = False
+        self.llm_task = llm_task  # the model's task: its end closes the last response
 
     def observe(self, value: object) -> None:
         if isinstance(value, FlushSentinel):
             self.in_segment = False
             if isinstance(value, SegmentBreak):
                 self.pending = value  # the last break before the text labels it
-                self._close()
+                if not self.has_breaks:
+                    self.has_breaks = True
+                    if self.llm_task is not None:
+                        self.llm_task.add_done_callback(self._on_llm_done)
+                # a response that has played out ends here; otherwise its last segment's
+                # return from forward_generation ends it
+                if self._close() and self.returned >= self.segments - 1:
+                    self._wake()
         elif value and not self.in_segment:
+            # a segment starting ends nothing and starts no wait: nothing to update
             self.in_segment = True
             if self.pending is not None:
                 self.breaks[self.segments] = self.pending
                 self.pending = None
             self.segments += 1
-            self._wake()
+
+    def _on_llm_done(self, _: object) -> None:
+        self.end()
 
     def end(self) -> None:
         self.ended = True
         self._close()
         self._wake()
 
-    def _close(self) -> None:
+    def _close(self) -> bool:
         # no later text can join the response that has started: it ends at this point
         if self.segments and (not self.bounds or self.bounds[-1] < self.segments):
             self.bounds.append(self.segments)
-            self._wake()
+            return True
+        return False
 
     def last_of_response(self, j: int) -> int | None:
         """The last segment of the response that segment ``j`` belongs to; None while open."""
@@ -113,8 +133,8 @@ class GenerationTracker:
         return last
 
     def _wake(self) -> None:
-        if self.on_change is not None:
-            self.on_change()
+        if self.has_breaks and self.turn is not None:
+            _update(self.turn, self)
 
 
 _generation: contextvars.ContextVar[GenerationTracker | None] = contextvars.ContextVar(
@@ -141,7 +161,7 @@ def wrap_perform_llm_inference(original: F) -> F:
     @functools.wraps(original)
     def perform_llm_inference(*args: Any, **kwargs: Any) -> Any:
         llm_task, gen_data = original(*args, **kwargs)
-        tracker = GenerationTracker(asyncio.current_task())
+        tracker = GenerationTracker(asyncio.current_task(), llm_task)
         text_ch = gen_data.text_ch
         send_nowait = text_ch.send_nowait
         # whitespace after a break, held until the response has something to say
@@ -171,7 +191,6 @@ def wrap_perform_llm_inference(original: F) -> F:
 
         text_ch.send_nowait = observed_send_nowait
         tracker.functions = getattr(gen_data, "generated_functions", tracker.functions)
-        llm_task.add_done_callback(lambda _: tracker.end())
         _generation.set(tracker)
         return llm_task, gen_data
 
@@ -227,15 +246,17 @@ def _watch_interrupt(turn: SpeechHandle, ts: HandleState) -> None:
             interrupt_fut.add_done_callback(lambda _: _on_interrupted(turn))
 
 
-def _watch(turn: SpeechHandle, ts: HandleState, seg: SegmentSpeechHandle) -> None:
-    """Ends ``seg`` on the turn's interruption and at the end of its generation."""
+def _watch(turn: SpeechHandle, ts: HandleState, tracker: GenerationTracker) -> None:
+    """Ends the generation's open segment handle on the turn's interruption and at the end
+    of the generation (registered once per generation, at its first segment handle)."""
     _watch_interrupt(turn, ts)
     generations = getattr(turn, "_generations", None)
     if generations:
 
         def on_generation_done(_: object) -> None:
             # the reply loop of this generation is over: none of its segments plays any more
-            if ts.open_handle is seg:
+            seg = ts.open_handle
+            if seg is not None and ts.open_tracker is tracker:
                 finish_segment(seg, interrupted=turn.interrupted)
 
         generations[-1].add_done_callback(on_generation_done)
@@ -267,12 +288,16 @@ def _route(
             newest_st.playout.cancel()
         seg = SegmentSpeechHandle(turn=turn, index=ts.next_index, segment_break=brk)
         ts.next_index += 1
+        if ts.watched is not tracker:
+            ts.watched = tracker
+            _watch(turn, ts, tracker)
+        if ts.speak is None:
+            ts.speak = functools.partial(_speak, turn, ts)
         ts.open_handle = seg
         ts.open_tracker = tracker
         ts.open_first = j
         ts.newest = seg
-        _watch(turn, ts, seg)
-        state_of(seg).on_playout = functools.partial(_speak, turn, ts)
+        state_of(seg).on_playout = ts.speak
         _announce(turn, seg)
         target = seg
     ts.forwarded_any = True
@@ -283,8 +308,14 @@ def _update(turn: SpeechHandle, tracker: GenerationTracker) -> None:
     """Something changed in the reply (a response closed, a segment played out)."""
     _settle(turn)
     ts = peek_state(turn)
-    if ts is None or ts.session is None:
+    if ts is None:
         return
+    if ts.session is None:
+        # called in the reply's context (its task, or callbacks registered from it)
+        activity = _activity_mod._AgentActivityContextVar.get(None)
+        if activity is None:
+            return
+        ts.session = activity.session
     if ts.thinking:
         if ts.thinking_tracker is tracker and tracker.ended:
             last = tracker.segments - 1 if tracker.cut is None else tracker.cut
@@ -337,6 +368,16 @@ def _unthink(ts: HandleState) -> None:
         ts.session._agent_state = "speaking"
 
 
+def _after_segment(turn: SpeechHandle, tracker: GenerationTracker) -> None:
+    """A segment returned: update only where a break made anything depend on it."""
+    if tracker.has_breaks:
+        _update(turn, tracker)
+        return
+    ts = peek_state(turn)
+    if ts is not None and (ts.open_handle is not None or ts.thinking):
+        _update(turn, tracker)
+
+
 def wrap_forward_generation(original: F) -> F:
     @functools.wraps(original)
     async def forward_generation(*args: Any, **kwargs: Any) -> Any:
@@ -353,11 +394,8 @@ def wrap_forward_generation(original: F) -> F:
         j = -1
         if tracker is not None:
             ts = state_of(turn)
-            if ts.session is None:
-                activity = _activity_mod._AgentActivityContextVar.get(None)
-                ts.session = None if activity is None else activity.session
-            if tracker.on_change is None:
-                tracker.on_change = functools.partial(_update, turn, tracker)
+            if tracker.turn is None:
+                tracker.turn = turn
             j = tracker.forwarded
             tracker.forwarded += 1
             if not turn.interrupted:
@@ -368,7 +406,7 @@ def wrap_forward_generation(original: F) -> F:
             # or while it was prepared): none of its audio or text may reach the outputs
             if tracker is not None:
                 tracker.returned = j
-                _update(turn, tracker)
+                _after_segment(turn, tracker)
             return _SKIPPED_OUTPUT()
 
         token = _playout_target.set((task, state_of(target)))
@@ -382,7 +420,7 @@ def wrap_forward_generation(original: F) -> F:
                     # upstream starts no segment after a failed synthesis (1.8 on; before, the
                     # end of the generation ends the handle)
                     tracker.cut = j
-                _update(turn, tracker)
+                _after_segment(turn, tracker)
 
     return forward_generation  # type: ignore[return-value]
 
