@@ -18,7 +18,7 @@ import gc
 import importlib
 import math
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,8 +246,8 @@ async def _round(form: Form, fleet: list[_Member], cfg: ConcurrentSessionsConfig
     )
 
 
-FIGURES: dict[str, tuple[str, Any]] = {
-    # name -> (unit shown, what to read from a sample, scaled for display)
+# name -> (unit shown, what a sample says, scaled to that unit)
+FIGURES: dict[str, tuple[str, Callable[[Sample], float]]] = {
     "event-loop lag p50": ("ms", lambda s: s.lag_p50 * 1e3),
     "event-loop lag p99": ("ms", lambda s: s.lag_p99 * 1e3),
     "CPU per second of audio": ("ms", lambda s: s.cpu_per_audio_s * 1e3),
