@@ -21,6 +21,7 @@ import livekit_segments
 from livekit_segments import bench
 from livekit_segments.bench import (
     cli as bench_cli,
+    concurrent_sessions,
     forms as bench_forms,
     install_cost,
     record as bench_record,
@@ -123,6 +124,8 @@ def check_report(doc: dict[str, Any], *, native: bool) -> None:
     assert b5["closed"]["speech_handles"] == b5["baseline"]["speech_handles"]
     assert b5["segments"] == b5["turns"] * 3
 
+    check_b6(benches["B6"], forms, native=native)
+
     ratios = [b1["ratio"], b2["per_segment_ratio"], b4["ratio"]]
     compared = [b1["targets"][0], b2["targets"][0], b4["targets"][0]]
     if native:
@@ -137,7 +140,46 @@ def check_report(doc: dict[str, Any], *, native: bool) -> None:
         assert b1["targets"][0]["n"] == b1["batches"]
 
 
-async def test_tiny_run_reports_all_five(tmp_path: Path) -> None:
+B6_FIGURES = ["event-loop lag p50", "event-loop lag p99", "CPU per second of audio", "peak RSS"]
+
+
+def check_b6(b6: dict[str, Any], forms: list[str], *, native: bool) -> None:
+    """Every session played every segment of every round, every handle it announced was done
+    when its reply returned, and the audio the CPU is divided by is the audio captured."""
+    cfg = BenchConfig.tiny().concurrent_sessions
+    assert b6["sessions"] == cfg.sessions and b6["rounds"] == cfg.rounds
+    assert b6["short_rounds"] == []
+    replies = cfg.sessions * cfg.replies_per_round * cfg.rounds
+    frame_s = cfg.frame_ms / 1000
+    for form in forms:
+        t = b6["totals"][form]
+        assert t["segments"] == t["expected_segments"] == replies * len(cfg.responses), form
+        # upstream announces one handle per reply; the segment forms one per response
+        per_reply = 1 if form == "upstream" else len(cfg.responses)
+        assert t["handles"] == t["handles_done"] == t["expected_handles"] == replies * per_reply
+        assert t["frames"] == replies * sum(cfg.responses), form
+        assert t["audio_s"] == pytest.approx(t["frames"] * frame_s)
+        assert t["audio_s"] == pytest.approx(t["expected_audio_s"])
+        rounds = b6["rounds_data"][form]
+        assert len(rounds) == cfg.rounds
+        for r in rounds:
+            assert r["ticks"] >= 1 and 0 <= r["lag_p50_ms"] <= r["lag_p99_ms"]
+            assert r["cpu_s"] > 0 and r["rss_peak_mib"] > 0 and r["rss_growth_mib"] >= 0
+            assert r["audio_s"] == pytest.approx(t["audio_s"] / cfg.rounds)
+    names = [t["name"] for t in b6["targets"]]
+    assert names == [f"{f} ratio" for f in B6_FIGURES] + ["every segment played, every handle done"]
+    assert b6["targets"][-1]["verdict"] == "met"
+    for t in b6["targets"][:-1]:
+        if native:
+            assert t["verdict"] == "n/a" and "point" not in t
+        else:
+            # two rounds are fewer than any interval of a median needs
+            assert t["verdict"] == "inconclusive" and t["n"] == cfg.rounds
+    if not native:
+        assert all(len(v) == cfg.rounds for v in b6["per_round_ratios"].values())
+
+
+async def test_tiny_run_reports_all_six(tmp_path: Path) -> None:
     installed = livekit_segments.is_installed()
     report = await run_bench(BenchConfig.tiny())
     # the comparison switched the patch on and off; it is left as it was found
@@ -248,9 +290,16 @@ def test_presets_keep_the_required_sizes() -> None:
     assert b3.single_segments >= 1000
     assert b3.sessions == 50 and b3.sessions * b3.segments_per_session >= 1000
     assert default.leaks.turns == 10_000
+    b6 = default.concurrent_sessions
+    assert b6.sessions == quick.concurrent_sessions.sessions == 100
+    assert b6.rounds >= stats.MIN_SAMPLES
+    # multi-response replies of short responses: 4 to 6 of 0.2 to 0.5 s each
+    assert 4 <= len(b6.responses) <= 6
+    assert all(200 <= n * b6.frame_ms <= 500 for n in b6.responses)
     for small in (quick, tiny):
         assert small.leaks.turns < default.leaks.turns
         assert small.install_cost.batches <= b1.batches
+        assert small.concurrent_sessions.rounds <= b6.rounds
 
 
 # -- the statistics behind the verdicts, on synthetic samples (no timing involved)
@@ -331,6 +380,36 @@ def test_median_difference_interval() -> None:
     assert stats.verdict(est, 1.0, strict=True) == "met"
     far = stats.median_difference_estimate([x + 3.0 for x in base], base, "gap difference")
     assert stats.verdict(far, 1.0, strict=True) == "missed"
+
+
+@pytest.mark.parametrize(
+    ("samples", "verdict"),
+    [
+        (spread(1.00, 0.30, 40), "met"),  # noisy, but the interval includes 1.0
+        (spread(1.01, 0.004, 40), "met"),  # wholly above 1.0, but within 1.02
+        (spread(0.90, 0.01, 40), "met"),  # wholly below 1.0: faster is no regression
+        (spread(1.02, 0.03, 40), "inconclusive"),  # above 1.0, straddling 1.02
+        (spread(1.10, 0.03, 40), "missed"),  # wholly above 1.02
+        (spread(1.00, 0.01, 5), "inconclusive"),  # too few for any interval
+    ],
+)
+def test_no_difference_verdict_on_synthetic_ratios(samples: list[float], verdict: str) -> None:
+    est = stats.median_estimate(samples, "median of synthetic per-round ratios")
+    assert stats.no_difference_verdict(est, 1.02) == verdict
+
+
+def test_no_difference_verdict_edges() -> None:
+    def est(low: float, high: float) -> stats.Estimate:
+        return stats.Estimate((low + high) / 2, low, high, 30, "x")
+
+    assert stats.no_difference_verdict(est(1.0, 1.5), 1.02) == "met"  # 1.0 at its low end
+    assert stats.no_difference_verdict(est(0.5, 1.0), 1.02) == "met"  # and at its high end
+    assert stats.no_difference_verdict(est(1.001, 1.02), 1.02) == "met"  # upper end == 1.02
+    assert stats.no_difference_verdict(est(1.001, 1.0201), 1.02) == "inconclusive"
+    assert stats.no_difference_verdict(est(1.02, 1.05), 1.02) == "inconclusive"
+    assert stats.no_difference_verdict(est(1.0201, 1.05), 1.02) == "missed"
+    assert stats.no_difference_verdict(None, 1.02) == "n/a"
+    assert stats.no_difference_verdict(stats.median_estimate([], "x"), 1.02) == "inconclusive"
 
 
 def test_combine_takes_the_worst_verdict() -> None:
@@ -461,6 +540,87 @@ async def test_b1_judges_the_median_of_per_pair_ratios(
     assert judged.estimate.low <= patch_factor <= judged.estimate.high
     assert judged.verdict == verdict == result.status
     assert result.data["ratio_of_means"] > 1.5  # what the old verdict used
+
+
+def fake_round(
+    cfg: concurrent_sessions.ConcurrentSessionsConfig, form: bench_forms.Form, factor: float
+) -> concurrent_sessions.Sample:
+    """One round as B6 would measure it, everything played, each figure times ``factor``."""
+    replies = cfg.sessions * cfg.replies_per_round
+    frames = replies * sum(cfg.responses)
+    per_reply = 1 if form is bench_forms.Form.UPSTREAM else len(cfg.responses)
+    return concurrent_sessions.Sample(
+        lag_p50=1e-3 * factor,
+        lag_p99=20e-3 * factor,
+        cpu=2.0 * factor,
+        wall=2.0,
+        audio=frames * cfg.frame_ms / 1000,
+        frames=frames,
+        rss_start=100 * 2**20,
+        rss_peak=int(150 * 2**20 * factor),
+        segments=replies * len(cfg.responses),
+        handles=replies * per_reply,
+        handles_done=replies * per_reply,
+        lags=200,
+    )
+
+
+@pytest.mark.parametrize(
+    ("patch_factor", "verdict"), [(1.0, "met"), (1.01, "met"), (1.2, "missed")]
+)
+async def test_b6_judges_each_figure_over_paired_rounds(
+    monkeypatch: pytest.MonkeyPatch, patch_factor: float, verdict: str
+) -> None:
+    rng = random.Random(11)
+    outliers = iter([3.0, 3.0])  # two upstream rounds hit by the machine: a mean would move
+
+    async def fake(
+        form: bench_forms.Form, fleet: Any, cfg: concurrent_sessions.ConcurrentSessionsConfig
+    ) -> concurrent_sessions.Sample:
+        assert len(fleet) == cfg.sessions
+        if form is bench_forms.Form.PATCHED:
+            factor = patch_factor * rng.uniform(0.999, 1.001)
+        else:
+            factor = next(outliers, 1.0) * rng.uniform(0.999, 1.001)
+        return fake_round(cfg, form, factor)
+
+    monkeypatch.setattr(concurrent_sessions, "_round", fake)
+    cfg = concurrent_sessions.ConcurrentSessionsConfig(sessions=2, rounds=12, warmup_replies=0)
+    result = await concurrent_sessions.run(cfg, RUNTIME_FORMS)
+    *ratios, played = result.judged
+    assert [j.name for j in ratios] == [f"{f} ratio" for f in B6_FIGURES]
+    for j in ratios:
+        assert j.estimate is not None and j.estimate.n == cfg.rounds
+        assert j.estimate.point == pytest.approx(patch_factor, rel=0.01)
+        assert j.verdict == verdict, j
+    assert played.verdict == "met"
+    assert result.status == verdict
+
+
+async def test_b6_misses_when_a_round_falls_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def fake(
+        form: bench_forms.Form, fleet: Any, cfg: concurrent_sessions.ConcurrentSessionsConfig
+    ) -> concurrent_sessions.Sample:
+        sample = fake_round(cfg, form, 1.0)
+        if form is bench_forms.Form.PATCHED:
+            sample.handles_done -= 1  # one handle still pending when its reply returned
+        return sample
+
+    monkeypatch.setattr(concurrent_sessions, "_round", fake)
+    cfg = concurrent_sessions.ConcurrentSessionsConfig(sessions=2, rounds=6, warmup_replies=0)
+    result = await concurrent_sessions.run(cfg, RUNTIME_FORMS)
+    assert result.judged[-1].verdict == "missed" == result.status
+    assert len(result.data["short_rounds"]) == cfg.rounds
+    assert all(r.startswith("patched round") for r in result.data["short_rounds"])
+
+
+def test_b6_script_splits_replies_with_the_form_break() -> None:
+    upstream = concurrent_sessions.script((2, 3), bench_forms.Form.UPSTREAM)
+    patched = concurrent_sessions.script((2, 3), bench_forms.Form.PATCHED)
+    assert [type(x).__name__ for x in upstream] == ["str", "FlushSentinel", "str"]
+    assert isinstance(patched[1], livekit_segments.SegmentBreak)
+    # one frame per word, however upstream re-chunks the text
+    assert [len(x.split()) for x in patched if isinstance(x, str)] == [2, 3]
 
 
 class FakeWatch:

@@ -27,7 +27,8 @@ DESCRIPTION = """\
 Measure the runtime patch against upstream livekit-agents doing the same work with plain
 FlushSentinel, in one process and one run, and print each figure with its ratio:
 B1 cost of being installed, B2 cost per segment, B3 signal latency, B4 silence between
-segments (on livekit's native AudioSource clock), B5 no leaks. With a livekit-agents that
+segments (on livekit's native AudioSource clock), B5 no leaks, B6 100 concurrent sessions in
+real time (event-loop lag, CPU per second of audio, RSS). With a livekit-agents that
 implements segment handles natively, only the native form is measured (ratios n/a).
 Exits 0 even when a target is missed, unless --check is given.
 """

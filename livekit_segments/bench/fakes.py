@@ -40,6 +40,7 @@ __all__ = [
     "reply",
     "silence",
     "start_session",
+    "trim_history",
 ]
 
 SAMPLE_RATE = 24000
@@ -166,6 +167,7 @@ class AudioSourceSink(io.AudioOutput):
         )
         self.source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=queue_size_ms)
         self.segments: list[SourceSegment] = []
+        self.frames = 0  # frames handed to the source
         self._current: SourceSegment | None = None
         self._playout: asyncio.Task[None] | None = None
 
@@ -177,6 +179,7 @@ class AudioSourceSink(io.AudioOutput):
             self.segments.append(seg)
             self.on_playback_started(created_at=time.time())
         await self.source.capture_frame(frame)
+        self.frames += 1
         seg.duration += frame.duration
         # when the queue runs dry if nothing follows: the last sample leaves then
         seg.drained_at = time.monotonic() + self.source.queued_duration
@@ -245,6 +248,17 @@ async def close_session(session: AgentSession[None], sink: io.AudioOutput | None
     await session.aclose()
     if isinstance(sink, AudioSourceSink):
         await sink.aclose()
+
+
+async def trim_history(session: AgentSession[None], agent: Agent, items: int) -> None:
+    """Keep the per-reply cost stationary: it grows with the history and the event record."""
+    ctx = agent.chat_ctx.copy()
+    ctx.truncate(max_items=items)
+    await agent.update_chat_ctx(ctx)
+    session.history.truncate(max_items=items)
+    events = getattr(session, "_recorded_events", None)
+    if isinstance(events, list):
+        events.clear()
 
 
 async def reply(session: AgentSession[None]) -> SpeechHandle:

@@ -10,7 +10,15 @@ from livekit.agents import AgentSession
 
 from .._cli import plural
 from . import stats
-from .fakes import ScriptedAgent, ZeroLatencySink, close_session, reply, silence, start_session
+from .fakes import (
+    ScriptedAgent,
+    ZeroLatencySink,
+    close_session,
+    reply,
+    silence,
+    start_session,
+    trim_history,
+)
 from .forms import Form, Forms, activate
 from .report import BenchResult, Judged, Row, fmt, fmt_estimate
 
@@ -46,17 +54,6 @@ async def _batch(session: AgentSession[None], form: Form, cfg: InstallCostConfig
         gc.enable()
 
 
-async def _trim(session: AgentSession[None], agent: ScriptedAgent, items: int) -> None:
-    """Keep the per-reply cost stationary: it grows with the history and the event record."""
-    ctx = agent.chat_ctx.copy()
-    ctx.truncate(max_items=items)
-    await agent.update_chat_ctx(ctx)
-    session.history.truncate(max_items=items)
-    events = getattr(session, "_recorded_events", None)
-    if isinstance(events, list):
-        events.clear()
-
-
 async def run(cfg: InstallCostConfig, forms: Forms) -> BenchResult:
     # one long-lived session for both forms, switched batch by batch: both measure the same
     # session state, so the comparison is paired rather than across fresh sessions
@@ -71,7 +68,7 @@ async def run(cfg: InstallCostConfig, forms: Forms) -> BenchResult:
             for _ in range(cfg.warmup_replies):
                 await reply(session)
         for i in range(cfg.batches):
-            await _trim(session, agent, cfg.history_items)
+            await trim_history(session, agent, cfg.history_items)
             batch: dict[Form, float] = {}
             for form in forms.order(i):
                 batch[form] = await _batch(session, form, cfg)

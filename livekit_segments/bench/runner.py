@@ -1,4 +1,4 @@
-"""Presets and the run of all five benchmarks in one process."""
+"""Presets and the run of all six benchmarks in one process."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import livekit.agents
 
 from .. import __version__
 from . import forms as forms_mod
+from .concurrent_sessions import ConcurrentSessionsConfig, run as run_concurrent_sessions
 from .install_cost import InstallCostConfig, run as run_install_cost
 from .leaks import LeaksConfig, run as run_leaks
 from .report import BenchReport, BenchResult
@@ -25,7 +26,7 @@ from .signal_latency import SignalLatencyConfig, run as run_signal_latency
 
 __all__ = ["BENCHMARKS", "BenchConfig", "run_bench"]
 
-BENCHMARKS = ("B1", "B2", "B3", "B4", "B5")
+BENCHMARKS = ("B1", "B2", "B3", "B4", "B5", "B6")
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,11 @@ class BenchConfig:
     signal_latency: SignalLatencyConfig
     segment_gap: SegmentGapConfig
     leaks: LeaksConfig
+    concurrent_sessions: ConcurrentSessionsConfig
 
     @classmethod
     def default(cls) -> BenchConfig:
-        """The full run: under 3 minutes on a 2-core machine."""
+        """The full run: under 5 minutes on a 2-core machine (B6 plays in real time: over 2)."""
         return cls(
             preset="default",
             install_cost=InstallCostConfig(batches=400, replies_per_batch=20),
@@ -52,6 +54,7 @@ class BenchConfig:
             ),
             segment_gap=SegmentGapConfig(segments_per_reply=25, replies=2),
             leaks=LeaksConfig(turns=10_000),
+            concurrent_sessions=ConcurrentSessionsConfig(sessions=100, rounds=24),
         )
 
     @classmethod
@@ -69,6 +72,9 @@ class BenchConfig:
             ),
             segment_gap=SegmentGapConfig(segments_per_reply=10, replies=1),
             leaks=LeaksConfig(turns=500, trim_every=50, warmup_turns=200),
+            concurrent_sessions=ConcurrentSessionsConfig(
+                sessions=100, rounds=6, responses=(2, 2), stagger_ms=100, warmup_replies=0
+            ),
         )
 
     @classmethod
@@ -86,6 +92,9 @@ class BenchConfig:
             ),
             segment_gap=SegmentGapConfig(segments_per_reply=3, replies=1, frames_per_segment=3),
             leaks=LeaksConfig(turns=30, trim_every=10, warmup_turns=10),
+            concurrent_sessions=ConcurrentSessionsConfig(
+                sessions=3, rounds=2, responses=(1, 2), stagger_ms=20, warmup_replies=0
+            ),
         )
 
     @classmethod
@@ -128,6 +137,7 @@ async def run_bench(
         "B3": lambda: run_signal_latency(config.signal_latency, forms),
         "B4": lambda: run_segment_gap(config.segment_gap, forms),
         "B5": lambda: run_leaks(config.leaks, forms),
+        "B6": lambda: run_concurrent_sessions(config.concurrent_sessions, forms),
     }
     results: list[BenchResult] = []
     levels = _quiet_livekit_logs() if quiet_logs else {}

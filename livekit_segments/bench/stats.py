@@ -19,6 +19,7 @@ __all__ = [
     "median_difference_estimate",
     "median_estimate",
     "min_samples",
+    "no_difference_verdict",
     "percentile",
     "quantile_estimate",
     "ratio",
@@ -207,3 +208,21 @@ def verdict(estimate: Estimate | None, limit: float, *, strict: bool = False) ->
     within = hi < limit if strict else hi <= limit
     beyond = lo >= limit if strict else lo > limit
     return "met" if within else "missed" if beyond else "inconclusive"
+
+
+def no_difference_verdict(estimate: Estimate | None, tolerance: float) -> Verdict:
+    """Judge "no measurable difference" on a ratio: its interval includes 1.0, or its upper
+    end is at most ``tolerance`` (a ratio above 1 by less than that is no difference either).
+
+    ``met`` then; ``missed`` when the whole interval is above ``tolerance``; ``inconclusive``
+    when it lies above 1.0 but straddles ``tolerance``, or rests on too few samples;
+    ``n/a`` without an estimate (nothing to compare).
+    """
+    if estimate is None:
+        return "n/a"
+    lo, hi = estimate.low, estimate.high
+    if estimate.too_few or not (math.isfinite(lo) and math.isfinite(hi)):
+        return "inconclusive"
+    if lo <= 1.0 <= hi or hi <= tolerance:
+        return "met"
+    return "missed" if lo > tolerance else "inconclusive"
