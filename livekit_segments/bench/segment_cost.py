@@ -7,9 +7,11 @@ import gc
 import math
 import time
 import tracemalloc
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
-from livekit.agents import AgentSession
+from livekit import rtc
+from livekit.agents import AgentSession, ModelSettings
 from livekit.agents.voice.events import SpeechCreatedEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
 
@@ -54,14 +56,31 @@ def script(n: int, form: Form) -> list[ScriptItem]:
     return items
 
 
-async def _measure(n: int, form: Form, *, memory: bool) -> tuple[float, float]:
-    """(wall s, thread CPU s) of one reply; with ``memory``, (peak bytes, 0) instead."""
+class _HandlePerSegmentAgent(ScriptedAgent):
+    """Upstream's reply, plus one new announced `SpeechHandle` per segment (made as the
+    segment's synthesis starts): the handle floor, paid inside a real reply."""
+
+    def tts_node(
+        self, text: AsyncIterable[str], model_settings: ModelSettings
+    ) -> AsyncIterator[rtc.AudioFrame]:
+        _one_handle(self.session)
+        return super().tts_node(text, model_settings)
+
+
+async def _measure(
+    n: int, form: Form, *, memory: bool, handles: bool = False
+) -> tuple[float, float]:
+    """(wall s, thread CPU s) of one reply; with ``memory``, (peak bytes, 0) instead.
+
+    ``handles``: the reply also makes one announced `SpeechHandle` per segment (the floor).
+    """
     activate(form)
     if memory:
         tracemalloc.start()
     sink = ZeroLatencySink()
+    agent_cls = _HandlePerSegmentAgent if handles else ScriptedAgent
     try:
-        session = await start_session(ScriptedAgent(script(n, form), frames=[silence(10)]), sink)
+        session = await start_session(agent_cls(script(n, form), frames=[silence(10)]), sink)
         try:
             gc.collect()
             if memory:
@@ -154,14 +173,19 @@ async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
     wall: dict[tuple[int, Form], list[float]] = {}
     cpu: dict[tuple[int, Form], list[float]] = {}
     peak: dict[tuple[int, Form], float] = {}
-    floor_cpu: list[float] = []
+    floor_cpu: list[float] = []  # a handle alone, in a tight loop
     floor_mem = math.nan
+    # upstream's reply with one handle per segment added: the floor inside a reply
+    with_handles: dict[int, list[float]] = {}
     for rep in range(cfg.repeats):
         for i, n in enumerate(ns):
             for form in forms.order(rep + i):
                 w, c = await _measure(n, form, memory=False)
                 wall.setdefault((n, form), []).append(w)
                 cpu.setdefault((n, form), []).append(c)
+            if forms.baseline is not None:
+                c = (await _measure(n, forms.baseline, memory=False, handles=True))[1]
+                with_handles.setdefault(n, []).append(c)
         # the floor, measured with the baseline live (upstream's handle, nothing patched)
         activate(forms.baseline or forms.subject)
         f_cpu, floor_mem = await _measure_floor(cfg.floor_handles)
@@ -205,12 +229,19 @@ async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
         if base
         else None
     )
-    # the patch's own cost per segment (slope above upstream's), in floors of the same
-    # repetition
+    # the patch's own cost per segment (its slope above upstream's), in floors of the same
+    # repetition: what one announced handle per segment adds to upstream's slope
+    def handle_slope(r: int) -> float:
+        return stats.linear_fit([float(n) for n in ns], [with_handles[n][r] for n in ns])[0]
+
+    floor_in_reply = (
+        [handle_slope(r) - per_segment(rep_cpu[r], ns, base) for r in reps] if base else []
+    )
     floor_pairs = (
         [
             (per_segment(c, ns, subject) - per_segment(c, ns, base)) / f
-            for c, f in zip(rep_cpu, floor_cpu, strict=True)
+            for c, f in zip(rep_cpu, floor_in_reply, strict=True)
+            if f > 0
         ]
         if base
         else []
@@ -290,13 +321,21 @@ async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
     floor_med = stats.median(floor_cpu)
     rows.append(
         Row(
-            "handle floor: create + announce + finish a SpeechHandle",
+            "a SpeechHandle created, announced, finished, alone (tight loop)",
             fmt(floor_med * 1e6, "us"),
             "",
             "",
         )
     )
     if base:
+        rows.append(
+            Row(
+                "handle floor: one such handle per segment added to upstream's reply (slope)",
+                fmt(stats.median(floor_in_reply) * 1e6, "us"),
+                "",
+                "",
+            )
+        )
         rows.append(
             Row(
                 "patch cost per segment (slope above upstream) / floor",
@@ -373,13 +412,15 @@ async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
             f"the slope ratio and the CPU growth exponent (patch form, between the two largest "
             f"N) are medians over repetitions, each repetition running every N under both "
             f"forms back to back",
-            f"handle floor: what a new announced SpeechHandle costs by itself (create, "
-            f"_mark_scheduled, a validated SpeechCreatedEvent through the session's emit, "
-            f"_mark_done, and the loop turns of its done callbacks), "
-            f"{cfg.floor_handles} handles in a warm session once per repetition, upstream "
-            f"live; the patch's cost per segment is its slope minus upstream's, divided by "
-            f"that repetition's floor; the memory floor is what one such handle and its "
-            f"recorded event keep allocated",
+            "handle floor: what a new announced SpeechHandle costs (create, "
+            "_mark_scheduled, a validated SpeechCreatedEvent through the session's emit, "
+            "_mark_done, and the loop turns of its done callbacks), paid inside a real "
+            "reply: upstream's reply of N segments run once more per repetition with one "
+            "such handle made per segment, its slope minus upstream's; the patch's cost per "
+            "segment is its slope minus upstream's, divided by that repetition's floor; "
+            f"'alone' is the same handle in a tight loop ({cfg.floor_handles} handles in a "
+            "warm session, caches hot), for reference; the memory floor is what one such "
+            "handle and its recorded event keep allocated",
         ],
         data={
             "ns": ns,
@@ -398,7 +439,8 @@ async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
             "memory_per_segment_kib": {f.value: v / 1024 for f, v in seg_mem.items()},
             "memory_per_segment_ratio": mem_ratio,
             "growth_exponent": {"time": time_exp, "memory": mem_exp},
-            "handle_floor_us": [x * 1e6 for x in floor_cpu],
+            "handle_alone_us": [x * 1e6 for x in floor_cpu],
+            "handle_floor_us": [x * 1e6 for x in floor_in_reply],
             "handle_floor_kib": floor_mem / 1024,
             "overhead_per_segment_us": (seg_cpu[subject] - seg_cpu[base]) * 1e6 if base else None,
             "overhead_floor_ratios": floor_pairs,
