@@ -177,7 +177,7 @@ class SegmentSpeechHandle(SpeechHandle):
 
 def finish_segment(handle: SegmentSpeechHandle, *, interrupted: bool) -> None:
     """End a segment handle: interrupted or played out, then done; its turn's open no more."""
-    turn_st = peek_state(handle.turn)
+    turn_st = peek_state(handle._lk_turn)
     if turn_st is not None and turn_st.open_handle is handle:
         turn_st.open_handle = None
     st = peek_state(handle)

@@ -197,7 +197,14 @@ def wrap_perform_llm_inference(original: F) -> F:
     return perform_llm_inference  # type: ignore[return-value]
 
 
-def _announce(turn: SpeechHandle, handle: SpeechHandle) -> None:
+def _announce(turn: SpeechHandle, handle: SpeechHandle, ts: HandleState) -> None:
+    session = ts.session
+    if session is not None:
+        session.emit(
+            "speech_created",
+            SpeechCreatedEvent(speech_handle=handle, user_initiated=False, source="generate_reply"),
+        )
+        return
     activity = _activity_mod._AgentActivityContextVar.get(None)
     if activity is None:
         logger.warning(
@@ -206,19 +213,19 @@ def _announce(turn: SpeechHandle, handle: SpeechHandle) -> None:
         )
         return
     # segments only come from pipeline replies, whose handles are all "generate_reply"
+    ts.session = activity.session
     activity.session.emit(
         "speech_created",
         SpeechCreatedEvent(speech_handle=handle, user_initiated=False, source="generate_reply"),
     )
 
 
-def _settle(turn: SpeechHandle) -> None:
+def _settle(turn: SpeechHandle, ts: HandleState | None) -> None:
     """End the turn's open segment handle once nothing more of it can play.
 
     That is when the turn is interrupted, or when its response is closed (the model yielded
     the next `SegmentBreak`, or ended) and its last segment has played out.
     """
-    ts = peek_state(turn)
     seg = None if ts is None else ts.open_handle
     if ts is None or seg is None:
         return
@@ -232,8 +239,8 @@ def _settle(turn: SpeechHandle) -> None:
 
 
 def _on_interrupted(turn: SpeechHandle) -> None:
-    _settle(turn)
     ts = peek_state(turn)
+    _settle(turn, ts)
     if ts is not None:
         _unthink(ts)
 
@@ -268,16 +275,22 @@ def _route(
     tracker: GenerationTracker,
     j: int,
     brk: SegmentBreak | None,
-) -> SpeechHandle:
-    """The handle a segment plays under; opens and announces a new one after a break."""
+) -> HandleState:
+    """The state of the handle a segment plays under; opens and announces a new handle
+    after a break."""
     if brk is None:
-        if ts.open_handle is not None and ts.open_tracker is not tracker:
+        open_handle = ts.open_handle
+        if open_handle is None:
+            target_st = ts
+        elif ts.open_tracker is not tracker:
             # a generation's responses end with it: a tool step's text plays under the turn
-            finish_segment(ts.open_handle, interrupted=False)
-        target: SpeechHandle = ts.open_handle or turn
+            finish_segment(open_handle, interrupted=False)
+            target_st = ts
+        else:
+            target_st = state_of(open_handle)
     elif not ts.forwarded_any:
         ts.segment_break = brk  # a leading break labels segment 0
-        target = turn
+        target_st = ts
     else:
         if ts.open_handle is not None:  # ended by the break already, unless it never played
             finish_segment(ts.open_handle, interrupted=False)
@@ -297,17 +310,17 @@ def _route(
         ts.open_tracker = tracker
         ts.open_first = j
         ts.newest = seg
-        state_of(seg).on_playout = ts.speak
-        _announce(turn, seg)
-        target = seg
+        target_st = state_of(seg)
+        target_st.on_playout = ts.speak
+        _announce(turn, seg, ts)
     ts.forwarded_any = True
-    return target
+    return target_st
 
 
 def _update(turn: SpeechHandle, tracker: GenerationTracker) -> None:
     """Something changed in the reply (a response closed, a segment played out)."""
-    _settle(turn)
     ts = peek_state(turn)
+    _settle(turn, ts)
     if ts is None:
         return
     if ts.session is None:
@@ -390,18 +403,21 @@ def wrap_forward_generation(original: F) -> F:
         if tracker is not None and tracker.task is not task:
             tracker = None  # inherited from another task's context: not this reply's
 
-        target: SpeechHandle = turn
+        ts = state_of(turn)
+        target_st = ts
         j = -1
+        interrupted = turn.interrupted
         if tracker is not None:
-            ts = state_of(turn)
             if tracker.turn is None:
                 tracker.turn = turn
             j = tracker.forwarded
             tracker.forwarded += 1
-            if not turn.interrupted:
-                target = _route(turn, ts, tracker, j, tracker.breaks.pop(j, None))
+            if not interrupted:
+                target_st = _route(turn, ts, tracker, j, tracker.breaks.pop(j, None))
+                # announcing the segment may have run an app callback that interrupted it
+                interrupted = turn.interrupted
 
-        if turn.interrupted and _SKIPPED_OUTPUT is not None:
+        if interrupted and _SKIPPED_OUTPUT is not None:
             # interrupted before anything of this segment was forwarded (from speech_created,
             # or while it was prepared): none of its audio or text may reach the outputs
             if tracker is not None:
@@ -409,7 +425,7 @@ def wrap_forward_generation(original: F) -> F:
                 _after_segment(turn, tracker)
             return _SKIPPED_OUTPUT()
 
-        token = _playout_target.set((task, state_of(target)))
+        token = _playout_target.set((task, target_st))
         try:
             return await original(*args, **kwargs)
         finally:
