@@ -14,7 +14,7 @@ from .fakes import ScriptedAgent, ZeroLatencySink, close_session, reply, silence
 from .forms import Form, Forms, activate
 from .report import BenchResult, Judged, Row, fmt, fmt_estimate
 
-__all__ = ["InstallCostConfig", "run"]
+__all__ = ["InstallCostConfig", "run", "start", "summarize"]
 
 TARGET_RATIO = 1.02
 
@@ -46,6 +46,13 @@ async def _batch(session: AgentSession[None], form: Form, cfg: InstallCostConfig
         gc.enable()
 
 
+async def start() -> tuple[AgentSession[None], ScriptedAgent, ZeroLatencySink]:
+    """The session B1 measures, with its agent and sink."""
+    sink = ZeroLatencySink()
+    agent = ScriptedAgent(SCRIPT, frames=[silence(20)])
+    return await start_session(agent, sink), agent, sink
+
+
 async def _trim(session: AgentSession[None], agent: ScriptedAgent, items: int) -> None:
     """Keep the per-reply cost stationary: it grows with the history and the event record."""
     ctx = agent.chat_ctx.copy()
@@ -60,9 +67,7 @@ async def _trim(session: AgentSession[None], agent: ScriptedAgent, items: int) -
 async def run(cfg: InstallCostConfig, forms: Forms) -> BenchResult:
     # one long-lived session for both forms, switched batch by batch: both measure the same
     # session state, so the comparison is paired rather than across fresh sessions
-    sink = ZeroLatencySink()
-    agent = ScriptedAgent(SCRIPT, frames=[silence(20)])
-    session = await start_session(agent, sink)
+    session, agent, sink = await start()
     per_reply: dict[Form, list[float]] = {f: [] for f in forms.all}
     pairs: list[float] = []
     try:
@@ -80,7 +85,13 @@ async def run(cfg: InstallCostConfig, forms: Forms) -> BenchResult:
                 pairs.append(batch[forms.subject] / batch[forms.baseline])
     finally:
         await close_session(session, sink)
+    return summarize(cfg, forms, per_reply, pairs)
 
+
+def summarize(
+    cfg: InstallCostConfig, forms: Forms, per_reply: dict[Form, list[float]], pairs: list[float]
+) -> BenchResult:
+    """B1's result from the CPU per reply of every batch and the per-round ratios."""
     subject = stats.mean(per_reply[forms.subject])
     base = stats.mean(per_reply[forms.baseline]) if forms.baseline is not None else None
     # judged on the median of per-pair ratios: each pair ran back to back, so slow phases of

@@ -6,7 +6,9 @@ import gc
 import math
 import time
 import tracemalloc
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Protocol
 
 from .._cli import plural
 from . import stats
@@ -22,7 +24,7 @@ from .fakes import (
 from .forms import Form, Forms, activate, break_factory
 from .report import BenchResult, Judged, Row, combine, fmt, fmt_estimate, fmt_ratio, judge
 
-__all__ = ["SegmentCostConfig", "run", "script"]
+__all__ = ["Measure", "SegmentCostConfig", "run", "script"]
 
 TARGET_RATIO = 1.10
 # y ~ N**k between the two largest N: 1 is linear; fixed per-reply costs pull it below 1
@@ -85,7 +87,14 @@ def _span(ns: list[int]) -> str:
     return f"N={ns[-2]}..{ns[-1]}" if len(ns) >= 2 else "-"
 
 
-async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
+class Measure(Protocol):
+    """What `run` times one reply with: `_measure` in this process, or a worker's."""
+
+    def __call__(self, n: int, form: Form, *, memory: bool) -> Awaitable[tuple[float, float]]: ...
+
+
+async def run(cfg: SegmentCostConfig, forms: Forms, measure: Measure | None = None) -> BenchResult:
+    measure = _measure if measure is None else measure  # looked up late: tests replace it
     ns = list(cfg.ns)
     mem_ns = [n for n in ns if cfg.memory and (cfg.memory_max_n is None or n <= cfg.memory_max_n)]
     wall: dict[tuple[int, Form], list[float]] = {}
@@ -94,12 +103,12 @@ async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
     for rep in range(cfg.repeats):
         for i, n in enumerate(ns):
             for form in forms.order(rep + i):
-                w, c = await _measure(n, form, memory=False)
+                w, c = await measure(n, form, memory=False)
                 wall.setdefault((n, form), []).append(w)
                 cpu.setdefault((n, form), []).append(c)
     for i, n in enumerate(mem_ns):
         for form in forms.order(i):
-            peak[(n, form)] = (await _measure(n, form, memory=True))[0]
+            peak[(n, form)] = (await measure(n, form, memory=True))[0]
 
     cpu_med = {k: stats.median(v) for k, v in cpu.items()}
     wall_med = {k: stats.median(v) for k, v in wall.items()}
