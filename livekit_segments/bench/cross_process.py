@@ -406,6 +406,7 @@ def _hello(form: Form) -> dict[str, Any]:
 
     return {
         "form": form.value,
+        "pid": os.getpid(),
         "python": sys.executable,
         "python_version": platform.python_version(),
         "livekit_agents": installer.installed_agents_version(),
