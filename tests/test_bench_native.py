@@ -47,6 +47,8 @@ async def test_workers_run_b1n_and_b2n_over_the_pipe() -> None:
         assert {h["form"] for h in hellos.values()} == {"upstream", "native"}
         pids = {h["pid"] for h in hellos.values()}
         assert len(pids) == 2 and os.getpid() not in pids
+        # one hash seed for both: a random one per process is a cost offset no pairing cancels
+        assert [h["hash_seed"] for h in hellos.values()] == [cross_process.HASH_SEED] * 2
         # a request that fails is answered with its error; the worker carries on
         with pytest.raises(cross_process.WorkerError, match="b1_batch before b1_open"):
             pair[Form.UPSTREAM].call("b1_batch")

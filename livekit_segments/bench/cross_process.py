@@ -57,6 +57,10 @@ PRISTINE = (
     f"{OPTION} compares with upstream, and this python's livekit-agents has segment handles "
     f"itself: run the bench from a pristine venv (.venv/bin/python)"
 )
+# one hash seed for both workers: with a random one per process, each process has its own
+# dict layouts and a cost offset of a percent or two that no pairing of rounds cancels (an
+# upstream-against-upstream run of B1n measured 0.972 and 0.987 with random seeds)
+HASH_SEED = "0"
 HELLO_TIMEOUT_S = 120.0  # importing livekit-agents on a loaded 2-core machine
 # the worker's entry point: `-m` would import this module twice (as __main__ and by name)
 _ENTRY = (
@@ -106,6 +110,7 @@ class Worker:
             stderr=self._log,
             text=True,
             encoding="utf-8",
+            env={**os.environ, "PYTHONHASHSEED": HASH_SEED},
         )
 
     def _last_words(self) -> str:
@@ -407,6 +412,7 @@ def _hello(form: Form) -> dict[str, Any]:
     return {
         "form": form.value,
         "pid": os.getpid(),
+        "hash_seed": os.environ.get("PYTHONHASHSEED"),
         "python": sys.executable,
         "python_version": platform.python_version(),
         "livekit_agents": installer.installed_agents_version(),
