@@ -87,6 +87,29 @@ async def test_workers_run_b1n_and_b2n_over_the_pipe() -> None:
     assert "each in its own worker process" in table
 
 
+def test_cli_adds_b1n_after_the_in_process_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started = cross_process.Pair.started
+
+    def unchecked(native_python: str, **kwargs: Any) -> Any:
+        return started(native_python, check=False, **kwargs)  # this python on both sides
+
+    monkeypatch.setattr(cross_process.Pair, "started", unchecked)
+    path = tmp_path / "out.json"
+    argv = ["--only", "B3,B1n", "--native-python", sys.executable, "--json", str(path)]
+    args = parse(["bench", "--tiny", *argv])
+    assert args.func(args) == 0
+    doc = json.loads(path.read_text())
+    assert list(doc["benchmarks"]) == ["B3", "B1n"]
+    assert set(doc["native_workers"]) == {"upstream", "native"}
+    assert "; B1n, B2n: the native form" in doc["mode_description"]
+    out = capsys.readouterr().out
+    column = "native" if NATIVE else "patched / native"  # the subject column's heading
+    assert re.search(rf"upstream\s+{column}\s+ratio", out)
+    assert "B3 signal latency" in out and "B1n native form, cost of being installed" in out
+
+
 def test_a_python_without_native_support_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     """This python as the native side: the runtime form lacks native segment handles (its
     worker says so); the native form cannot be upstream (refused before any worker starts)."""

@@ -350,9 +350,11 @@ def extend(report: BenchReport, results: list[BenchResult], pair: Pair, wall_s: 
     native = pair[Form.NATIVE]
     mode = description(native.python)
     report.meta["native_workers"] = pair.describe()
+    subject = str(report.meta.get("subject", Form.PATCHED.value))
     if report.results:
         report.meta["mode_description"] = f"{report.meta.get('mode_description', '')}; {mode}"
-        report.meta["subject_column"] = f"{report.meta.get('subject', 'patched')} / native"
+        if subject != Form.NATIVE.value:
+            report.meta["subject_column"] = f"{subject} / {Form.NATIVE.value}"
     else:
         report.meta["mode_description"] = mode
         report.meta["subject_column"] = Form.NATIVE.value
