@@ -149,16 +149,24 @@ def test_cli_names_the_cross_process_benchmarks_in_any_case() -> None:
         parse(["bench", "--only", "B3n"])
 
 
-def test_a_worker_that_cannot_start_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("script", "says"),
+    [
+        ("#!/bin/sh\necho 'no bench here' >&2\nexit 3\n", "exited with 3: no bench here"),
+        ("not a program\n", "did not start: [Errno 8] Exec format error"),
+    ],
+    ids=["exits", "cannot-exec"],
+)
+def test_a_worker_that_cannot_start_is_one_line(tmp_path: Path, script: str, says: str) -> None:
     fake = tmp_path / "python"
-    fake.write_text("#!/bin/sh\necho 'no bench here' >&2\nexit 3\n")
+    fake.write_text(script)
     fake.chmod(0o755)
     with pytest.raises(_cli.UsageError) as refused:
         with cross_process.Pair.started(str(fake), check=False):
             pytest.fail("started without a worker")
     message = str(refused.value)
     assert f"{fake} cannot run the bench worker" in message and "\n" not in message
-    assert "exited with 3: no bench here" in message
+    assert says in message
 
 
 def test_the_record_names_the_native_python(tmp_path: Path) -> None:

@@ -62,10 +62,13 @@ PRISTINE = (
 # upstream-against-upstream run of B1n measured 0.972 and 0.987 with random seeds)
 HASH_SEED = "0"
 HELLO_TIMEOUT_S = 120.0  # importing livekit-agents on a loaded 2-core machine
-# the worker's entry point: `-m` would import this module twice (as __main__ and by name)
+# the worker's entry point (`-m` would import this module twice, as __main__ and by name):
+# its answers go to a copy of stdout taken first, and stdout itself becomes stderr, so that
+# nothing printed while importing or measuring can get into the answers
 _ENTRY = (
-    "import sys; from livekit_segments.bench.cross_process import serve; "
-    "sys.exit(serve(sys.argv[1:]))"
+    "import os, sys; answers = os.dup(1); os.dup2(2, 1); "
+    "from livekit_segments.bench.cross_process import serve; "
+    "sys.exit(serve(answers, sys.argv[1:]))"
 )
 
 
@@ -103,15 +106,20 @@ class Worker:
         # its stderr goes to a file: a pipe nobody reads could fill up and block it
         self._log: IO[bytes] | None = None if verbose else tempfile.TemporaryFile()
         args = [python, "-c", _ENTRY, form.value, *(["--verbose"] if verbose else [])]
-        self._proc = subprocess.Popen(
-            args,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            encoding="utf-8",
-            env={**os.environ, "PYTHONHASHSEED": HASH_SEED},
-        )
+        try:
+            self._proc = subprocess.Popen(
+                args,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._log,
+                text=True,
+                encoding="utf-8",
+                env={**os.environ, "PYTHONHASHSEED": HASH_SEED},
+            )
+        except OSError as e:
+            if self._log is not None:
+                self._log.close()
+            raise WorkerError(f"{form.value} worker ({python}) did not start: {e}") from None
 
     def _last_words(self) -> str:
         """The last line the worker wrote to stderr (its exception, when it failed)."""
@@ -157,15 +165,14 @@ class Worker:
 
     def close(self) -> None:
         """Ask the worker to exit (closing its session), killing it if it does not."""
-        if self._proc.poll() is None:
+        if self._proc.stdin is not None:
             with contextlib.suppress(OSError):
-                assert self._proc.stdin is not None
                 self._proc.stdin.close()  # end of input: the worker closes up and exits
-            try:
-                self._proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
         if self._proc.stdout is not None:
             self._proc.stdout.close()
         if self._log is not None:
@@ -187,10 +194,6 @@ class Pair:
 
     def describe(self) -> dict[str, dict[str, Any]]:
         return {form.value: w.hello for form, w in self.workers.items()}
-
-    def close(self) -> None:
-        for worker in self.workers.values():
-            worker.close()
 
     @classmethod
     @contextlib.contextmanager
@@ -218,27 +221,32 @@ class Pair:
             )
         if check and upstream_python == sys.executable and native_support():
             raise UsageError(PRISTINE)  # known before any worker starts
-        upstream = Worker(Form.UPSTREAM, upstream_python, verbose=verbose)
+        workers: list[Worker] = []
         try:
-            native = Worker(Form.NATIVE, native_python, verbose=verbose)
-        except BaseException:
-            upstream.close()
-            raise
-        pair = cls(upstream, native)
-        try:
-            for worker in (upstream, native):
+            for form, python in ((Form.UPSTREAM, upstream_python), (Form.NATIVE, native_python)):
+                try:
+                    workers.append(Worker(form, python, verbose=verbose))
+                except WorkerError as e:
+                    raise UsageError(_cannot_run(python, e)) from None
+            for worker in workers:  # both start at once; then wait for each
                 try:
                     worker.greet()
                 except WorkerError as e:
-                    raise UsageError(
-                        f"{OPTION} {worker.python} cannot run the bench worker ({e}); give a "
-                        f"python with livekit-agents and this checkout installed, {FIX}"
-                    ) from None
+                    raise UsageError(_cannot_run(worker.python, e)) from None
+            upstream, native = workers
             if check:
                 _check(upstream.hello, native.hello, native_python)
-            yield pair
+            yield cls(upstream, native)
         finally:
-            pair.close()
+            for worker in workers:
+                worker.close()
+
+
+def _cannot_run(python: str, error: WorkerError) -> str:
+    return (
+        f"{OPTION} {python} cannot run the bench worker ({error}); give a python with "
+        f"livekit-agents and this checkout installed, {FIX}"
+    )
 
 
 def _check(upstream: dict[str, Any], native: dict[str, Any], native_python: str) -> None:
@@ -458,10 +466,9 @@ async def _serve(form: Form, out: IO[str], verbose: bool) -> int:
     return 0
 
 
-def serve(argv: list[str]) -> int:
-    """A worker's main: ``FORM [--verbose]``; requests on stdin, answers on stdout."""
+def serve(answers: int, argv: list[str]) -> int:
+    """A worker's main: ``FORM [--verbose]``; requests on stdin, answers on the file
+    descriptor ``answers`` (the original stdout), one JSON line each."""
     form = Form(argv[0])
-    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)  # anything else printed goes to stderr, not into the answers
-    with out:
+    with os.fdopen(answers, "w", encoding="utf-8") as out:
         return asyncio.run(_serve(form, out, "--verbose" in argv[1:]))
