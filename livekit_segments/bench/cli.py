@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,13 @@ from typing import Any
 from .. import installer
 from .._cli import (
     ArgumentParser,
+    UsageError,
     check_livekit_agents,
     output_path,
     quiet_install_warnings,
     run_command as run_with_usage_errors,
 )
-from . import record
+from . import cross_process, record
 from .runner import BENCHMARKS, BenchConfig, run_bench
 
 __all__ = ["add_parser", "main", "run_command"]
@@ -29,7 +31,9 @@ FlushSentinel, in one process and one run, and print each figure with its ratio:
 B1 cost of being installed, B2 cost per segment, B3 signal latency, B4 silence between
 segments (on livekit's native AudioSource clock), B5 no leaks, B6 100 concurrent sessions in
 real time (event-loop lag, CPU per second of audio, RSS). With a livekit-agents that
-implements segment handles natively, only the native form is measured (ratios n/a).
+implements segment handles natively, only the native form is measured (ratios n/a);
+from a pristine venv, --native-python PYTHON measures the native form against upstream too,
+each in its own worker process (B1n, B2n).
 Exits 0 even when a target is missed, unless --check is given.
 """
 
@@ -77,6 +81,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="run only these benchmarks (comma-separated)",
     )
     parser.add_argument(
+        cross_process.OPTION,
+        metavar="PYTHON",
+        help="also measure B1 and B2 of the native form (PYTHON: a venv's python with the "
+        "series installed, e.g. .venv-native/bin/python) against this venv's upstream, each "
+        "form in its own worker process (B1n, B2n); run from a pristine venv",
+    )
+    parser.add_argument(
         "--verbose", action="store_true", help="keep livekit's log output (quiet by default)"
     )
     parser.add_argument(
@@ -88,13 +99,34 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _bench_list(text: str) -> list[str]:
-    ids = [x.strip().upper() for x in text.split(",") if x.strip()]
-    unknown = [x for x in ids if x not in BENCHMARKS]
-    if unknown or not ids:
+    known = {b.upper(): b for b in (*BENCHMARKS, *cross_process.BENCHMARKS)}
+    given = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [x for x in given if x.upper() not in known]
+    if unknown or not given:
+        choices = ", ".join(known.values())
         raise argparse.ArgumentTypeError(
-            f"unknown benchmark {', '.join(unknown) or text!r}; choose from {', '.join(BENCHMARKS)}"
+            f"unknown benchmark {', '.join(unknown) or text!r}; choose from {choices}"
         )
-    return ids
+    return [known[x.upper()] for x in given]
+
+
+def _split_only(args: argparse.Namespace) -> tuple[list[str] | None, list[str] | None]:
+    """``--only`` as (in-process benchmarks, cross-process ones); None is all of them."""
+    native = args.native_python is not None
+    if args.only is None:
+        return None, (None if native else [])
+    crossed = [b for b in args.only if b in cross_process.BENCHMARKS]
+    if crossed and not native:
+        raise UsageError(
+            f"{', '.join(crossed)} run the native form in its own python: add "
+            f"{cross_process.OPTION} PYTHON (e.g. .venv-native/bin/python)"
+        )
+    if native and not crossed:
+        raise UsageError(
+            f"{cross_process.OPTION} measures {', '.join(cross_process.BENCHMARKS)}, which "
+            f"--only leaves out: add them, or drop {cross_process.OPTION}"
+        )
+    return [b for b in args.only if b in BENCHMARKS], crossed
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -105,6 +137,7 @@ def run_command(args: argparse.Namespace) -> int:
     """
     preset = "tiny" if args.tiny else "quick" if args.quick else "default"
     config = BenchConfig.preset_named(preset)
+    in_process, crossed = _split_only(args)
     if args.json is not None:
         output_path(args.json, "--json")
     check_livekit_agents(force=args.force)
@@ -119,10 +152,20 @@ def run_command(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)
 
-    with _forcing_install(args.force):
-        report = asyncio.run(
-            run_bench(config, only=args.only, progress=progress, quiet_logs=not args.verbose)
-        )
+    with contextlib.ExitStack() as stack:
+        pair = None
+        if args.native_python is not None:  # started first: a bad PYTHON fails at once
+            pair = stack.enter_context(
+                cross_process.Pair.started(args.native_python, verbose=args.verbose)
+            )
+        with _forcing_install(args.force):
+            report = asyncio.run(
+                run_bench(config, only=in_process, progress=progress, quiet_logs=not args.verbose)
+            )
+        if pair is not None:
+            t0 = time.perf_counter()
+            results = asyncio.run(cross_process.run(config, pair, only=crossed, progress=progress))
+            cross_process.extend(report, results, pair, time.perf_counter() - t0)
     print(report.render_table())
     if args.json is not None:
         report.write_json(args.json)
@@ -133,7 +176,10 @@ def run_command(args: argparse.Namespace) -> int:
         except record.RecordError as e:
             print(f"bench: error: {e}", file=sys.stderr)
             return 2
-        record.write(args.record, record.render(report, provenance))
+        command = record.COMMAND
+        if args.native_python is not None:
+            command += f" {cross_process.OPTION} {args.native_python}"
+        record.write(args.record, record.render(report, provenance, command=command))
         print(
             f"record of commit {provenance.commit[:12]} written to {args.record}", file=sys.stderr
         )

@@ -22,7 +22,7 @@ from .fakes import (
 from .forms import Form, Forms, activate
 from .report import BenchResult, Judged, Row, fmt, fmt_estimate
 
-__all__ = ["InstallCostConfig", "run"]
+__all__ = ["InstallCostConfig", "run", "start", "summarize"]
 
 TARGET_RATIO = 1.01
 
@@ -54,12 +54,17 @@ async def _batch(session: AgentSession[None], form: Form, cfg: InstallCostConfig
         gc.enable()
 
 
+async def start() -> tuple[AgentSession[None], ScriptedAgent, ZeroLatencySink]:
+    """The session B1 measures, with its agent and sink."""
+    sink = ZeroLatencySink()
+    agent = ScriptedAgent(SCRIPT, frames=[silence(20)])
+    return await start_session(agent, sink), agent, sink
+
+
 async def run(cfg: InstallCostConfig, forms: Forms) -> BenchResult:
     # one long-lived session for both forms, switched batch by batch: both measure the same
     # session state, so the comparison is paired rather than across fresh sessions
-    sink = ZeroLatencySink()
-    agent = ScriptedAgent(SCRIPT, frames=[silence(20)])
-    session = await start_session(agent, sink)
+    session, agent, sink = await start()
     per_reply: dict[Form, list[float]] = {f: [] for f in forms.all}
     pairs: list[float] = []
     try:
@@ -77,7 +82,13 @@ async def run(cfg: InstallCostConfig, forms: Forms) -> BenchResult:
                 pairs.append(batch[forms.subject] / batch[forms.baseline])
     finally:
         await close_session(session, sink)
+    return summarize(cfg, forms, per_reply, pairs)
 
+
+def summarize(
+    cfg: InstallCostConfig, forms: Forms, per_reply: dict[Form, list[float]], pairs: list[float]
+) -> BenchResult:
+    """B1's result from the CPU per reply of every batch and the per-round ratios."""
     subject = stats.mean(per_reply[forms.subject])
     base = stats.mean(per_reply[forms.baseline]) if forms.baseline is not None else None
     # judged on the median of per-pair ratios: each pair ran back to back, so slow phases of

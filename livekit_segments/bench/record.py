@@ -277,19 +277,34 @@ second of audio played, and the peak resident memory sampled during the round. E
 ratio is the median of the per-round ratios; the target is no measurable difference: the
 interval includes 1.0, or its upper end is at most 1.02. Every segment must play out and
 every handle be done when its reply returns.""",
+    "B1n": """\
+**B1n, B2n: the native form.** A livekit-agents with the series implements segment handles
+itself, so upstream cannot run beside it in one process. B1n and B2n are B1 and B2 across two
+worker processes instead: this venv's python running upstream (plain `FlushSentinel`) and the
+native venv's python running the native form (`SegmentBreak`), with the same Python,
+livekit-agents release and livekit-segments checkout on both sides (the bench refuses
+otherwise). Each worker lives for the whole run (in B1n, with one long-lived session); the
+parent drives them over a pipe, one worker at a time, alternating which goes first round by
+round, so each round gives one ratio as in B1 and B2. The measuring code, the statistic and
+the targets are B1's and B2's own.""",
+    "B2n": """\
+**B2n** is B2's reply of N segments per fresh session, run by the two workers of B1n: each
+repetition runs every N in both workers back to back, and gives one slope ratio.""",
 }
 
 REPRODUCE = """\
 ## How to reproduce
 
 ```bash
-bash scripts/setup --runtime-only
+bash scripts/setup{setup_flag}
 # this document: a full run on a clean commit, then commit the file
 .venv/bin/{command}
 # the same run, printed only; smaller counts (CI, no --check); a part, as JSON
 .venv/bin/python -m livekit_segments bench
 .venv/bin/python -m livekit_segments bench --quick
 .venv/bin/python -m livekit_segments bench --only B2,B4 --json out/b.json
+# the native form against upstream, each in its own process (needs .venv-native)
+.venv/bin/python -m livekit_segments bench --only B1n,B2n --native-python .venv-native/bin/python
 # CI: fails once livekit_segments/ changed after the commit named above
 scripts/check-benchmarks-fresh
 ```
@@ -317,6 +332,15 @@ def render(report: BenchReport, prov: Provenance, *, command: str = COMMAND) -> 
         ("preset", str(meta.get("preset", ""))),
         *((k, _cell(v)) for k, v in facts.items()),
     ]
+    workers = meta.get("native_workers")
+    if workers:  # B1n, B2n ran: which python held the native form
+        native = workers["native"]
+        rows.append(
+            (
+                "native form (B1n, B2n)",
+                f"`{native['python']}`, livekit-agents {native['livekit_agents']} with the series",
+            )
+        )
     out = [
         MARKER.format(commit=prov.commit, command=command),
         INTRO.format(
@@ -365,7 +389,8 @@ def render(report: BenchReport, prov: Provenance, *, command: str = COMMAND) -> 
     for r in report.results:
         if r.id in FIGURES:
             out += [FIGURES[r.id], ""]
-    out.append(REPRODUCE.format(command=command))
+    native = "native_workers" in meta
+    out.append(REPRODUCE.format(command=command, setup_flag="" if native else " --runtime-only"))
     return "\n".join(out).rstrip("\n") + "\n"
 
 

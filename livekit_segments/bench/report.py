@@ -162,7 +162,8 @@ class BenchReport:
         header = (
             "metric",
             "upstream",
-            str(self.meta.get("subject", "patch")),
+            # "patched / native" when B1n, B2n (cross_process) follow the in-process figures
+            str(self.meta.get("subject_column", self.meta.get("subject", "patch"))),
             "ratio",
             "target",
             "",

@@ -7,8 +7,9 @@ import gc
 import math
 import time
 import tracemalloc
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from dataclasses import dataclass
+from typing import Protocol
 
 from livekit import rtc
 from livekit.agents import AgentSession, ModelSettings
@@ -29,7 +30,7 @@ from .fakes import (
 from .forms import Form, Forms, activate, break_factory
 from .report import BenchResult, Judged, Row, combine, fmt, fmt_estimate, fmt_ratio, judge
 
-__all__ = ["SegmentCostConfig", "handle_floor", "run", "script"]
+__all__ = ["Measure", "SegmentCostConfig", "handle_floor", "run", "script"]
 
 TARGET_RATIO = 1.15
 # the patch's own cost per segment, in units of what a new announced SpeechHandle costs
@@ -167,7 +168,16 @@ def _span(ns: list[int]) -> str:
     return f"N={ns[-2]}..{ns[-1]}" if len(ns) >= 2 else "-"
 
 
-async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
+class Measure(Protocol):
+    """What `run` times one reply with: `_measure` in this process, or a worker's."""
+
+    def __call__(
+        self, n: int, form: Form, *, memory: bool, handles: bool = False
+    ) -> Awaitable[tuple[float, float]]: ...
+
+
+async def run(cfg: SegmentCostConfig, forms: Forms, measure: Measure | None = None) -> BenchResult:
+    measure = _measure if measure is None else measure  # looked up late: tests replace it
     ns = list(cfg.ns)
     mem_ns = [n for n in ns if cfg.memory and (cfg.memory_max_n is None or n <= cfg.memory_max_n)]
     wall: dict[tuple[int, Form], list[float]] = {}
@@ -180,11 +190,11 @@ async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
     for rep in range(cfg.repeats):
         for i, n in enumerate(ns):
             for form in forms.order(rep + i):
-                w, c = await _measure(n, form, memory=False)
+                w, c = await measure(n, form, memory=False)
                 wall.setdefault((n, form), []).append(w)
                 cpu.setdefault((n, form), []).append(c)
             if forms.baseline is not None:
-                c = (await _measure(n, forms.baseline, memory=False, handles=True))[1]
+                c = (await measure(n, forms.baseline, memory=False, handles=True))[1]
                 with_handles.setdefault(n, []).append(c)
         # the floor, measured with the baseline live (upstream's handle, nothing patched)
         activate(forms.baseline or forms.subject)
@@ -192,7 +202,7 @@ async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
         floor_cpu.append(f_cpu)
     for i, n in enumerate(mem_ns):
         for form in forms.order(i):
-            peak[(n, form)] = (await _measure(n, form, memory=True))[0]
+            peak[(n, form)] = (await measure(n, form, memory=True))[0]
 
     cpu_med = {k: stats.median(v) for k, v in cpu.items()}
     wall_med = {k: stats.median(v) for k, v in wall.items()}
@@ -229,6 +239,7 @@ async def run(cfg: SegmentCostConfig, forms: Forms) -> BenchResult:
         if base
         else None
     )
+
     # the patch's own cost per segment (its slope above upstream's), in floors of the same
     # repetition: what one announced handle per segment adds to upstream's slope
     def handle_slope(r: int) -> float:

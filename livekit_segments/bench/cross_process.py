@@ -1,0 +1,480 @@
+"""B1n and B2n: the native form against pristine upstream, each form in its own process.
+
+A livekit-agents with the series implements segment handles itself, so upstream cannot run in
+the same process (`forms`: native mode measures the native form alone). ``bench
+--native-python PYTHON``, run from a pristine venv, starts two workers instead: this python
+running upstream (plain `FlushSentinel`) and PYTHON running the native form (`SegmentBreak`).
+Each lives for the whole run (B1: one long-lived session each) and is driven over a pipe, one
+JSON line per request and per answer. The parent alternates which worker goes first round by
+round, as B1 and B2 pair the forms in one process, so each round gives one ratio; the
+measuring code (`install_cost`, `segment_cost`) and the verdicts are B1's and B2's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import json
+import os
+import platform
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from .._cli import UsageError
+from . import install_cost, segment_cost
+from .fakes import close_session, reply, trim_history
+from .forms import Form, Forms, activate, native_support
+from .report import BenchReport, BenchResult
+from .runner import BenchConfig
+
+__all__ = [
+    "BENCHMARKS",
+    "OPTION",
+    "CrossProcessForms",
+    "Pair",
+    "Worker",
+    "WorkerError",
+    "description",
+    "extend",
+    "run",
+    "serve",
+]
+
+BENCHMARKS = ("B1n", "B2n")
+"""What the cross-process comparison measures: B1 and B2 of the native form."""
+OPTION = "--native-python"
+FIX = "e.g. .venv-native/bin/python, which 'bash scripts/setup' builds"
+PRISTINE = (
+    f"{OPTION} compares with upstream, and this python's livekit-agents has segment handles "
+    f"itself: run the bench from a pristine venv (.venv/bin/python)"
+)
+# one hash seed for both workers: with a random one per process, each process has its own
+# dict layouts and a cost offset of a percent or two that no pairing of rounds cancels (an
+# upstream-against-upstream run of B1n measured 0.972 and 0.987 with random seeds)
+HASH_SEED = "0"
+HELLO_TIMEOUT_S = 120.0  # importing livekit-agents on a loaded 2-core machine
+# the worker's entry point (`-m` would import this module twice, as __main__ and by name):
+# its answers go to a copy of stdout taken first, and stdout itself becomes stderr, so that
+# nothing printed while importing or measuring can get into the answers
+_ENTRY = (
+    "import os, sys; answers = os.dup(1); os.dup2(2, 1); "
+    "from livekit_segments.bench.cross_process import serve; "
+    "sys.exit(serve(answers, sys.argv[1:]))"
+)
+
+
+def description(native_python: str) -> str:
+    """The mode line of the cross-process figures."""
+    return (
+        f"B1n, B2n: the native form ({native_python}, livekit-agents with the series, "
+        f"SegmentBreak) versus upstream (this python, plain FlushSentinel), each in its own "
+        f"worker process, alternating round by round as B1 and B2 do in one process"
+    )
+
+
+class CrossProcessForms(Forms):
+    """Native against upstream: both measured, each by its own worker."""
+
+    def __init__(self) -> None:
+        super().__init__(native=True, was_installed=False)
+
+    @property
+    def baseline(self) -> Form | None:
+        return Form.UPSTREAM
+
+
+class WorkerError(RuntimeError):
+    """A worker failed a request, or exited."""
+
+
+class Worker:
+    """One worker process running ``form`` in ``python``, and its pipe."""
+
+    def __init__(self, form: Form, python: str, *, verbose: bool = False) -> None:
+        self.form = form
+        self.python = python
+        self.hello: dict[str, Any] = {}
+        # its stderr goes to a file: a pipe nobody reads could fill up and block it
+        self._log: IO[bytes] | None = None if verbose else tempfile.TemporaryFile()
+        args = [python, "-c", _ENTRY, form.value, *(["--verbose"] if verbose else [])]
+        try:
+            self._proc = subprocess.Popen(
+                args,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._log,
+                text=True,
+                encoding="utf-8",
+                env={**os.environ, "PYTHONHASHSEED": HASH_SEED},
+            )
+        except OSError as e:
+            if self._log is not None:
+                self._log.close()
+            raise WorkerError(f"{form.value} worker ({python}) did not start: {e}") from None
+
+    def _last_words(self) -> str:
+        """The last line the worker wrote to stderr (its exception, when it failed)."""
+        if self._log is None:
+            return "see its output above"
+        self._log.seek(0)
+        lines = [x.strip() for x in self._log.read().decode(errors="replace").splitlines()]
+        return next((x for x in reversed(lines) if x), "no output")
+
+    def _read(self, timeout: float | None = None) -> dict[str, Any]:
+        out = self._proc.stdout
+        assert out is not None
+        if timeout is not None and not select.select([out], [], [], timeout)[0]:
+            raise WorkerError(f"{self.form.value} worker ({self.python}) did not answer")
+        line = out.readline()
+        if not line:
+            self._proc.wait()
+            raise WorkerError(
+                f"{self.form.value} worker ({self.python}) exited with "
+                f"{self._proc.returncode}: {self._last_words()}"
+            )
+        doc: dict[str, Any] = json.loads(line)
+        return doc
+
+    def greet(self) -> dict[str, Any]:
+        """Wait for the worker's first line: what it runs."""
+        self.hello = self._read(HELLO_TIMEOUT_S)["hello"]
+        return self.hello
+
+    def call(self, op: str, **args: Any) -> Any:
+        """Send one request and wait for its answer."""
+        stdin = self._proc.stdin
+        assert stdin is not None
+        try:
+            stdin.write(json.dumps({"op": op, **args}) + "\n")
+            stdin.flush()
+        except BrokenPipeError:
+            pass  # it exited: the read below says why
+        doc = self._read()
+        if "error" in doc:
+            raise WorkerError(f"{self.form.value} worker, {op}: {doc['error']}")
+        return doc["ok"]
+
+    def close(self) -> None:
+        """Ask the worker to exit (closing its session), killing it if it does not."""
+        if self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()  # end of input: the worker closes up and exits
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+        if self._log is not None:
+            self._log.close()
+
+
+class Pair:
+    """The upstream worker and the native worker."""
+
+    def __init__(self, upstream: Worker, native: Worker) -> None:
+        self.workers = {Form.UPSTREAM: upstream, Form.NATIVE: native}
+
+    def __getitem__(self, form: Form) -> Worker:
+        return self.workers[form]
+
+    def call_each(self, op: str) -> None:
+        for worker in self.workers.values():
+            worker.call(op)
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        return {form.value: w.hello for form, w in self.workers.items()}
+
+    @classmethod
+    @contextlib.contextmanager
+    def started(
+        cls,
+        native_python: str,
+        *,
+        upstream_python: str = sys.executable,
+        verbose: bool = False,
+        check: bool = True,
+    ) -> Iterator[Pair]:
+        """Start both workers and check what they run; closed on exit.
+
+        Raises `UsageError` (one line) when ``native_python`` cannot be run or has no native
+        segment handles, when this python has them (it must be upstream), or when the two
+        differ in anything but the form: Python, livekit-agents release or this package's
+        code. ``check=False`` skips the checks on what they run (the tests drive the
+        protocol with one python on both sides).
+        """
+        found = shutil.which(native_python)
+        if found is None:
+            raise UsageError(
+                f"{OPTION} {native_python}: no such executable; give the python of a venv "
+                f"with the series installed, {FIX}"
+            )
+        if check and upstream_python == sys.executable and native_support():
+            raise UsageError(PRISTINE)  # known before any worker starts
+        workers: list[Worker] = []
+        try:
+            for form, python in ((Form.UPSTREAM, upstream_python), (Form.NATIVE, native_python)):
+                try:
+                    workers.append(Worker(form, python, verbose=verbose))
+                except WorkerError as e:
+                    raise UsageError(_cannot_run(python, e)) from None
+            for worker in workers:  # both start at once; then wait for each
+                try:
+                    worker.greet()
+                except WorkerError as e:
+                    raise UsageError(_cannot_run(worker.python, e)) from None
+            upstream, native = workers
+            if check:
+                _check(upstream.hello, native.hello, native_python)
+            yield cls(upstream, native)
+        finally:
+            for worker in workers:
+                worker.close()
+
+
+def _cannot_run(python: str, error: WorkerError) -> str:
+    return (
+        f"{OPTION} {python} cannot run the bench worker ({error}); give a python with "
+        f"livekit-agents and this checkout installed, {FIX}"
+    )
+
+
+def _check(upstream: dict[str, Any], native: dict[str, Any], native_python: str) -> None:
+    where = f"{OPTION} {native_python}"
+    if upstream["native"] or upstream["installed"]:
+        raise UsageError(PRISTINE)
+    if not native["native"]:
+        raise UsageError(
+            f"{where}: its livekit-agents {native['livekit_agents']} lacks native segment "
+            f"handles; give a python with the series installed, {FIX}"
+        )
+    for key, what in [
+        ("python_version", "Python"),
+        ("livekit_agents", "livekit-agents"),
+        ("livekit_segments", "livekit_segments from"),
+    ]:
+        if native[key] != upstream[key]:
+            raise UsageError(
+                f"{where} has {what} {native[key]}, this python {upstream[key]}: the two "
+                f"forms must differ in nothing else (install this checkout in both venvs)"
+            )
+
+
+# -- the parent: B1n and B2n ------------------------------------------------------------------
+
+
+async def _b1n(cfg: install_cost.InstallCostConfig, pair: Pair) -> BenchResult:
+    forms = CrossProcessForms()
+    per_reply: dict[Form, list[float]] = {f: [] for f in forms.all}
+    pairs: list[float] = []
+    opened: list[Form] = []
+    try:
+        for form in forms.all:
+            pair[form].call("b1_open", cfg=dataclasses.asdict(cfg))
+            opened.append(form)
+        for i in range(cfg.batches):
+            for form in forms.all:
+                pair[form].call("b1_trim")
+            batch: dict[Form, float] = {}
+            for form in forms.order(i):
+                batch[form] = float(pair[form].call("b1_batch"))
+                per_reply[form].append(batch[form])
+            pairs.append(batch[Form.NATIVE] / batch[Form.UPSTREAM])
+    finally:
+        for form in opened:
+            with contextlib.suppress(WorkerError):  # a failure above is the one to report
+                pair[form].call("b1_close")
+    result = install_cost.summarize(cfg, forms, per_reply, pairs)
+    result.notes = [
+        f"replies without breaks, {cfg.batches * cfg.replies_per_batch} per form; thread CPU "
+        f"time (time.thread_time) in each worker; one long-lived session per form, each in "
+        f"its own worker process, driven batch by batch in alternating order, history "
+        f"trimmed to {cfg.history_items} items between rounds; CPU columns are means over all "
+        f"batches, the ratio is the median of the per-round ratios (native batch / upstream "
+        f"batch of the same round)"
+    ]
+    return result
+
+
+async def _b2n(cfg: segment_cost.SegmentCostConfig, pair: Pair) -> BenchResult:
+    async def measure(
+        n: int, form: Form, *, memory: bool, handles: bool = False
+    ) -> tuple[float, float]:
+        wall, cpu = pair[form].call("b2_measure", n=n, memory=memory, handles=handles)
+        return float(wall), float(cpu)
+
+    result = await segment_cost.run(cfg, CrossProcessForms(), measure)
+    result.notes.append(
+        "each form in its own worker process, B2's measuring code and pairing (native "
+        "reply / upstream reply of the same repetition)"
+    )
+    return result
+
+
+async def run(
+    config: BenchConfig,
+    pair: Pair,
+    *,
+    only: Collection[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[BenchResult]:
+    """B1n and B2n (or those in ``only``) with ``config``'s B1 and B2 sizes."""
+    runners: dict[str, Callable[[], Awaitable[BenchResult]]] = {
+        "B1n": lambda: _b1n(config.install_cost, pair),
+        "B2n": lambda: _b2n(config.segment_cost, pair),
+    }
+    results: list[BenchResult] = []
+    for bench_id in BENCHMARKS:
+        if only is not None and bench_id not in only:
+            continue
+        if progress is not None:
+            progress(f"{bench_id} running")
+        t = time.perf_counter()
+        pair.call_each("begin")  # what `run_bench` does before each benchmark, in each worker
+        try:
+            result = await runners[bench_id]()
+        finally:
+            pair.call_each("end")
+        result.id = bench_id
+        result.title = f"native form, {result.title}"
+        result.data["workers"] = pair.describe()
+        result.wall_s = time.perf_counter() - t
+        results.append(result)
+        if progress is not None:
+            progress(f"{bench_id} {result.status} in {result.wall_s:.1f} s")
+    return results
+
+
+def extend(report: BenchReport, results: list[BenchResult], pair: Pair, wall_s: float) -> None:
+    """Add B1n and B2n to ``report``: their rows, the workers, and a mode line saying so."""
+    native = pair[Form.NATIVE]
+    mode = description(native.python)
+    report.meta["native_workers"] = pair.describe()
+    subject = str(report.meta.get("subject", Form.PATCHED.value))
+    if report.results:
+        report.meta["mode_description"] = f"{report.meta.get('mode_description', '')}; {mode}"
+        if subject != Form.NATIVE.value:
+            report.meta["subject_column"] = f"{subject} / {Form.NATIVE.value}"
+    else:
+        report.meta["mode_description"] = mode
+        report.meta["subject_column"] = Form.NATIVE.value
+    report.results.extend(results)
+    report.wall_s += wall_s
+
+
+# -- the worker -------------------------------------------------------------------------------
+
+
+class _Worker:
+    """A worker's state between requests: its form and B1's session."""
+
+    def __init__(self, form: Form) -> None:
+        self.form = form
+        self.b1: tuple[Any, Any, Any] | None = None
+        self.b1_cfg: install_cost.InstallCostConfig | None = None
+
+    async def handle(self, op: str, args: dict[str, Any]) -> Any:
+        if op == "begin":
+            gc.collect()
+            gc.freeze()
+        elif op == "end":
+            gc.unfreeze()
+        elif op == "b1_open":
+            self.b1_cfg = install_cost.InstallCostConfig(**args["cfg"])
+            self.b1 = await install_cost.start()
+            activate(self.form)
+            for _ in range(self.b1_cfg.warmup_replies):
+                await reply(self.b1[0])
+        elif op in ("b1_trim", "b1_batch"):
+            if self.b1 is None or self.b1_cfg is None:
+                raise RuntimeError(f"{op} before b1_open")
+            session, agent, _ = self.b1
+            if op == "b1_trim":
+                await trim_history(session, agent, self.b1_cfg.history_items)
+            else:
+                return await install_cost._batch(session, self.form, self.b1_cfg)
+        elif op == "b1_close":
+            await self.close()
+        elif op == "b2_measure":
+            return list(
+                await segment_cost._measure(
+                    args["n"], self.form, memory=args["memory"], handles=args["handles"]
+                )
+            )
+        else:
+            raise ValueError(f"unknown request {op!r}")
+        return None
+
+    async def close(self) -> None:
+        if self.b1 is not None:
+            session, _, sink = self.b1
+            self.b1 = None
+            await close_session(session, sink)
+
+
+def _hello(form: Form) -> dict[str, Any]:
+    from .. import installer
+
+    return {
+        "form": form.value,
+        "pid": os.getpid(),
+        "hash_seed": os.environ.get("PYTHONHASHSEED"),
+        "python": sys.executable,
+        "python_version": platform.python_version(),
+        "livekit_agents": installer.installed_agents_version(),
+        "livekit_segments": str(Path(__file__).resolve().parents[1]),
+        "native": installer.has_native_support(),
+        "installed": installer.is_installed(),
+    }
+
+
+async def _serve(form: Form, out: IO[str], verbose: bool) -> int:
+    from .runner import _quiet_livekit_logs
+
+    if not verbose:
+        _quiet_livekit_logs()
+
+    def send(doc: dict[str, Any]) -> None:
+        out.write(json.dumps(doc) + "\n")
+        out.flush()
+
+    send({"hello": _hello(form)})
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    # read without blocking the loop: between requests the session's own tasks keep running,
+    # as they do in one process while the other form is measured
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
+    state = _Worker(form)
+    try:
+        while line := await reader.readline():
+            request = json.loads(line)
+            try:
+                result = await state.handle(request.pop("op"), request)
+            except Exception as e:
+                send({"error": f"{type(e).__name__}: {e}"})
+            else:
+                send({"ok": result})
+    finally:
+        await state.close()
+        transport.close()
+    return 0
+
+
+def serve(answers: int, argv: list[str]) -> int:
+    """A worker's main: ``FORM [--verbose]``; requests on stdin, answers on the file
+    descriptor ``answers`` (the original stdout), one JSON line each."""
+    form = Form(argv[0])
+    with os.fdopen(answers, "w", encoding="utf-8") as out:
+        return asyncio.run(_serve(form, out, "--verbose" in argv[1:]))

@@ -1,0 +1,181 @@
+"""bench --native-python: B1n and B2n, each form in its own worker process.
+
+The workers are spawned for real. The tests run this python on both sides, which exercises
+the protocol and the pairing but measures no native form (``check=False`` says so); what a
+real comparison refuses is checked separately. Only structure is asserted, never timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import livekit_segments
+from livekit_segments import _cli, bench
+from livekit_segments.bench import cross_process, record as bench_record
+from livekit_segments.bench.forms import Form
+from livekit_segments.bench.report import BenchReport
+from livekit_segments.bench.runner import BenchConfig
+
+NATIVE = livekit_segments.has_native_support()
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="livekit-segments")
+    bench.add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    args = parse(argv)
+    code = _cli.run_command(args.func, args, "livekit-segments bench")
+    return code, capsys.readouterr().err
+
+
+async def test_workers_run_b1n_and_b2n_over_the_pipe() -> None:
+    config = BenchConfig.tiny()
+    with cross_process.Pair.started(sys.executable, check=False) as pair:
+        hellos = pair.describe()
+        # two processes, neither of them this one, each running its own form
+        assert {h["form"] for h in hellos.values()} == {"upstream", "native"}
+        pids = {h["pid"] for h in hellos.values()}
+        assert len(pids) == 2 and os.getpid() not in pids
+        # one hash seed for both: a random one per process is a cost offset no pairing cancels
+        assert [h["hash_seed"] for h in hellos.values()] == [cross_process.HASH_SEED] * 2
+        # a request that fails is answered with its error; the worker carries on
+        with pytest.raises(cross_process.WorkerError, match="b1_batch before b1_open"):
+            pair[Form.UPSTREAM].call("b1_batch")
+        results = await cross_process.run(config, pair)
+        report = BenchReport(meta={"subject": "patched", "mode_description": "runtime"}, results=[])
+        cross_process.extend(report, results, pair, 1.0)
+
+    assert [r.id for r in results] == ["B1n", "B2n"]
+    doc = json.loads(json.dumps(report.to_json()))
+    b1, b2 = doc["benchmarks"]["B1n"], doc["benchmarks"]["B2n"]
+    b1_cfg, b2_cfg = config.install_cost, config.segment_cost
+    # B1n: one ratio per round, native batch over upstream batch of that round
+    assert len(b1["pair_ratios"]) == b1_cfg.batches == b1["targets"][0]["n"]
+    for form in ("upstream", "native"):
+        assert len(b1["batch_cpu_per_reply_ms"][form]) == b1_cfg.batches
+    for i, r in enumerate(b1["pair_ratios"]):
+        native, upstream = (b1["batch_cpu_per_reply_ms"][f][i] for f in ("native", "upstream"))
+        assert r == pytest.approx(native / upstream)
+    # B2n: every N under both forms, one slope ratio per repetition
+    for table in ("cpu_ms", "wall_ms", "peak_kib"):
+        assert sorted(b2[table]) == ["native", "upstream"]
+        for values in b2[table].values():
+            assert list(values) == [str(n) for n in b2_cfg.ns] and all(
+                v > 0 for v in values.values()
+            )
+    assert len(b2["repetition_slope_ratios"]) == b2_cfg.repeats
+    for b in (b1, b2):
+        assert b["workers"] == hellos
+        assert all(t["verdict"] in ("met", "missed", "inconclusive") for t in b["targets"])
+        assert "ci95" in b["targets"][0]  # judged by its interval, not n/a
+    assert doc["native_workers"] == hellos
+    table = report.render_table()
+    assert "B1n native form, cost of being installed" in table
+    assert "B2n native form, cost per segment" in table
+    assert re.search(r"upstream\s+native\s+ratio", table)  # no in-process figures: "native"
+    assert "each in its own worker process" in table
+
+
+def test_cli_adds_b1n_after_the_in_process_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started = cross_process.Pair.started
+
+    def unchecked(native_python: str, **kwargs: Any) -> Any:
+        return started(native_python, check=False, **kwargs)  # this python on both sides
+
+    monkeypatch.setattr(cross_process.Pair, "started", unchecked)
+    path = tmp_path / "out.json"
+    argv = ["--only", "B3,B1n", "--native-python", sys.executable, "--json", str(path)]
+    args = parse(["bench", "--tiny", *argv])
+    assert args.func(args) == 0
+    doc = json.loads(path.read_text())
+    assert list(doc["benchmarks"]) == ["B3", "B1n"]
+    assert set(doc["native_workers"]) == {"upstream", "native"}
+    assert "; B1n, B2n: the native form" in doc["mode_description"]
+    out = capsys.readouterr().out
+    column = "native" if NATIVE else "patched / native"  # the subject column's heading
+    assert re.search(rf"upstream\s+{column}\s+ratio", out)
+    assert "B3 signal latency" in out and "B1n native form, cost of being installed" in out
+
+
+def test_a_python_without_native_support_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """This python as the native side: the runtime form lacks native segment handles (its
+    worker says so); the native form cannot be upstream (refused before any worker starts)."""
+    with pytest.raises(_cli.UsageError) as refused:
+        with cross_process.Pair.started(sys.executable):
+            pytest.fail("started a comparison that measures no native form")
+    message = str(refused.value)
+    if NATIVE:
+        assert "run the bench from a pristine venv (.venv/bin/python)" in message
+    else:
+        assert f"{sys.executable}: its livekit-agents" in message
+        assert "lacks native segment handles" in message
+        assert "e.g. .venv-native/bin/python" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--only", "B1n"], "B1n run the native form in its own python: add --native-python"),
+        (["--only", "B1", "--native-python", "python3"], "which --only leaves out"),
+        (["--native-python", "no/such/python"], "no/such/python: no such executable"),
+    ],
+)
+def test_cli_refuses_in_one_line_before_measuring(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = run_cli(["bench", "--tiny", *argv], capsys)
+    assert code == 2
+    assert says in err and len(err.strip().splitlines()) == 1
+    assert "running" not in err  # nothing was measured
+
+
+def test_cli_names_the_cross_process_benchmarks_in_any_case() -> None:
+    assert parse(["bench", "--only", "b2N,b1"]).only == ["B2n", "B1"]
+    with pytest.raises(SystemExit):
+        parse(["bench", "--only", "B3n"])
+
+
+@pytest.mark.parametrize(
+    ("script", "says"),
+    [
+        ("#!/bin/sh\necho 'no bench here' >&2\nexit 3\n", "exited with 3: no bench here"),
+        ("not a program\n", "did not start: [Errno 8] Exec format error"),
+    ],
+    ids=["exits", "cannot-exec"],
+)
+def test_a_worker_that_cannot_start_is_one_line(tmp_path: Path, script: str, says: str) -> None:
+    fake = tmp_path / "python"
+    fake.write_text(script)
+    fake.chmod(0o755)
+    with pytest.raises(_cli.UsageError) as refused:
+        with cross_process.Pair.started(str(fake), check=False):
+            pytest.fail("started without a worker")
+    message = str(refused.value)
+    assert f"{fake} cannot run the bench worker" in message and "\n" not in message
+    assert says in message
+
+
+def test_the_record_names_the_native_python(tmp_path: Path) -> None:
+    hello: dict[str, Any] = {"python": "/venvs/native/bin/python", "livekit_agents": "1.8.9"}
+    report = BenchReport(meta={"mode_description": "runtime: a test"}, results=[])
+    report.meta["native_workers"] = {"upstream": {}, "native": hello}
+    prov = bench_record.Provenance(commit="a" * 40, subject="s", date="d", facts={})
+    command = f"{bench_record.COMMAND} --native-python .venv-native/bin/python"
+    text = bench_record.render(report, prov, command=command)
+    assert "| native form (B1n, B2n) | `/venvs/native/bin/python`, livekit-agents 1.8.9" in text
+    assert f".venv/bin/{command}" in text
+    assert "bash scripts/setup\n" in text  # the native venv is needed: not --runtime-only
