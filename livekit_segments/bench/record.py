@@ -246,7 +246,15 @@ repetitions. Memory is the tracemalloc peak of one more reply per point: it coun
 which the machine's load does not change, so it is judged without an interval. What a segment
 costs above upstream by construction: a `SpeechHandle` with its `playout_started` future, a
 `SpeechCreatedEvent` emitted on the session (which keeps it for the session's life, hence the
-memory per segment), one `playback_started` listener, and the segment bookkeeping.""",
+memory per segment), and the segment bookkeeping. The handle floor is that construction
+alone, measured in the same run: upstream's reply of N segments once more per repetition,
+with one plain `SpeechHandle` created, scheduled, announced through `speech_created` and
+finished per segment (made as each segment's synthesis starts); its slope above upstream's is
+the floor. The patch's cost per segment (its slope above upstream's) is judged in floors of
+the same repetition, against 1.5. The same handle in a tight loop costs about a third of
+that: caches stay hot there, and a reply's do not, so the tight-loop figure is shown for
+reference only. The memory target compares the patch's memory per segment above
+`FlushSentinel` with what one such handle and its recorded event keep allocated.""",
     "B3": """\
 **B3, signal latency.** From the sink's playback-started callback to the task awaiting
 `playout_started` resuming, with 1 session and with many concurrent sessions on one loop.
