@@ -18,6 +18,7 @@ import bisect
 import contextvars
 import functools
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -140,18 +141,35 @@ class GenerationTracker:
 _generation: contextvars.ContextVar[GenerationTracker | None] = contextvars.ContextVar(
     "livekit_segments_generation", default=None
 )
-# (task, state) of the handle whose segment is being forwarded right now
-_playout_target: contextvars.ContextVar[tuple[asyncio.Task[Any] | None, HandleState] | None] = (
-    contextvars.ContextVar("livekit_segments_playout_target", default=None)
-)
+
+
+class _Forwarding:
+    """The segment `forward_generation` is starting, and the state of the handle it plays
+    under. Upstream calls `perform_audio_forwarding` and `perform_text_forwarding` from that
+    coroutine's own frame before its first await, so the caller's frame says, without a task
+    look-up, whether a call belongs to it; the task is the fallback for a forward_generation
+    that someone else wrapped again."""
+
+    __slots__ = ("frame", "task", "st")
+
+    def __init__(self) -> None:
+        self.frame: Any = None
+        self.task: asyncio.Task[Any] | None = None
+        self.st: HandleState | None = None
+
+
+_forwarding = _Forwarding()
 # what forward_generation returns for a segment of which nothing was forwarded
 _SKIPPED_OUTPUT: Callable[[], Any] | None = getattr(_generation_mod, "_ForwardOutput", None)
 
 
 def _current_target() -> HandleState | None:
-    rec = _playout_target.get()
-    if rec is not None and rec[0] is asyncio.current_task():
-        return rec[1]
+    fwd = _forwarding
+    if fwd.st is not None and (
+        sys._getframe(2) is fwd.frame  # the caller of the perform_*_forwarding wrapper
+        or fwd.task is asyncio.current_task()
+    ):
+        return fwd.st
     # say() forwards directly, inside the speech task upstream tags with its handle
     handle = _activity_mod._SpeechHandleContextVar.get(None)
     return None if handle is None else state_of(handle)
@@ -425,11 +443,15 @@ def wrap_forward_generation(original: F) -> F:
                 _after_segment(turn, tracker)
             return _SKIPPED_OUTPUT()
 
-        token = _playout_target.set((task, target_st))
+        coro = original(*args, **kwargs)
+        fwd = _forwarding
+        frame = getattr(coro, "cr_frame", None)
+        fwd.frame, fwd.task, fwd.st = frame, task, target_st
         try:
-            return await original(*args, **kwargs)
+            return await coro
         finally:
-            _playout_target.reset(token)
+            if fwd.task is task and fwd.frame is frame:
+                fwd.frame = fwd.task = fwd.st = None
             if tracker is not None:
                 tracker.returned = j
                 if getattr(kwargs.get("tts_data"), "error", None) is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -140,3 +141,31 @@ async def test_no_break_reply_is_identical_with_and_without_the_patch() -> None:
     livekit_segments.uninstall()
     unpatched = await run()
     assert patched == unpatched
+
+
+async def test_segments_signal_through_a_forward_generation_wrapped_before_install() -> None:
+    """Another instrumentation that wrapped forward_generation first: the forwarding calls
+    then come from upstream's frame under that wrapper's coroutine, and the patch still tells
+    which handle each segment plays under (by the reply's task)."""
+    from livekit_segments.testing import VirtualAudioOutput, run_turn, started_session
+
+    from .test_testing_kit import three
+
+    upstream = agent_activity.forward_generation
+
+    @functools.wraps(upstream)  # as instrumentors do: the signature stays upstream's
+    async def instrumented(*args: Any, **kwargs: Any) -> Any:
+        return await upstream(*args, **kwargs)
+
+    agent_activity.forward_generation = instrumented
+    try:
+        livekit_segments.install()
+        audio = VirtualAudioOutput()
+        async with started_session(three(), audio=audio) as session:
+            result = await run_turn(session, "What is six times seven?")
+    finally:
+        livekit_segments.uninstall()
+        agent_activity.forward_generation = upstream
+    assert [h.segment_index for h in result.handles] == [0, 1, 2]
+    assert len(audio.started_times) == 3
+    assert result.playout_started == audio.started_times
