@@ -78,13 +78,16 @@ class HandleState:
 
 def peek_state(handle: SpeechHandle) -> HandleState | None:
     """The handle's state if it has any yet."""
-    st: HandleState | None = handle.__dict__.get(_STATE_ATTR)
+    # getattr, never handle.__dict__: reading __dict__ turns the instance's inline
+    # attribute values into a dict, and every later attribute read on the handle (upstream
+    # reads it all through a reply) gets slower
+    st: HandleState | None = getattr(handle, _STATE_ATTR, None)
     return st
 
 
 def state_of(handle: SpeechHandle) -> HandleState:
     """The handle's state, created on first use (segment 0 unless set up by the hooks)."""
-    st: HandleState | None = handle.__dict__.get(_STATE_ATTR)
+    st: HandleState | None = getattr(handle, _STATE_ATTR, None)
     if st is None:
         st = HandleState(0, None)
         _attach(handle, st)
@@ -92,7 +95,7 @@ def state_of(handle: SpeechHandle) -> HandleState:
 
 
 def _attach(handle: SpeechHandle, st: HandleState, *, watch_done: bool = True) -> None:
-    handle.__dict__[_STATE_ATTR] = st
+    setattr(handle, _STATE_ATTR, st)
     if handle.done():
         # a handle that finished before anyone asked can no longer start playing
         st.playout.cancel()
