@@ -871,3 +871,30 @@ def test_cli_record_checks_first_then_writes(
     assert args.func(args) == 1  # the fake report misses B5: --check still says so
     assert runs == ["default"]
     assert bench_record.recorded_commit(out.read_text()) == git(repo, "rev-parse", "HEAD")
+
+
+async def test_b2_without_a_positive_floor_is_inconclusive_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tiny N on a busy machine: the handle's cost drowns in noise and the floor comes out
+    <= 0; no ratio exists, so nothing is judged (and no NaN interval reaches the JSON)."""
+
+    async def fake_measure(
+        n: int, form: bench_forms.Form, *, memory: bool, handles: bool = False
+    ) -> tuple[float, float]:
+        if memory:
+            return 8000.0 * n, 0.0
+        cpu = 2e-3 + (480e-6 if handles else 500e-6) * n  # "faster" with the handle: noise
+        return cpu, cpu
+
+    async def fake_floor(count: int) -> tuple[float, float]:
+        return 20e-6, 4096.0
+
+    monkeypatch.setattr(segment_cost, "_measure", fake_measure)
+    monkeypatch.setattr(segment_cost, "_measure_floor", fake_floor)
+    cfg = segment_cost.SegmentCostConfig(ns=(1, 3, 10), repeats=2)
+    result = await segment_cost.run(cfg, RUNTIME_FORMS)
+    floor = {j.name: j for j in result.judged}["patch cost per segment / handle floor"]
+    assert floor.estimate is None and floor.verdict == "inconclusive"
+    assert "ci95" not in floor.to_json() and floor.value
+    assert result.data["overhead_floor_ratios"] == []

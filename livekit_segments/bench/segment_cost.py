@@ -28,7 +28,17 @@ from .fakes import (
     start_session,
 )
 from .forms import Form, Forms, activate, break_factory
-from .report import BenchResult, Judged, Row, combine, fmt, fmt_estimate, fmt_ratio, judge
+from .report import (
+    BenchResult,
+    Judged,
+    Row,
+    Status,
+    combine,
+    fmt,
+    fmt_estimate,
+    fmt_ratio,
+    judge,
+)
 
 __all__ = ["Measure", "SegmentCostConfig", "handle_floor", "run", "script"]
 
@@ -257,14 +267,20 @@ async def run(cfg: SegmentCostConfig, forms: Forms, measure: Measure | None = No
         if base
         else []
     )
+    # a repetition whose floor came out <= 0 (noise larger than the handle: tiny N) has no
+    # ratio; with none left there is nothing to judge
     floor_est = (
         stats.median_estimate(
             floor_pairs, f"median of {len(floor_pairs)} per-repetition overhead/floor ratios"
         )
-        if base
+        if base and floor_pairs
         else None
     )
-    floor_status = stats.verdict(floor_est, TARGET_FLOOR_MULTIPLE)
+    floor_status: Status = (
+        stats.verdict(floor_est, TARGET_FLOOR_MULTIPLE)
+        if floor_est is not None
+        else ("inconclusive" if base else "n/a")
+    )
     mem_over = seg_mem[subject] - seg_mem[base] if base and mem_ns else None
     mem_floor_status = judge(mem_over <= floor_mem) if mem_over is not None and cfg.memory else None
     time_exps = [exponent(c, ns) for c in rep_cpu]
@@ -294,6 +310,7 @@ async def run(cfg: SegmentCostConfig, forms: Forms, measure: Measure | None = No
                 f"<= {TARGET_FLOOR_MULTIPLE}",
                 floor_status,
                 floor_est,
+                value="" if floor_est is not None else "no repetition measured a floor above 0",
             ),
         )
     if mem_floor_status is not None and mem_over is not None:
