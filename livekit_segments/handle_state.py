@@ -23,57 +23,49 @@ __all__ = [
     "peek_state",
     "resolve_playout",
     "state_of",
+    "turn_state",
+    "watch_done",
 ]
 
 _STATE_ATTR = "_lk_segment_state"
 
 
 class HandleState:
-    """What one handle knows about its own playout, plus turn bookkeeping for segment 0."""
+    """What one handle knows about its own playout, plus turn bookkeeping for segment 0.
 
-    __slots__ = (
-        "index",
-        "segment_break",
-        "playout",
-        "audio_seen",
-        "next_index",
-        "open_handle",
-        "open_tracker",
-        "open_first",
-        "watching",
-        "newest",
-        "forwarded_any",
-        "on_playout",
-        "session",
-        "thinking",
-        "thinking_tracker",
-        "watched",
-        "speak",
-    )
+    Fields other than the first three have class-level defaults and are set on an instance
+    only when they change: a reply without breaks creates one of these per turn, and
+    upstream's reply is what it is measured against.
+    """
+
+    # called once playout_started resolves (segment handles: the agent speaks again)
+    on_playout: Callable[[float], None] | None = None
+    # set once audio forwarding started for this handle: text then no longer counts
+    audio_seen = False
+    # False while no done callback cancels playout (and ends the open segment handle)
+    done_watched = True
+    # the handle while that is so, until its playout resolves
+    unwatched: SpeechHandle | None = None
+    # turn bookkeeping, used on segment 0 only
+    next_index = 1
+    open_handle: SegmentSpeechHandle | None = None
+    open_tracker: Any = None  # the generation that opened it
+    open_first = -1  # its first segment, numbered within that generation
+    watching = False  # ends the open handle when the turn is interrupted
+    newest: SpeechHandle | None = None
+    forwarded_any = False
+    # turn only: the session, and whether its state shows "thinking" between responses
+    session: Any = None
+    thinking = False
+    thinking_tracker: Any = None
+    watched: Any = None  # the generation whose end is watched (its segment handles)
+    speak: Callable[[float], None] | None = None  # on_playout of its segment handles
 
     def __init__(self, index: int, segment_break: SegmentBreak | None) -> None:
         self.index = index
         self.segment_break = segment_break
         # same loop binding as SpeechHandle's own futures
         self.playout: asyncio.Future[float] = asyncio.Future()
-        # set once audio forwarding started for this handle: text then no longer counts
-        self.audio_seen = False
-        # turn bookkeeping, used on segment 0 only
-        self.next_index = 1
-        self.open_handle: SegmentSpeechHandle | None = None
-        self.open_tracker: Any = None  # the generation that opened it
-        self.open_first = -1  # its first segment, numbered within that generation
-        self.watching = False  # ends the open handle when the turn is interrupted
-        self.newest: SpeechHandle | None = None
-        self.forwarded_any = False
-        # called once playout_started resolves (segment handles: the agent speaks again)
-        self.on_playout: Callable[[float], None] | None = None
-        # turn only: the session, and whether its state shows "thinking" between responses
-        self.session: Any = None
-        self.thinking = False
-        self.thinking_tracker: Any = None
-        self.watched: Any = None  # the generation whose end is watched (its segment handles)
-        self.speak: Callable[[float], None] | None = None  # on_playout of its segment handles
 
 
 def peek_state(handle: SpeechHandle) -> HandleState | None:
@@ -86,20 +78,44 @@ def peek_state(handle: SpeechHandle) -> HandleState | None:
 
 
 def state_of(handle: SpeechHandle) -> HandleState:
-    """The handle's state, created on first use (segment 0 unless set up by the hooks)."""
+    """The handle's state, created on first use (segment 0 unless set up by the hooks);
+    its `playout_started` is cancelled when the handle ends without playing."""
     st: HandleState | None = getattr(handle, _STATE_ATTR, None)
     if st is None:
         st = HandleState(0, None)
         _attach(handle, st)
+    elif not st.done_watched:
+        watch_done(handle, st)
     return st
 
 
-def _attach(handle: SpeechHandle, st: HandleState, *, watch_done: bool = True) -> None:
+def turn_state(handle: SpeechHandle) -> HandleState:
+    """Like `state_of`, for a reply's own handle: no done callback until someone can wait
+    on its `playout_started` (`state_of`) or a segment handle opens (`watch_done`)."""
+    st: HandleState | None = getattr(handle, _STATE_ATTR, None)
+    if st is None:
+        st = HandleState(0, None)
+        _attach(handle, st, watch=False)
+        if not st.playout.done():
+            st.done_watched = False
+            st.unwatched = handle
+    return st
+
+
+def watch_done(handle: SpeechHandle, st: HandleState) -> None:
+    """Register the done callback `turn_state` left out, if it did."""
+    if not st.done_watched:
+        st.done_watched = True
+        st.unwatched = None
+        handle.add_done_callback(_on_handle_done)
+
+
+def _attach(handle: SpeechHandle, st: HandleState, *, watch: bool = True) -> None:
     setattr(handle, _STATE_ATTR, st)
     if handle.done():
         # a handle that finished before anyone asked can no longer start playing
         st.playout.cancel()
-    elif watch_done:
+    elif watch:
         handle.add_done_callback(_on_handle_done)
 
 
@@ -116,6 +132,13 @@ def _on_handle_done(handle: SpeechHandle) -> None:
 def resolve_playout(st: HandleState, started_at: float | None) -> None:
     """Resolve a handle's `playout_started`, once; `None` means "now" (text-only output)."""
     if not st.playout.done():
+        handle = st.unwatched
+        if handle is not None:
+            st.unwatched = None  # (handle and state refer to each other)
+            if handle.done():
+                # what the done callback would have done: an ended handle does not start
+                st.playout.cancel()
+                return
         started = time.time() if started_at is None else started_at
         st.playout.set_result(started)
         if st.on_playout is not None:
@@ -138,7 +161,7 @@ class SegmentSpeechHandle(SpeechHandle):
         )
         self._lk_turn = turn
         # finish_segment ends it, and cancels its playout_started there
-        _attach(self, HandleState(index, segment_break), watch_done=False)
+        _attach(self, HandleState(index, segment_break), watch=False)
         # it only exists once its segment is about to play
         self._mark_scheduled()
 

@@ -34,6 +34,8 @@ from .handle_state import (
     peek_state,
     resolve_playout,
     state_of,
+    turn_state,
+    watch_done,
 )
 from .segment_break import SegmentBreak
 
@@ -53,41 +55,31 @@ class GenerationTracker:
     breaks only counts its segments (`has_breaks` gates every update).
     """
 
-    __slots__ = (
-        "task",
-        "segments",
-        "breaks",
-        "in_segment",
-        "pending",
-        "ended",
-        "forwarded",
-        "returned",
-        "bounds",
-        "cut",
-        "functions",
-        "turn",
-        "has_breaks",
-        "llm_task",
-    )
+    # class-level defaults: an instance sets a field only when it changes (one of these is
+    # made per reply, breaks or not)
+    segments = 0  # segments started so far
+    in_segment = False
+    pending: SegmentBreak | None = None
+    ended = False
+    forwarded = 0  # forward_generation calls so far
+    returned = -1  # the last segment whose forward_generation returned
+    cut: int | None = None  # a failed TTS: no segment after this one is forwarded
+    turn: SpeechHandle | None = None  # set by the first forward_generation call
+    has_breaks = False
 
     def __init__(
-        self, task: asyncio.Task[Any] | None, llm_task: asyncio.Task[Any] | None = None
+        self,
+        task: asyncio.Task[Any] | None,
+        llm_task: asyncio.Task[Any] | None = None,
+        functions: list[Any] | None = None,
     ) -> None:
         self.task = task
-        self.segments = 0  # segments started so far
+        self.llm_task = llm_task  # the model's task: its end closes the last response
         self.breaks: dict[int, SegmentBreak] = {}  # segment number -> break that opens it
-        self.in_segment = False
-        self.pending: SegmentBreak | None = None
-        self.ended = False
-        self.forwarded = 0  # forward_generation calls so far
-        self.returned = -1  # the last segment whose forward_generation returned
         # segment counts at which a response was closed (a break, or the model's end)
         self.bounds: list[int] = []
-        self.cut: int | None = None  # a failed TTS: no segment after this one is forwarded
-        self.functions: list[Any] = []  # the tool calls the model made, as upstream collects
-        self.turn: SpeechHandle | None = None  # set by the first forward_generation call
-        self.has_breaks = False
-        self.llm_task = llm_task  # the model's task: its end closes the last response
+        # the tool calls the model made, as upstream collects them
+        self.functions: list[Any] = [] if functions is None else functions
 
     def observe(self, value: object) -> None:
         if isinstance(value, FlushSentinel):
@@ -179,7 +171,9 @@ def wrap_perform_llm_inference(original: F) -> F:
     @functools.wraps(original)
     def perform_llm_inference(*args: Any, **kwargs: Any) -> Any:
         llm_task, gen_data = original(*args, **kwargs)
-        tracker = GenerationTracker(asyncio.current_task(), llm_task)
+        tracker = GenerationTracker(
+            asyncio.current_task(), llm_task, getattr(gen_data, "generated_functions", None)
+        )
         text_ch = gen_data.text_ch
         send_nowait = text_ch.send_nowait
         # whitespace after a break, held until the response has something to say
@@ -208,7 +202,6 @@ def wrap_perform_llm_inference(original: F) -> F:
             send(value)
 
         text_ch.send_nowait = observed_send_nowait
-        tracker.functions = getattr(gen_data, "generated_functions", tracker.functions)
         _generation.set(tracker)
         return llm_task, gen_data
 
@@ -324,6 +317,7 @@ def _route(
             _watch(turn, ts, tracker)
         if ts.speak is None:
             ts.speak = functools.partial(_speak, turn, ts)
+            watch_done(turn, ts)  # the turn's end ends its open segment handle
         ts.open_handle = seg
         ts.open_tracker = tracker
         ts.open_first = j
@@ -399,13 +393,9 @@ def _unthink(ts: HandleState) -> None:
         ts.session._agent_state = "speaking"
 
 
-def _after_segment(turn: SpeechHandle, tracker: GenerationTracker) -> None:
+def _after_segment(turn: SpeechHandle, ts: HandleState, tracker: GenerationTracker) -> None:
     """A segment returned: update only where a break made anything depend on it."""
-    if tracker.has_breaks:
-        _update(turn, tracker)
-        return
-    ts = peek_state(turn)
-    if ts is not None and (ts.open_handle is not None or ts.thinking):
+    if tracker.has_breaks or ts.open_handle is not None or ts.thinking:
         _update(turn, tracker)
 
 
@@ -421,7 +411,7 @@ def wrap_forward_generation(original: F) -> F:
         if tracker is not None and tracker.task is not task:
             tracker = None  # inherited from another task's context: not this reply's
 
-        ts = state_of(turn)
+        ts = turn_state(turn)
         target_st = ts
         j = -1
         interrupted = turn.interrupted
@@ -431,16 +421,20 @@ def wrap_forward_generation(original: F) -> F:
             j = tracker.forwarded
             tracker.forwarded += 1
             if not interrupted:
-                target_st = _route(turn, ts, tracker, j, tracker.breaks.pop(j, None))
-                # announcing the segment may have run an app callback that interrupted it
-                interrupted = turn.interrupted
+                brk = tracker.breaks.pop(j, None) if tracker.breaks else None
+                if brk is None and ts.open_handle is None:
+                    ts.forwarded_any = True  # the common case of _route: the turn plays it
+                else:
+                    target_st = _route(turn, ts, tracker, j, brk)
+                    # announcing the segment may have run an app callback that interrupted it
+                    interrupted = turn.interrupted
 
         if interrupted and _SKIPPED_OUTPUT is not None:
             # interrupted before anything of this segment was forwarded (from speech_created,
             # or while it was prepared): none of its audio or text may reach the outputs
             if tracker is not None:
                 tracker.returned = j
-                _after_segment(turn, tracker)
+                _after_segment(turn, ts, tracker)
             return _SKIPPED_OUTPUT()
 
         coro = original(*args, **kwargs)
@@ -458,7 +452,7 @@ def wrap_forward_generation(original: F) -> F:
                     # upstream starts no segment after a failed synthesis (1.8 on; before, the
                     # end of the generation ends the handle)
                     tracker.cut = j
-                _after_segment(turn, tracker)
+                _after_segment(turn, ts, tracker)
 
     return forward_generation  # type: ignore[return-value]
 
