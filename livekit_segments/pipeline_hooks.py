@@ -484,6 +484,8 @@ class _FirstFrameSignal(asyncio.Future):  # type: ignore[type-arg]
     upstream's listener.
     """
 
+    __slots__ = ("_replaced", "_st")  # one per segment with audio: no instance dict
+
     def __init__(self, replaced: asyncio.Future[float], st: HandleState) -> None:
         super().__init__()
         self._replaced = replaced
