@@ -550,6 +550,28 @@ async def test_b1_judges_the_median_of_per_pair_ratios(
     assert result.data["ratio_of_means"] > 1.5  # what the old verdict used
 
 
+async def test_b1_measures_every_batch_from_the_same_history(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a reply costs more the longer the history: trimmed only once per round, the form that
+    # ran second paid for the first one's replies, and the per-round ratios split in two
+    history = [0]
+
+    async def fake_trim(session: Any, agent: Any, items: int) -> None:
+        history[0] = 0
+
+    async def fake_batch(session: Any, form: bench_forms.Form, cfg: Any) -> float:
+        cost = 3e-3 * (1 + 0.01 * history[0])
+        history[0] += cfg.replies_per_batch
+        return cost
+
+    monkeypatch.setattr(install_cost, "trim_history", fake_trim)
+    monkeypatch.setattr(install_cost, "_batch", fake_batch)
+    cfg = install_cost.InstallCostConfig(batches=20, replies_per_batch=20, warmup_replies=0)
+    result = await install_cost.run(cfg, RUNTIME_FORMS)
+    assert result.data["pair_ratios"] == [1.0] * 20
+
+
 def fake_round(
     cfg: concurrent_sessions.ConcurrentSessionsConfig, form: bench_forms.Form, factor: float
 ) -> concurrent_sessions.Sample:

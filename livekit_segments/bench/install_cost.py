@@ -36,7 +36,7 @@ class InstallCostConfig:
     batches: int  # rounds; each runs every form once, in alternating order
     replies_per_batch: int
     warmup_replies: int = 2
-    history_items: int = 40  # the history is cut back to this between rounds
+    history_items: int = 40  # the history is cut back to this before every batch
 
 
 async def _batch(session: AgentSession[None], form: Form, cfg: InstallCostConfig) -> float:
@@ -73,9 +73,11 @@ async def run(cfg: InstallCostConfig, forms: Forms) -> BenchResult:
             for _ in range(cfg.warmup_replies):
                 await reply(session)
         for i in range(cfg.batches):
-            await trim_history(session, agent, cfg.history_items)
             batch: dict[Form, float] = {}
             for form in forms.order(i):
+                # per batch, not per round: a reply costs more the longer the history, and
+                # the form that ran second in a round would pay for the first one's replies
+                await trim_history(session, agent, cfg.history_items)
                 batch[form] = await _batch(session, form, cfg)
                 per_reply[form].append(batch[form])
             if forms.baseline is not None:
@@ -122,7 +124,7 @@ def summarize(
     notes = [
         f"replies without breaks, {replies} per form; thread CPU time (time.thread_time); "
         f"one session, forms switched batch by batch in alternating order, history trimmed "
-        f"to {cfg.history_items} items between rounds; CPU columns are means over all "
+        f"to {cfg.history_items} items before every batch; CPU columns are means over all "
         f"batches, the ratio is the median of the per-round ratios (patch batch / upstream "
         f"batch of the same round)"
     ]
