@@ -18,7 +18,6 @@ import bisect
 import contextvars
 import functools
 import logging
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -138,14 +137,14 @@ _generation: contextvars.ContextVar[GenerationTracker | None] = contextvars.Cont
 class _Forwarding:
     """The segment `forward_generation` is starting, and the state of the handle it plays
     under. Upstream calls `perform_audio_forwarding` and `perform_text_forwarding` from that
-    coroutine's own frame before its first await, so the caller's frame says, without a task
-    look-up, whether a call belongs to it; the task is the fallback for a forward_generation
-    that someone else wrapped again."""
+    coroutine before its first await, in its task, so no other task's segment can have
+    replaced this in between. The task, not the caller's frame, says whether a call
+    belongs to it: `sys._getframe` and ``cr_frame`` make CPython build frame objects it
+    otherwise never creates, which cost more than the task look-up (measured)."""
 
-    __slots__ = ("frame", "task", "st")
+    __slots__ = ("task", "st")
 
     def __init__(self) -> None:
-        self.frame: Any = None
         self.task: asyncio.Task[Any] | None = None
         self.st: HandleState | None = None
 
@@ -157,10 +156,7 @@ _SKIPPED_OUTPUT: Callable[[], Any] | None = getattr(_generation_mod, "_ForwardOu
 
 def _current_target() -> HandleState | None:
     fwd = _forwarding
-    if fwd.st is not None and (
-        sys._getframe(2) is fwd.frame  # the caller of the perform_*_forwarding wrapper
-        or fwd.task is asyncio.current_task()
-    ):
+    if fwd.st is not None and fwd.task is asyncio.current_task():
         return fwd.st
     # say() forwards directly, inside the speech task upstream tags with its handle
     handle = _activity_mod._SpeechHandleContextVar.get(None)
@@ -439,13 +435,12 @@ def wrap_forward_generation(original: F) -> F:
 
         coro = original(*args, **kwargs)
         fwd = _forwarding
-        frame = getattr(coro, "cr_frame", None)
-        fwd.frame, fwd.task, fwd.st = frame, task, target_st
+        fwd.task, fwd.st = task, target_st
         try:
             return await coro
         finally:
-            if fwd.task is task and fwd.frame is frame:
-                fwd.frame = fwd.task = fwd.st = None
+            if fwd.task is task:
+                fwd.task = fwd.st = None
             if tracker is not None:
                 tracker.returned = j
                 if getattr(kwargs.get("tts_data"), "error", None) is not None:
