@@ -98,7 +98,8 @@ def check_report(doc: dict[str, Any], *, native: bool) -> None:
             "growth exponent, CPU time",
             "growth exponent, memory",
         ]
-        assert len(b2["overhead_floor_ratios"]) == b2["repeats"]
+        # a repetition whose handle floor came out non-positive (noise at tiny N) gives none
+        assert len(b2["overhead_floor_ratios"]) <= b2["repeats"]
     # the floor is measured in every mode, once per repetition
     assert len(b2["handle_alone_us"]) == b2["repeats"]
     assert all(x > 0 for x in b2["handle_alone_us"]) and b2["handle_floor_kib"] > 0
@@ -139,7 +140,7 @@ def check_report(doc: dict[str, Any], *, native: bool) -> None:
         assert all(r is not None and r > 0 for r in ratios)
         assert all("ci95" in t for t in compared)
         assert len(b1["pair_ratios"]) == b1["batches"]
-        assert b1["targets"][0]["n"] == b1["batches"]
+        assert 2 * b1["targets"][0]["n"] == b1["batches"]  # rounds in opposite orders
 
 
 B6_FIGURES = ["event-loop lag p50", "event-loop lag p99", "CPU per second of audio", "peak RSS"]
@@ -544,10 +545,34 @@ async def test_b1_judges_the_median_of_per_pair_ratios(
     cfg = install_cost.InstallCostConfig(batches=20, replies_per_batch=1, warmup_replies=0)
     result = await install_cost.run(cfg, RUNTIME_FORMS)
     (judged,) = result.judged
-    assert judged.estimate is not None and judged.estimate.n == 20
+    # one value per two rounds in opposite orders
+    assert judged.estimate is not None and judged.estimate.n == 10
     assert judged.estimate.low <= patch_factor <= judged.estimate.high
     assert judged.verdict == verdict == result.status
     assert result.data["ratio_of_means"] > 1.5  # what the old verdict used
+
+
+async def test_b1_cancels_what_running_first_or_second_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a worker that runs second in its round is 3% slower (seen across processes in B1n):
+    # per-round ratios fall into two modes, 1.03 and 1/1.03, and a median lands anywhere
+    # between them; rounds in opposite orders, taken together, cancel the order
+    rng = random.Random(7)
+    position = [0]
+
+    async def fake_batch(session: Any, form: bench_forms.Form, cfg: Any) -> float:
+        position[0] += 1
+        second = position[0] % 2 == 0
+        return 3e-3 * (1.03 if second else 1.0) * rng.uniform(0.998, 1.002)
+
+    monkeypatch.setattr(install_cost, "_batch", fake_batch)
+    cfg = install_cost.InstallCostConfig(batches=40, replies_per_batch=1, warmup_replies=0)
+    result = await install_cost.run(cfg, RUNTIME_FORMS)
+    (judged,) = result.judged
+    assert judged.estimate is not None
+    assert judged.estimate.low <= 1.0 <= judged.estimate.high
+    assert judged.estimate.high - judged.estimate.low < 0.01
 
 
 async def test_b1_measures_every_batch_from_the_same_history(

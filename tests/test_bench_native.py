@@ -61,7 +61,7 @@ async def test_workers_run_b1n_and_b2n_over_the_pipe() -> None:
     b1, b2 = doc["benchmarks"]["B1n"], doc["benchmarks"]["B2n"]
     b1_cfg, b2_cfg = config.install_cost, config.segment_cost
     # B1n: one ratio per round, native batch over upstream batch of that round
-    assert len(b1["pair_ratios"]) == b1_cfg.batches == b1["targets"][0]["n"]
+    assert len(b1["pair_ratios"]) == b1_cfg.batches == 2 * b1["targets"][0]["n"]
     for form in ("upstream", "native"):
         assert len(b1["batch_cpu_per_reply_ms"][form]) == b1_cfg.batches
     for i, r in enumerate(b1["pair_ratios"]):

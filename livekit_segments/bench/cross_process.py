@@ -300,8 +300,8 @@ async def _b1n(cfg: install_cost.InstallCostConfig, pair: Pair) -> BenchResult:
         f"time (time.thread_time) in each worker; one long-lived session per form, each in "
         f"its own worker process, driven batch by batch in alternating order, history "
         f"trimmed to {cfg.history_items} items between rounds; CPU columns are means over all "
-        f"batches, the ratio is the median of the per-round ratios (native batch / upstream "
-        f"batch of the same round)"
+        f"batches, the ratio is the median over pairs of rounds in opposite orders of the "
+        f"geometric mean of their two ratios (native batch / upstream batch of the same round)"
     ]
     return result
 

@@ -94,9 +94,15 @@ def summarize(
     subject = stats.mean(per_reply[forms.subject])
     base = stats.mean(per_reply[forms.baseline]) if forms.baseline is not None else None
     # judged on the median of per-pair ratios: each pair ran back to back, so slow phases of
-    # the shared machine hit both sides; an outlier batch moves a mean, not a median
+    # the shared machine hit both sides; an outlier batch moves a mean, not a median. Two
+    # rounds in opposite orders make one value, so running first or second cancels out.
+    balanced = stats.counterbalanced_ratios(pairs)
     estimate = (
-        stats.median_estimate(pairs, f"median of {len(pairs)} per-pair ratios")
+        stats.median_estimate(
+            balanced,
+            f"median of {len(balanced)} counterbalanced pair ratios (geometric mean of two "
+            f"rounds in opposite orders)",
+        )
         if forms.baseline is not None
         else None
     )
@@ -125,8 +131,8 @@ def summarize(
         f"replies without breaks, {replies} per form; thread CPU time (time.thread_time); "
         f"one session, forms switched batch by batch in alternating order, history trimmed "
         f"to {cfg.history_items} items before every batch; CPU columns are means over all "
-        f"batches, the ratio is the median of the per-round ratios (patch batch / upstream "
-        f"batch of the same round)"
+        f"batches, the ratio is the median over pairs of rounds in opposite orders of the "
+        f"geometric mean of their two ratios (patch batch / upstream batch of the same round)"
     ]
     return BenchResult(
         id="B1",

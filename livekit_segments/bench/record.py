@@ -232,9 +232,12 @@ FIGURES = {
     "B1": """\
 **B1, cost of being installed.** Replies without any break, the runtime patch installed
 versus not, in one long-lived session; the forms switch batch by batch in alternating order
-and each round gives one pair. CPU is the thread's CPU time (`time.thread_time`) with the
-collector paused during a batch, as `timeit` does. The columns are means over all batches;
-the ratio is the median of the per-round ratios, which a batch hit by another process moves
+and each round gives one pair. The history is cut back before every batch (a reply costs
+more the longer it is). CPU is the thread's CPU time (`time.thread_time`) with the
+collector paused during a batch, as `timeit` does. The columns are means over all batches.
+Two rounds in opposite orders give one value, the geometric mean of their ratios, so that
+whatever running first or second does cancels out (across processes, B1n, it was 2.5% either
+way); the ratio is the median of those values, which a batch hit by another process moves
 far less than a mean.""",
     "B2": """\
 **B2, cost per segment.** One reply of N segments per fresh session, `SegmentBreak` against

@@ -168,6 +168,14 @@ def median_estimate(samples: Sequence[float], statistic: str) -> Estimate:
     return Estimate(median(samples), low, high, len(samples), statistic)
 
 
+def counterbalanced_ratios(ratios: Sequence[float]) -> list[float]:
+    """Rounds ``2k`` and ``2k + 1`` ran the two forms in opposite orders: the geometric
+    mean of their ratios cancels whatever running first or second does to one form (a
+    multiplicative order effect), which otherwise splits the ratios into two modes whose
+    median is unstable. A last unmatched round is left out."""
+    return [math.sqrt(a * b) for a, b in zip(ratios[0::2], ratios[1::2], strict=False)]
+
+
 def quantile_estimate(samples: Sequence[float], q: float, statistic: str) -> Estimate:
     """The ``q``-th percentile of ``samples`` with its bootstrap interval."""
     min_n = min_samples(q)
