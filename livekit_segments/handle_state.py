@@ -33,7 +33,7 @@ _STATE_ATTR = "_lk_segment_state"
 class HandleState:
     """What one handle knows about its own playout, plus turn bookkeeping for segment 0.
 
-    Fields other than the first three have class-level defaults and are set on an instance
+    Fields other than `playout` have class-level defaults and are set on an instance
     only when they change: a reply without breaks creates one of these per turn, and
     upstream's reply is what it is measured against.
     """
@@ -61,9 +61,10 @@ class HandleState:
     watched: Any = None  # the generation whose end is watched (its segment handles)
     speak: Callable[[float], None] | None = None  # on_playout of its segment handles
 
-    def __init__(self, index: int, segment_break: SegmentBreak | None) -> None:
-        self.index = index
-        self.segment_break = segment_break
+    index = 0  # the segment number of the handle
+    segment_break: SegmentBreak | None = None  # the break that opened (or labelled) it
+
+    def __init__(self) -> None:
         # same loop binding as SpeechHandle's own futures
         self.playout: asyncio.Future[float] = asyncio.Future()
 
@@ -82,7 +83,7 @@ def state_of(handle: SpeechHandle) -> HandleState:
     its `playout_started` is cancelled when the handle ends without playing."""
     st: HandleState | None = getattr(handle, _STATE_ATTR, None)
     if st is None:
-        st = HandleState(0, None)
+        st = HandleState()
         _attach(handle, st)
     elif not st.done_watched:
         watch_done(handle, st)
@@ -94,9 +95,11 @@ def turn_state(handle: SpeechHandle) -> HandleState:
     on its `playout_started` (`state_of`) or a segment handle opens (`watch_done`)."""
     st: HandleState | None = getattr(handle, _STATE_ATTR, None)
     if st is None:
-        st = HandleState(0, None)
-        _attach(handle, st, watch=False)
-        if not st.playout.done():
+        st = HandleState()
+        setattr(handle, _STATE_ATTR, st)
+        if handle.done():
+            st.playout.cancel()  # as _attach: an ended handle does not start playing
+        else:
             st.done_watched = False
             st.unwatched = handle
     return st
@@ -161,7 +164,10 @@ class SegmentSpeechHandle(SpeechHandle):
         )
         self._lk_turn = turn
         # finish_segment ends it, and cancels its playout_started there
-        _attach(self, HandleState(index, segment_break), watch=False)
+        st = HandleState()
+        st.index = index
+        st.segment_break = segment_break
+        _attach(self, st, watch=False)
         # it only exists once its segment is about to play
         self._mark_scheduled()
 

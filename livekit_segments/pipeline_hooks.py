@@ -18,6 +18,7 @@ import bisect
 import contextvars
 import functools
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -39,6 +40,16 @@ from .handle_state import (
 from .segment_break import SegmentBreak
 
 logger = logging.getLogger("livekit.segments")
+
+# asyncio.current_task is Python code before 3.12 (a frame per call, several per reply); the
+# loop -> task map it reads is the C module's, so read that map directly there
+_running_loop = asyncio.get_running_loop
+_tasks_by_loop: Any = getattr(asyncio.tasks, "_current_tasks", None)
+_task_of_loop: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
+    _tasks_by_loop.get
+    if sys.version_info < (3, 12) and isinstance(_tasks_by_loop, dict)
+    else asyncio.current_task
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -65,6 +76,11 @@ class GenerationTracker:
     cut: int | None = None  # a failed TTS: no segment after this one is forwarded
     turn: SpeechHandle | None = None  # set by the first forward_generation call
     has_breaks = False
+    breaks: dict[int, SegmentBreak] | None = None  # segment number -> break that opens it
+    # segment counts at which a response was closed (a break, or the model's end)
+    bounds: tuple[int, ...] = ()
+    held: list[str] | None = None  # whitespace after a break, until the response says more
+    send_nowait: Callable[[Any], None]  # the text channel's own
 
     def __init__(
         self,
@@ -74,11 +90,36 @@ class GenerationTracker:
     ) -> None:
         self.task = task
         self.llm_task = llm_task  # the model's task: its end closes the last response
-        self.breaks: dict[int, SegmentBreak] = {}  # segment number -> break that opens it
-        # segment counts at which a response was closed (a break, or the model's end)
-        self.bounds: list[int] = []
         # the tool calls the model made, as upstream collects them
-        self.functions: list[Any] = [] if functions is None else functions
+        self.functions = functions
+
+    def receive(self, value: Any) -> None:
+        """An item `llm_node` sent that may change the segments: pass it on, and observe it."""
+        if self.pending is None and value.__class__ is str:
+            # text with no break before it (then nothing is held): at most a segment starts
+            self.send_nowait(value)
+            if value and not self.in_segment:
+                self.in_segment = True
+                self.segments += 1
+            return
+        held = self.held
+        if isinstance(value, str):
+            if value and self.pending is not None and value.isspace():
+                if held is None:
+                    held = self.held = []
+                held.append(value)
+                return
+            if value and held:
+                for h in held:
+                    self._send(h)
+                held.clear()
+        elif held:
+            held.clear()  # a response of nothing but whitespace: nothing to say
+        self._send(value)
+
+    def _send(self, value: Any) -> None:
+        self.send_nowait(value)
+        self.observe(value)
 
     def observe(self, value: object) -> None:
         if isinstance(value, FlushSentinel):
@@ -97,6 +138,8 @@ class GenerationTracker:
             # a segment starting ends nothing and starts no wait: nothing to update
             self.in_segment = True
             if self.pending is not None:
+                if self.breaks is None:
+                    self.breaks = {}
                 self.breaks[self.segments] = self.pending
                 self.pending = None
             self.segments += 1
@@ -112,7 +155,7 @@ class GenerationTracker:
     def _close(self) -> bool:
         # no later text can join the response that has started: it ends at this point
         if self.segments and (not self.bounds or self.bounds[-1] < self.segments):
-            self.bounds.append(self.segments)
+            self.bounds = (*self.bounds, self.segments)  # a few per reply, only with breaks
             return True
         return False
 
@@ -156,7 +199,7 @@ _SKIPPED_OUTPUT: Callable[[], Any] | None = getattr(_generation_mod, "_ForwardOu
 
 def _current_target() -> HandleState | None:
     fwd = _forwarding
-    if fwd.st is not None and fwd.task is asyncio.current_task():
+    if fwd.st is not None and fwd.task is _task_of_loop(_running_loop()):
         return fwd.st
     # say() forwards directly, inside the speech task upstream tags with its handle
     handle = _activity_mod._SpeechHandleContextVar.get(None)
@@ -168,34 +211,20 @@ def wrap_perform_llm_inference(original: F) -> F:
     def perform_llm_inference(*args: Any, **kwargs: Any) -> Any:
         llm_task, gen_data = original(*args, **kwargs)
         tracker = GenerationTracker(
-            asyncio.current_task(), llm_task, getattr(gen_data, "generated_functions", None)
+            _task_of_loop(_running_loop()),
+            llm_task,
+            getattr(gen_data, "generated_functions", None),
         )
         text_ch = gen_data.text_ch
-        send_nowait = text_ch.send_nowait
-        # whitespace after a break, held until the response has something to say
-        held: list[str] = []
-
-        def send(value: Any) -> None:
-            send_nowait(value)
-            tracker.observe(value)
+        send_nowait = tracker.send_nowait = text_ch.send_nowait
 
         # the producer task reads the channel when it starts, after this returns
         def observed_send_nowait(value: Any) -> None:
             # most items are more text of the segment already started: nothing to see
             if tracker.in_segment and value.__class__ is str:
                 send_nowait(value)
-                return
-            if isinstance(value, str):
-                if value and tracker.pending is not None and value.isspace():
-                    held.append(value)
-                    return
-                if value and held:
-                    for h in held:
-                        send(h)
-                    held.clear()
-            elif held:
-                held.clear()  # a response of nothing but whitespace: nothing to say
-            send(value)
+            else:
+                tracker.receive(value)
 
         text_ch.send_nowait = observed_send_nowait
         _generation.set(tracker)
@@ -399,7 +428,7 @@ def wrap_forward_generation(original: F) -> F:
     @functools.wraps(original)
     async def forward_generation(*args: Any, **kwargs: Any) -> Any:
         turn: SpeechHandle | None = kwargs.get("speech_handle")
-        task = asyncio.current_task()
+        task = _task_of_loop(_running_loop())
         if turn is None:
             return await original(*args, **kwargs)
 
@@ -462,10 +491,19 @@ def wrap_perform_audio_forwarding(original: F) -> F:
             if not st.playout.done():
                 # upstream reads out.first_frame_fut at each use, and its forwarding task
                 # has not started yet: every use from here on sees the signalling future
-                out.first_frame_fut = _FirstFrameSignal(out.first_frame_fut, st)
+                signal = _FirstFrameSignal()
+                signal._replaced = out.first_frame_fut
+                signal._st = st
+                out.first_frame_fut = signal
         return task, out
 
     return perform_audio_forwarding  # type: ignore[return-value]
+
+
+# the base methods, looked up once (zero-argument super() builds a proxy per call before 3.12)
+_future_set_result = asyncio.Future.set_result
+_future_set_exception = asyncio.Future.set_exception
+_future_cancel = asyncio.Future.cancel
 
 
 class _FirstFrameSignal(asyncio.Future):  # type: ignore[type-arg]
@@ -479,24 +517,23 @@ class _FirstFrameSignal(asyncio.Future):  # type: ignore[type-arg]
     upstream's listener.
     """
 
-    __slots__ = ("_replaced", "_st")  # one per segment with audio: no instance dict
-
-    def __init__(self, replaced: asyncio.Future[float], st: HandleState) -> None:
-        super().__init__()
-        self._replaced = replaced
-        self._st = st
+    # one per segment with audio: no instance dict, and no Python __init__ (the creator sets
+    # both fields before anyone else sees it)
+    __slots__ = ("_replaced", "_st")
+    _replaced: asyncio.Future[float]
+    _st: HandleState
 
     def set_result(self, result: float) -> None:
-        super().set_result(result)
+        _future_set_result(self, result)
         resolve_playout(self._st, result)
         self._replaced.set_result(result)
 
     def set_exception(self, exception: type | BaseException) -> None:
-        super().set_exception(exception)
+        _future_set_exception(self, exception)
         self._replaced.cancel()
 
     def cancel(self, msg: Any = None) -> bool:
-        if not super().cancel(msg):
+        if not _future_cancel(self, msg):
             return False
         self._replaced.cancel(msg)
         return True
@@ -508,7 +545,7 @@ def wrap_perform_text_forwarding(original: F) -> F:
         task, out = original(*args, **kwargs)
         st = _current_target()
         if st is not None:
-            if not st.playout.done() and not st.audio_seen:
+            if not st.audio_seen and not st.playout.done():
 
                 def on_first_text(fut: asyncio.Future[None]) -> None:
                     if not fut.cancelled() and not st.audio_seen:
