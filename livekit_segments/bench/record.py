@@ -304,7 +304,11 @@ livekit-agents release and livekit-segments checkout on both sides (the bench re
 otherwise). Each worker lives for the whole run (in B1n, with one long-lived session); the
 parent drives them over a pipe, one worker at a time, alternating which goes first round by
 round, so each round gives one ratio as in B1 and B2. The measuring code, the statistic and
-the targets are B1's and B2's own.""",
+the targets are B1's and B2's own. Even with one hash seed for both, each pair of processes
+keeps a cost offset of its own of about half a percent, as large as what B1n measures (two
+runs of 400 rounds on one pair: 1.011 [1.005, 1.016] and 1.002 [0.999, 1.005]); so B1n's
+rounds run on four pairs of worker processes one after another and are pooled, and the
+median of each pair is listed under the table.""",
     "B2n": """\
 **B2n** is B2's reply of N segments per fresh session, run by the two workers of B1n: each
 repetition runs every N in both workers back to back, and gives one slope ratio.""",
