@@ -8,10 +8,13 @@ real comparison refuses is checked separately. Only structure is asserted, never
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +88,46 @@ async def test_workers_run_b1n_and_b2n_over_the_pipe() -> None:
     assert "B2n native form, cost per segment" in table
     assert re.search(r"upstream\s+native\s+ratio", table)  # no in-process figures: "native"
     assert "each in its own worker process" in table
+
+
+@pytest.mark.parametrize(
+    ("batches", "sizes"),
+    [(400, [100, 100, 100, 100]), (10, [2, 2, 2, 4]), (7, [2, 2, 3]), (2, [2]), (1, [1])],
+)
+def test_b1n_rounds_split_evenly_over_process_pairs(batches: int, sizes: list[int]) -> None:
+    assert cross_process._split_rounds(batches, 4) == sizes
+
+
+async def test_b1n_pools_rounds_from_several_pairs_of_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each pair of processes has a cost offset of its own: B1n's rounds come from several
+    pairs, started one after another, and are pooled."""
+    started: list[set[int]] = []
+    fresh = cross_process.Pair.fresh
+
+    @contextlib.contextmanager
+    def recording_fresh(self: cross_process.Pair) -> Iterator[cross_process.Pair]:
+        with fresh(self) as other:
+            started.append({h["pid"] for h in other.describe().values()})
+            yield other
+
+    monkeypatch.setattr(cross_process.Pair, "fresh", recording_fresh)
+    config = BenchConfig.tiny()
+    config = dataclasses.replace(
+        config, install_cost=dataclasses.replace(config.install_cost, batches=4)
+    )
+    with cross_process.Pair.started(sys.executable, check=False) as pair:
+        first = {h["pid"] for h in pair.describe().values()}
+        (b1n,) = await cross_process.run(config, pair, only=["B1n"])
+        # the pair the run was given still serves what comes next
+        assert pair[Form.UPSTREAM].call("begin") is None
+    # one more pair of processes, neither of them the first pair's
+    assert len(started) == 1 and len(started[0]) == 2 and started[0].isdisjoint(first)
+    assert [p["rounds"] for p in b1n.data["process_pairs"]] == [2, 2]
+    assert all(p["median"] > 0 for p in b1n.data["process_pairs"])
+    assert len(b1n.data["pair_ratios"]) == 4 and b1n.judged[0].estimate.n == 2
+    assert "2 pairs of worker processes" in " ".join(b1n.notes)
 
 
 def test_cli_adds_b1n_after_the_in_process_figures(

@@ -29,8 +29,8 @@ from collections.abc import Awaitable, Callable, Collection, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .._cli import UsageError
-from . import install_cost, segment_cost
+from .._cli import UsageError, plural
+from . import install_cost, segment_cost, stats
 from .fakes import close_session, reply, trim_history
 from .forms import Form, Forms, activate, native_support
 from .report import BenchReport, BenchResult
@@ -62,6 +62,11 @@ PRISTINE = (
 # upstream-against-upstream run of B1n measured 0.972 and 0.987 with random seeds)
 HASH_SEED = "0"
 HELLO_TIMEOUT_S = 120.0  # importing livekit-agents on a loaded 2-core machine
+# B1n splits its rounds over this many pairs of worker processes, one after another: even
+# with one hash seed, each pair of processes keeps a cost offset of its own of about half a
+# percent (two runs of 400 rounds: 1.011 [1.005, 1.016] and 1.002 [0.999, 1.005]), as large as
+# what B1n measures, and pooling pairs averages it out
+PROCESS_PAIRS = 4
 # the worker's entry point (`-m` would import this module twice, as __main__ and by name):
 # its answers go to a copy of stdout taken first, and stdout itself becomes stderr, so that
 # nothing printed while importing or measuring can get into the answers
@@ -182,8 +187,19 @@ class Worker:
 class Pair:
     """The upstream worker and the native worker."""
 
-    def __init__(self, upstream: Worker, native: Worker) -> None:
+    def __init__(self, upstream: Worker, native: Worker, *, verbose: bool, check: bool) -> None:
         self.workers = {Form.UPSTREAM: upstream, Form.NATIVE: native}
+        self._verbose = verbose
+        self._check = check
+
+    def fresh(self) -> contextlib.AbstractContextManager[Pair]:
+        """Another pair of workers running the same two pythons (closed on exit)."""
+        return Pair.started(
+            self[Form.NATIVE].python,
+            upstream_python=self[Form.UPSTREAM].python,
+            verbose=self._verbose,
+            check=self._check,
+        )
 
     def __getitem__(self, form: Form) -> Worker:
         return self.workers[form]
@@ -236,7 +252,7 @@ class Pair:
             upstream, native = workers
             if check:
                 _check(upstream.hello, native.hello, native_python)
-            yield cls(upstream, native)
+            yield cls(upstream, native, verbose=verbose, check=check)
         finally:
             for worker in workers:
                 worker.close()
@@ -273,16 +289,30 @@ def _check(upstream: dict[str, Any], native: dict[str, Any], native_python: str)
 # -- the parent: B1n and B2n ------------------------------------------------------------------
 
 
-async def _b1n(cfg: install_cost.InstallCostConfig, pair: Pair) -> BenchResult:
+def _split_rounds(batches: int, parts: int) -> list[int]:
+    """``batches`` rounds over at most ``parts`` pairs of processes, an even number each (two
+    rounds in opposite orders make one value), the odd one out with the last."""
+    parts = max(1, min(parts, batches // 2))
+    sizes = [batches // parts // 2 * 2] * parts
+    sizes[-1] += batches - sum(sizes)
+    return sizes
+
+
+def _b1n_rounds(
+    cfg: install_cost.InstallCostConfig,
+    pair: Pair,
+    rounds: int,
+    per_reply: dict[Form, list[float]],
+    pairs: list[float],
+) -> None:
+    """``rounds`` rounds on one pair of workers, each with a session opened for them."""
     forms = CrossProcessForms()
-    per_reply: dict[Form, list[float]] = {f: [] for f in forms.all}
-    pairs: list[float] = []
     opened: list[Form] = []
     try:
         for form in forms.all:
             pair[form].call("b1_open", cfg=dataclasses.asdict(cfg))
             opened.append(form)
-        for i in range(cfg.batches):
+        for i in range(rounds):
             for form in forms.all:
                 pair[form].call("b1_trim")
             batch: dict[Form, float] = {}
@@ -294,14 +324,42 @@ async def _b1n(cfg: install_cost.InstallCostConfig, pair: Pair) -> BenchResult:
         for form in opened:
             with contextlib.suppress(WorkerError):  # a failure above is the one to report
                 pair[form].call("b1_close")
+
+
+async def _b1n(cfg: install_cost.InstallCostConfig, pair: Pair) -> BenchResult:
+    forms = CrossProcessForms()
+    per_reply: dict[Form, list[float]] = {f: [] for f in forms.all}
+    pairs: list[float] = []
+    sizes = _split_rounds(cfg.batches, PROCESS_PAIRS)
+    by_process: list[dict[str, Any]] = []
+    for k, rounds in enumerate(sizes):
+        start = len(pairs)
+        if k == 0:
+            _b1n_rounds(cfg, pair, rounds, per_reply, pairs)
+        else:
+            with pair.fresh() as other:
+                other.call_each("begin")  # as `run` does for the first pair
+                try:
+                    _b1n_rounds(cfg, other, rounds, per_reply, pairs)
+                finally:
+                    other.call_each("end")
+        balanced = stats.counterbalanced_ratios(pairs[start:])
+        by_process.append(
+            {"rounds": rounds, "median": stats.median(balanced) if balanced else None}
+        )
     result = install_cost.summarize(cfg, forms, per_reply, pairs)
+    result.data["process_pairs"] = by_process
+    medians = ", ".join("-" if p["median"] is None else f"{p['median']:.3f}" for p in by_process)
     result.notes = [
         f"replies without breaks, {cfg.batches * cfg.replies_per_batch} per form; thread CPU "
         f"time (time.thread_time) in each worker; one long-lived session per form, each in "
         f"its own worker process, driven batch by batch in alternating order, history "
         f"trimmed to {cfg.history_items} items between rounds; CPU columns are means over all "
         f"batches, the ratio is the median over pairs of rounds in opposite orders of the "
-        f"geometric mean of their two ratios (native batch / upstream batch of the same round)"
+        f"geometric mean of their two ratios (native batch / upstream batch of the same round)",
+        f"the rounds ran on {plural(len(sizes), 'pair')} of worker processes one after "
+        f"another ({'/'.join(map(str, sizes))} rounds), pooled: each pair of processes has a "
+        f"cost offset of its own; median per pair: {medians}",
     ]
     return result
 

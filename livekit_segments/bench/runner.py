@@ -54,7 +54,7 @@ class BenchConfig:
             ),
             segment_gap=SegmentGapConfig(segments_per_reply=25, replies=2),
             leaks=LeaksConfig(turns=10_000),
-            concurrent_sessions=ConcurrentSessionsConfig(sessions=100, rounds=24),
+            concurrent_sessions=ConcurrentSessionsConfig(sessions=100, rounds=32),
         )
 
     @classmethod
