@@ -41,7 +41,7 @@ class BenchConfig:
 
     @classmethod
     def default(cls) -> BenchConfig:
-        """The full run: under 5 minutes on a 2-core machine (B6 plays in real time: over 2)."""
+        """The full run: about 8 minutes on a 2-core machine (B6 plays in real time: 4 to 5)."""
         return cls(
             preset="default",
             install_cost=InstallCostConfig(batches=400, replies_per_batch=20),
