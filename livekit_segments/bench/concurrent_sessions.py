@@ -315,7 +315,10 @@ def _result(
                 for s, b in zip(samples[subject], samples[base], strict=True)
             ]
             round_ratios[name] = pairs
-            estimate = _paired_estimate(pairs)
+            # rounds 2k and 2k + 1 ran the forms in opposite orders: whichever runs second
+            # meets the first one's garbage and the fleet's state (measured: CPU ratio medians
+            # 1.085 and 1.045 by order)
+            estimate = stats.counterbalanced_estimate(pairs)
         target = f"1.0 in interval or <= {TOLERANCE}"
         verdict: Status | None = None
         if name in FIGURES:
@@ -441,23 +444,6 @@ def _result(
                 for f, v in samples.items()
             },
         },
-    )
-
-
-def _paired_estimate(pairs: list[float | None]) -> stats.Estimate:
-    """The median of counterbalanced pair ratios: rounds ``2k`` and ``2k + 1`` ran the forms
-    in opposite orders, and whichever runs second in a round meets the first one's garbage
-    and the fleet's state (measured: CPU ratio medians 1.085 and 1.045 by order)."""
-    both = [
-        (a, b)
-        for a, b in zip(pairs[0::2], pairs[1::2], strict=False)
-        if a is not None and b is not None
-    ]
-    balanced = stats.counterbalanced_ratios([x for ab in both for x in ab])
-    return stats.median_estimate(
-        balanced,
-        f"median of {len(balanced)} counterbalanced pair ratios (geometric mean of two "
-        f"rounds in opposite orders)",
     )
 
 

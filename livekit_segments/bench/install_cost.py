@@ -96,16 +96,7 @@ def summarize(
     # judged on the median of per-pair ratios: each pair ran back to back, so slow phases of
     # the shared machine hit both sides; an outlier batch moves a mean, not a median. Two
     # rounds in opposite orders make one value, so running first or second cancels out.
-    balanced = stats.counterbalanced_ratios(pairs)
-    estimate = (
-        stats.median_estimate(
-            balanced,
-            f"median of {len(balanced)} counterbalanced pair ratios (geometric mean of two "
-            f"rounds in opposite orders)",
-        )
-        if forms.baseline is not None
-        else None
-    )
+    estimate = stats.counterbalanced_estimate(pairs) if forms.baseline is not None else None
     status = stats.verdict(estimate, TARGET_RATIO)
     judged = Judged("CPU per reply ratio", f"<= {TARGET_RATIO}", status, estimate)
     replies = cfg.batches * cfg.replies_per_batch

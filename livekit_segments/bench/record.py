@@ -253,10 +253,13 @@ memory per segment), and the segment bookkeeping. The handle floor is that const
 alone, measured in the same run: upstream's reply of N segments once more per repetition,
 with one plain `SpeechHandle` created, scheduled, announced through `speech_created` and
 finished per segment (made as each segment's synthesis starts); its slope above upstream's is
-the floor. The patch's cost per segment (its slope above upstream's) is judged in floors of
-the same repetition, against 1.5. The same handle in a tight loop costs about a third of
-that: caches stay hot there, and a reply's do not, so the tight-loop figure is shown for
-reference only. The memory target compares the patch's memory per segment above
+the floor. The patch's cost per segment (its slope above upstream's) is judged in floors,
+against 1.5: the median cost over the median floor, with an interval that resamples whole
+repetitions. A repetition's own floor is a difference of two slopes of single replies and can
+land near 0 (or below) on a busy machine, where a per-repetition ratio explodes or has to be
+dropped; medians of each side do neither. The same handle in a tight loop costs about a
+third of the floor: caches stay hot there, and a reply's do not, so the tight-loop figure is
+shown for reference only. The memory target compares the patch's memory per segment above
 `FlushSentinel` with what one such handle and its recorded event keep allocated.""",
     "B3": """\
 **B3, signal latency.** From the sink's playback-started callback to the task awaiting

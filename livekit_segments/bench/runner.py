@@ -41,11 +41,11 @@ class BenchConfig:
 
     @classmethod
     def default(cls) -> BenchConfig:
-        """The full run: about 8 minutes on a 2-core machine (B6 plays in real time: 4 to 5)."""
+        """The full run: about 9 minutes on a 2-core machine (B6 plays in real time: 4 to 5)."""
         return cls(
             preset="default",
             install_cost=InstallCostConfig(batches=400, replies_per_batch=20),
-            segment_cost=SegmentCostConfig(ns=(1, 10, 100, 1000), repeats=15),
+            segment_cost=SegmentCostConfig(ns=(1, 10, 100, 1000), repeats=25),
             signal_latency=SignalLatencyConfig(
                 single_segments=1000,
                 single_segments_per_reply=100,

@@ -250,30 +250,28 @@ async def run(cfg: SegmentCostConfig, forms: Forms, measure: Measure | None = No
         else None
     )
 
-    # the patch's own cost per segment (its slope above upstream's), in floors of the same
-    # repetition: what one announced handle per segment adds to upstream's slope
+    # the patch's own cost per segment (its slope above upstream's), in handle floors (what
+    # one announced handle per segment adds to upstream's slope), both per repetition
     def handle_slope(r: int) -> float:
         return stats.linear_fit([float(n) for n in ns], [with_handles[n][r] for n in ns])[0]
 
     floor_in_reply = (
         [handle_slope(r) - per_segment(rep_cpu[r], ns, base) for r in reps] if base else []
     )
-    floor_pairs = (
-        [
-            (per_segment(c, ns, subject) - per_segment(c, ns, base)) / f
-            for c, f in zip(rep_cpu, floor_in_reply, strict=True)
-            if f > 0
-        ]
-        if base
-        else []
+    overheads = (
+        [per_segment(c, ns, subject) - per_segment(c, ns, base) for c in rep_cpu] if base else []
     )
-    # a repetition whose floor came out <= 0 (noise larger than the handle: tiny N) has no
-    # ratio; with none left there is nothing to judge
+    # a ratio of medians, not a median of per-repetition ratios: one repetition's floor is a
+    # difference of two noisy slopes and lands near 0 (or below) on a busy machine, where its
+    # ratio explodes; None when the median floor is not above 0 (nothing to judge in)
     floor_est = (
-        stats.median_estimate(
-            floor_pairs, f"median of {len(floor_pairs)} per-repetition overhead/floor ratios"
+        stats.ratio_of_medians_estimate(
+            overheads,
+            floor_in_reply,
+            f"median overhead / median floor over {plural(len(overheads), 'repetition')}, "
+            f"resampled together",
         )
-        if base and floor_pairs
+        if base
         else None
     )
     floor_status: Status = (
@@ -310,7 +308,7 @@ async def run(cfg: SegmentCostConfig, forms: Forms, measure: Measure | None = No
                 f"<= {TARGET_FLOOR_MULTIPLE}",
                 floor_status,
                 floor_est,
-                value="" if floor_est is not None else "no repetition measured a floor above 0",
+                value="" if floor_est is not None else "the median floor is not above 0",
             ),
         )
     if mem_floor_status is not None and mem_over is not None:
@@ -368,7 +366,7 @@ async def run(cfg: SegmentCostConfig, forms: Forms, measure: Measure | None = No
             Row(
                 "patch cost per segment (slope above upstream) / floor",
                 "",
-                fmt((seg_cpu[subject] - seg_cpu[base]) * 1e6, "us"),
+                fmt(stats.median(overheads) * 1e6, "us"),
                 fmt_estimate(floor_est),
                 f"<= {TARGET_FLOOR_MULTIPLE}",
                 floor_status,
@@ -445,7 +443,9 @@ async def run(cfg: SegmentCostConfig, forms: Forms, measure: Measure | None = No
             "_mark_done, and the loop turns of its done callbacks), paid inside a real "
             "reply: upstream's reply of N segments run once more per repetition with one "
             "such handle made per segment, its slope minus upstream's; the patch's cost per "
-            "segment is its slope minus upstream's, divided by that repetition's floor; "
+            "segment is its slope minus upstream's; both are taken per repetition, and the "
+            "judged multiple is the median cost over the median floor (a repetition's own "
+            "floor can land near 0 on a busy machine), its interval resampling repetitions; "
             f"'alone' is the same handle in a tight loop ({cfg.floor_handles} handles in a "
             "warm session, caches hot), for reference; the memory floor is what one such "
             "handle and its recorded event keep allocated",
@@ -471,7 +471,7 @@ async def run(cfg: SegmentCostConfig, forms: Forms, measure: Measure | None = No
             "handle_floor_us": [x * 1e6 for x in floor_in_reply],
             "handle_floor_kib": floor_mem / 1024,
             "overhead_per_segment_us": (seg_cpu[subject] - seg_cpu[base]) * 1e6 if base else None,
-            "overhead_floor_ratios": floor_pairs,
+            "repetition_overheads_us": [x * 1e6 for x in overheads],
             "memory_above_flush_kib": None if mem_over is None else mem_over / 1024,
         },
     )

@@ -13,6 +13,7 @@ __all__ = [
     "Estimate",
     "Verdict",
     "bootstrap_interval",
+    "counterbalanced_estimate",
     "growth_exponent",
     "linear_fit",
     "median",
@@ -23,6 +24,7 @@ __all__ = [
     "percentile",
     "quantile_estimate",
     "ratio",
+    "ratio_of_medians_estimate",
     "verdict",
 ]
 
@@ -37,6 +39,8 @@ def percentile(values: Sequence[float], q: float) -> float:
     pos = (len(ordered) - 1) * q / 100.0
     lo = math.floor(pos)
     hi = min(lo + 1, len(ordered) - 1)
+    if pos == lo or ordered[hi] == ordered[lo]:
+        return ordered[lo]  # (also keeps an infinite value from turning into NaN)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
@@ -174,6 +178,58 @@ def counterbalanced_ratios(ratios: Sequence[float]) -> list[float]:
     multiplicative order effect), which otherwise splits the ratios into two modes whose
     median is unstable. A last unmatched round is left out."""
     return [math.sqrt(a * b) for a, b in zip(ratios[0::2], ratios[1::2], strict=False)]
+
+
+def counterbalanced_estimate(ratios: Sequence[float | None]) -> Estimate:
+    """The median of `counterbalanced_ratios` with its bootstrap interval.
+
+    ``ratios[r]`` is round ``r``'s ratio, None where the round has none: the pair of rounds
+    it belongs to is left out whole, so every value still pairs rounds in opposite orders.
+    """
+    both = [
+        (a, b)
+        for a, b in zip(ratios[0::2], ratios[1::2], strict=False)
+        if a is not None and b is not None
+    ]
+    balanced = counterbalanced_ratios([x for ab in both for x in ab])
+    return median_estimate(
+        balanced,
+        f"median of {len(balanced)} counterbalanced pair ratios (geometric mean of two rounds "
+        f"in opposite orders)",
+    )
+
+
+def ratio_of_medians_estimate(
+    nums: Sequence[float], dens: Sequence[float], statistic: str
+) -> Estimate | None:
+    """``median(nums) / median(dens)`` of paired samples, with a bootstrap interval that
+    resamples the pairs together (so what one repetition's slow moment did to both stays
+    together).
+
+    For a ratio of two noisy differences: a per-pair ratio blows up wherever one pair's
+    denominator comes out near 0, a median of many denominators does not. None when the
+    median denominator is not positive (nothing to divide by). A resample whose median
+    denominator is not positive counts as an infinite ratio, so an interval that depends on
+    such resamples has no finite upper end and supports no verdict.
+    """
+    if len(nums) != len(dens):
+        raise ValueError(f"{len(nums)} numerators for {len(dens)} denominators")
+    point = ratio(median(nums), median(dens)) if nums else None
+    if point is None:
+        return None
+    pairs = list(zip(nums, dens, strict=True))
+    rng = random.Random(BOOTSTRAP_SEED)
+
+    def draw() -> float:
+        sample = _resample(rng, pairs)
+        r = ratio(median([n for n, _ in sample]), median([d for _, d in sample]))
+        return math.inf if r is None else r
+
+    values = [draw() for _ in range(BOOTSTRAP_RESAMPLES)]
+    tail = (1.0 - CONFIDENCE) / 2 * 100.0
+    return Estimate(
+        point, percentile(values, tail), percentile(values, 100.0 - tail), len(pairs), statistic
+    )
 
 
 def quantile_estimate(samples: Sequence[float], q: float, statistic: str) -> Estimate:
