@@ -23,7 +23,6 @@ __all__ = [
     "peek_state",
     "resolve_playout",
     "state_of",
-    "turn_state",
     "watch_done",
 ]
 
@@ -78,47 +77,36 @@ def peek_state(handle: SpeechHandle) -> HandleState | None:
     return st
 
 
-def state_of(handle: SpeechHandle) -> HandleState:
+def state_of(handle: SpeechHandle, *, watch: bool = True) -> HandleState:
     """The handle's state, created on first use (segment 0 unless set up by the hooks);
-    its `playout_started` is cancelled when the handle ends without playing."""
-    st: HandleState | None = getattr(handle, _STATE_ATTR, None)
-    if st is None:
-        st = HandleState()
-        _attach(handle, st)
-    elif not st.done_watched:
-        watch_done(handle, st)
-    return st
+    its `playout_started` is cancelled when the handle ends without playing.
 
-
-def turn_state(handle: SpeechHandle) -> HandleState:
-    """Like `state_of`, for a reply's own handle: no done callback until someone can wait
-    on its `playout_started` (`state_of`) or a segment handle opens (`watch_done`)."""
+    ``watch=False`` is for a reply's own handle, from the hooks: no done callback until
+    someone can wait on its `playout_started` (a later `state_of`) or a segment handle opens
+    (`watch_done`); `resolve_playout` checks the handle itself until then.
+    """
     st: HandleState | None = getattr(handle, _STATE_ATTR, None)
     if st is None:
         st = HandleState()
         setattr(handle, _STATE_ATTR, st)
         if handle.done():
-            st.playout.cancel()  # as _attach: an ended handle does not start playing
+            # a handle that finished before anyone asked can no longer start playing
+            st.playout.cancel()
+        elif watch:
+            handle.add_done_callback(_on_handle_done)
         else:
             st.done_watched = False
             st.unwatched = handle
+    elif watch and not st.done_watched:
+        watch_done(handle, st)
     return st
 
 
 def watch_done(handle: SpeechHandle, st: HandleState) -> None:
-    """Register the done callback `turn_state` left out, if it did."""
+    """Register the done callback ``state_of(..., watch=False)`` left out, if it did."""
     if not st.done_watched:
         st.done_watched = True
         st.unwatched = None
-        handle.add_done_callback(_on_handle_done)
-
-
-def _attach(handle: SpeechHandle, st: HandleState, *, watch: bool = True) -> None:
-    setattr(handle, _STATE_ATTR, st)
-    if handle.done():
-        # a handle that finished before anyone asked can no longer start playing
-        st.playout.cancel()
-    elif watch:
         handle.add_done_callback(_on_handle_done)
 
 
@@ -163,11 +151,11 @@ class SegmentSpeechHandle(SpeechHandle):
             input_details=turn.input_details,
         )
         self._lk_turn = turn
-        # finish_segment ends it, and cancels its playout_started there
+        # no done callback: finish_segment ends it, and cancels its playout_started there
         st = HandleState()
         st.index = index
         st.segment_break = segment_break
-        _attach(self, st, watch=False)
+        setattr(self, _STATE_ATTR, st)
         # it only exists once its segment is about to play
         self._mark_scheduled()
 

@@ -34,7 +34,6 @@ from .handle_state import (
     peek_state,
     resolve_playout,
     state_of,
-    turn_state,
     watch_done,
 )
 from .segment_break import SegmentBreak
@@ -168,7 +167,8 @@ class GenerationTracker:
         return last
 
     def _wake(self) -> None:
-        if self.has_breaks and self.turn is not None:
+        # only a break, or the model's end once a break was seen, gets here
+        if self.turn is not None:
             _update(self.turn, self)
 
 
@@ -436,7 +436,7 @@ def wrap_forward_generation(original: F) -> F:
         if tracker is not None and tracker.task is not task:
             tracker = None  # inherited from another task's context: not this reply's
 
-        ts = turn_state(turn)
+        ts = state_of(turn, watch=False)
         target_st = ts
         j = -1
         interrupted = turn.interrupted

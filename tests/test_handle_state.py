@@ -8,7 +8,7 @@ import pytest
 
 import livekit_segments
 from livekit.agents.voice.speech_handle import SpeechHandle
-from livekit_segments.handle_state import resolve_playout, turn_state
+from livekit_segments.handle_state import resolve_playout, state_of
 
 pytestmark = pytest.mark.runtime_only
 
@@ -22,7 +22,7 @@ async def test_a_first_frame_after_the_turn_ended_does_not_resolve_playout_start
     # a reply without breaks registers no done callback on its handle; the first frame
     # then checks the handle itself, as the callback would have
     turn = SpeechHandle.create()
-    st = turn_state(turn)
+    st = state_of(turn, watch=False)
     turn._mark_done()
     resolve_playout(st, 123.0)
     assert st.playout.cancelled()
@@ -31,7 +31,7 @@ async def test_a_first_frame_after_the_turn_ended_does_not_resolve_playout_start
 
 async def test_waiting_on_playout_started_cancels_it_when_the_turn_ends_unplayed() -> None:
     turn = SpeechHandle.create()
-    turn_state(turn)
+    state_of(turn, watch=False)
     fut = turn.playout_started  # someone can wait on it now: the done callback is registered
     turn._mark_done()  # schedules the handle's done callbacks
     after: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -42,7 +42,7 @@ async def test_waiting_on_playout_started_cancels_it_when_the_turn_ends_unplayed
 
 async def test_a_turn_that_resolved_first_keeps_its_time() -> None:
     turn = SpeechHandle.create()
-    st = turn_state(turn)
+    st = state_of(turn, watch=False)
     resolve_playout(st, 123.0)
     turn._mark_done()
     assert await turn.playout_started == 123.0
