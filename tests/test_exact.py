@@ -41,6 +41,20 @@ def interrupt_via(t: Turn, via: str, handle: SpeechHandle) -> None:
         t.session.interrupt()
 
 
+async def play_out_segment_1(t: Turn) -> tuple[SpeechHandle, SpeechHandle]:
+    """Start the turn and play segment 1 to its end while its response is still open:
+    (turn handle, segment 1's handle), the latter not done."""
+    turn = await t.start()
+    await t.play_until(1)
+    b = t.handles[1]
+    assert t.sink is not None
+    await run_ready()  # the rest of its audio reaches the sink
+    t.sink.finish_playback()  # played out, but the model is still producing its response
+    await run_ready()
+    assert not b.done()
+    return turn, b
+
+
 # ------------------------------------------------------------------ 1. handles end on time
 
 
@@ -95,14 +109,8 @@ async def test_handle_is_done_when_the_next_break_comes_after_its_playout() -> N
         ],
         finish="manual",
     )
-    turn = await t.start()
-    await t.play_until(1)
-    b = t.handles[1]
+    turn, b = await play_out_segment_1(t)  # the model may still add to this response
     assert t.sink is not None
-    await run_ready()  # the rest of its audio reaches the sink
-    t.sink.finish_playback()
-    await run_ready()
-    assert not b.done()  # the model may still add to this response
     more.set_result(None)
     await run_ready()
     assert b.done() and not b.interrupted  # the break closed it
@@ -138,14 +146,7 @@ async def test_interrupt_marks_every_open_handle_at_once(via: str) -> None:
         [["A.", SegmentBreak(id="b"), "B.", FlushSentinel(), Wait(more), "B, continued."]],
         finish="manual",
     )
-    turn = await t.start()
-    await t.play_until(1)
-    b = t.handles[1]
-    assert t.sink is not None
-    await run_ready()  # the rest of its audio reaches the sink
-    t.sink.finish_playback()  # played out, but the model is still producing its response
-    await run_ready()
-    assert not b.done()
+    turn, b = await play_out_segment_1(t)
     interrupt_via(t, via, b)
     assert b.interrupted and turn.interrupted  # right after interrupt() returns
     await b  # ends without the model going on
@@ -181,14 +182,7 @@ async def test_interrupt_ends_the_open_handle_without_waiting_for_the_model() ->
     more = gate()
     t = Turn([], finish="manual")
     t.agent = _SlowToStop(more)
-    turn = await t.start()
-    await t.play_until(1)
-    b = t.handles[1]
-    assert t.sink is not None
-    await run_ready()
-    t.sink.finish_playback()
-    await run_ready()
-    assert not b.done()
+    turn, b = await play_out_segment_1(t)
     turn.interrupt()
     await run_ready()
     assert b.done() and b.interrupted  # while the model call is still running
