@@ -425,6 +425,7 @@ def test_ratio_of_medians_resamples_pairs_together() -> None:
     noisy = stats.ratio_of_medians_estimate([1.0] * 9, [-1.0, 0.1, 0.2] * 3, "x")
     assert noisy is not None and noisy.high == math.inf
     assert stats.verdict(noisy, 1.5) == "inconclusive"
+    assert bench_report.fmt_estimate(noisy).endswith(", inf]")
     assert stats.ratio_of_medians_estimate([1.0, 1.0], [-1.0, 0.0], "x") is None
     with pytest.raises(ValueError, match="2 numerators for 1 denominators"):
         stats.ratio_of_medians_estimate([1.0, 2.0], [1.0], "x")

@@ -81,6 +81,8 @@ def fmt_estimate(
         return "n/a"
 
     def f(v: float) -> str:
+        if v == math.inf:
+            return "inf"  # an interval with no upper end (a ratio whose resamples divide by 0)
         return "-" if not math.isfinite(v) else f"{v:.{digits}f}"
 
     text = f"{f(estimate.point)} [{f(estimate.low)}, {f(estimate.high)}] {unit}".rstrip()
