@@ -1060,3 +1060,36 @@ async def test_b2_without_a_positive_floor_is_inconclusive_not_a_crash(
     assert floor.estimate is None and floor.verdict == "inconclusive"
     assert "ci95" not in floor.to_json() and floor.value
     assert len(result.data["repetition_overheads_us"]) == 2
+
+
+async def test_b2_overhead_per_segment_is_the_judged_median(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The JSON's overhead per segment is the numerator the floor multiple judges (the median
+    of per-repetition overheads), not the difference of the two forms' median slopes, which
+    pairs different repetitions (here 10 us against a judged 100 us)."""
+    upstream_us = [500.0, 600.0, 700.0]
+    patched_us = [600.0, 800.0, 610.0]  # overheads 100, 200, -90 us
+    calls = {"n": 0}
+
+    async def fake_measure(
+        n: int, form: bench_forms.Form, *, memory: bool, handles: bool = False
+    ) -> tuple[float, float]:
+        if memory:
+            return 8000.0 * n, 0.0
+        r = calls["n"] // 9  # a repetition: 3 N x (2 forms + upstream with handles)
+        calls["n"] += 1
+        per_segment = (patched_us if form is bench_forms.Form.PATCHED else upstream_us)[r]
+        cpu = 2e-3 + (per_segment + (40.0 if handles else 0.0)) * 1e-6 * n
+        return cpu, cpu
+
+    async def fake_floor(count: int) -> tuple[float, float]:
+        return 20e-6, 4096.0
+
+    monkeypatch.setattr(segment_cost, "_measure", fake_measure)
+    monkeypatch.setattr(segment_cost, "_measure_floor", fake_floor)
+    cfg = segment_cost.SegmentCostConfig(ns=(1, 10, 100), repeats=3)
+    result = await segment_cost.run(cfg, RUNTIME_FORMS)
+    assert sorted(result.data["repetition_overheads_us"]) == pytest.approx([-90.0, 100.0, 200.0])
+    assert result.data["overhead_per_segment_us"] == pytest.approx(100.0)
+    assert result.data["slope_of_medians_difference_us"] == pytest.approx(10.0)

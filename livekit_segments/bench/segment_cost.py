@@ -470,7 +470,12 @@ async def run(cfg: SegmentCostConfig, forms: Forms, measure: Measure | None = No
             "handle_alone_us": [x * 1e6 for x in floor_cpu],
             "handle_floor_us": [x * 1e6 for x in floor_in_reply],
             "handle_floor_kib": floor_mem / 1024,
-            "overhead_per_segment_us": (seg_cpu[subject] - seg_cpu[base]) * 1e6 if base else None,
+            # the judged numerator: the median of per-repetition overheads
+            "overhead_per_segment_us": stats.median(overheads) * 1e6 if overheads else None,
+            # the difference of the forms' slopes fitted to per-N medians (across repetitions)
+            "slope_of_medians_difference_us": (seg_cpu[subject] - seg_cpu[base]) * 1e6
+            if base
+            else None,
             "repetition_overheads_us": [x * 1e6 for x in overheads],
             "memory_above_flush_kib": None if mem_over is None else mem_over / 1024,
         },

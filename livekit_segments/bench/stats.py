@@ -134,9 +134,13 @@ class Estimate:
         }
 
 
-def _interval(draw: Callable[[], float], resamples: int, confidence: float) -> tuple[float, float]:
-    """Percentile interval of ``resamples`` draws; non-finite draws (degenerate fits) dropped."""
-    values = [v for v in (draw() for _ in range(resamples)) if math.isfinite(v)]
+def _interval(
+    draw: Callable[[], float], resamples: int, confidence: float, *, keep_infinite: bool = False
+) -> tuple[float, float]:
+    """Percentile interval of ``resamples`` draws; non-finite draws (degenerate fits) dropped,
+    except infinities where ``keep_infinite`` says they are values (an unbounded ratio)."""
+    draws = (draw() for _ in range(resamples))
+    values = [v for v in draws if math.isfinite(v) or (keep_infinite and not math.isnan(v))]
     tail = (1.0 - confidence) / 2 * 100.0
     return percentile(values, tail), percentile(values, 100.0 - tail)
 
@@ -225,11 +229,8 @@ def ratio_of_medians_estimate(
         r = ratio(median([n for n, _ in sample]), median([d for _, d in sample]))
         return math.inf if r is None else r
 
-    values = [draw() for _ in range(BOOTSTRAP_RESAMPLES)]
-    tail = (1.0 - CONFIDENCE) / 2 * 100.0
-    return Estimate(
-        point, percentile(values, tail), percentile(values, 100.0 - tail), len(pairs), statistic
-    )
+    low, high = _interval(draw, BOOTSTRAP_RESAMPLES, CONFIDENCE, keep_infinite=True)
+    return Estimate(point, low, high, len(pairs), statistic)
 
 
 def quantile_estimate(samples: Sequence[float], q: float, statistic: str) -> Estimate:
