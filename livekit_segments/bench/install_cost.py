@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import gc
-import time
 from dataclasses import dataclass
 
 from livekit.agents import AgentSession
 
 from .._cli import plural
-from . import stats
+from . import cpu_meter, stats
 from .fakes import (
     ScriptedAgent,
     ZeroLatencySink,
@@ -36,20 +35,26 @@ class InstallCostConfig:
     batches: int  # rounds; each runs every form once, in alternating order
     replies_per_batch: int
     warmup_replies: int = 2
+    # run, unmeasured, after each switch of forms: installing or uninstalling invalidates
+    # CPython's specialized bytecode for what it touches, and the first reply after the
+    # switch specializes it again, which a process that installs once never pays
+    settle_replies: int = 1
     history_items: int = 40  # the history is cut back to this before every batch
 
 
 async def _batch(session: AgentSession[None], form: Form, cfg: InstallCostConfig) -> float:
     """CPU seconds (this thread) per reply, over one batch of replies under ``form``."""
     activate(form)  # takes effect at the next reply: the patch wraps call sites, not sessions
+    for _ in range(cfg.settle_replies):
+        await reply(session)
     # as timeit does: a collection landing in one batch and not the other is pure noise
     gc.collect()
     gc.disable()
     try:
-        t0 = time.thread_time()
+        t0 = cpu_meter.cpu()
         for _ in range(cfg.replies_per_batch):
             await reply(session)
-        return (time.thread_time() - t0) / cfg.replies_per_batch
+        return (cpu_meter.cpu() - t0) / cfg.replies_per_batch
     finally:
         gc.enable()
 
@@ -120,10 +125,12 @@ def summarize(
     ]
     notes = [
         f"replies without breaks, {replies} per form; thread CPU time (time.thread_time); "
-        f"one session, forms switched batch by batch in alternating order, history trimmed "
-        f"to {cfg.history_items} items before every batch; CPU columns are means over all "
-        f"batches, the ratio is the median over pairs of rounds in opposite orders of the "
-        f"geometric mean of their two ratios (patch batch / upstream batch of the same round)"
+        f"one session, forms switched batch by batch in alternating order, each switch "
+        f"followed by {plural(cfg.settle_replies, 'unmeasured reply', 'unmeasured replies')}, "
+        f"history trimmed to {cfg.history_items} items before every batch; CPU columns are "
+        f"means over all batches, the ratio is the median over pairs of rounds in opposite "
+        f"orders of the geometric mean of their two ratios (patch batch / upstream batch of "
+        f"the same round)"
     ]
     return BenchResult(
         id="B1",
