@@ -232,7 +232,9 @@ FIGURES = {
     "B1": """\
 **B1, cost of being installed.** Replies without any break, the runtime patch installed
 versus not, in one long-lived session; the forms switch batch by batch in alternating order
-and each round gives one pair. The history is cut back before every batch (a reply costs
+and each round gives one pair. A switch (install or uninstall) invalidates CPython's
+specialized bytecode for what it touches, so one reply after it runs unmeasured: a process
+that installs once never pays that again. The history is cut back before every batch (a reply costs
 more the longer it is). CPU is the thread's CPU time (`time.thread_time`) with the
 collector paused during a batch, as `timeit` does. The columns are means over all batches.
 Two rounds in opposite orders give one value, the geometric mean of their ratios, so that
@@ -298,6 +300,18 @@ form went first: running second costs about 2%). Each figure's ratio is the medi
 values, and the target is no measurable difference: the interval includes 1.0, or its upper
 end is at most 1.02. Every segment must play out and every handle be done when its reply
 returns.""",
+    "B7": """\
+**B7, B1 and B2 in instructions.** The same machine runs B1 at 1.00 and 1.01 an hour apart:
+its noise is as large as B1's whole target. B7 counts work instead of timing it. It runs B1's
+and B2's own measuring code once more, in a worker process under valgrind's callgrind
+(`--separate-threads=yes`), where the CPU reading (`bench/cpu_meter.py`) is the number of
+instructions the main thread has executed, and judges the same statistics against the same
+targets. A count does not depend on the machine's load: B7's intervals are narrow with a
+handful of rounds, and what is left in them is real variation of the work (a history a few
+items longer, a dict that resized). Instructions are not time: a cache miss or a mispredicted
+branch costs no instruction, so B7 stands beside B1 and B2 and replaces neither. It needs
+valgrind and a C compiler (`scripts/setup` installs valgrind on Debian); without them it says
+so and is not judged.""",
     "B1n": """\
 **B1n, B2n: the native form.** A livekit-agents with the series implements segment handles
 itself, so upstream cannot run beside it in one process. B1n and B2n are B1 and B2 across two

@@ -1,4 +1,4 @@
-"""Presets and the run of all six benchmarks in one process."""
+"""Presets and the run of all seven benchmarks (B7's own worker aside) in one process."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from .. import __version__
 from . import forms as forms_mod
 from .concurrent_sessions import ConcurrentSessionsConfig, run as run_concurrent_sessions
 from .install_cost import InstallCostConfig, run as run_install_cost
+from .instructions import InstructionsConfig, run as run_instructions
 from .leaks import LeaksConfig, run as run_leaks
 from .report import BenchReport, BenchResult
 from .segment_cost import SegmentCostConfig, run as run_segment_cost
@@ -26,7 +27,7 @@ from .signal_latency import SignalLatencyConfig, run as run_signal_latency
 
 __all__ = ["BENCHMARKS", "BenchConfig", "run_bench"]
 
-BENCHMARKS = ("B1", "B2", "B3", "B4", "B5", "B6")
+BENCHMARKS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7")
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,12 @@ class BenchConfig:
     segment_gap: SegmentGapConfig
     leaks: LeaksConfig
     concurrent_sessions: ConcurrentSessionsConfig
+    instructions: InstructionsConfig | None  # None: B7 is not run (it takes minutes)
 
     @classmethod
     def default(cls) -> BenchConfig:
-        """The full run: about 9 minutes on a 2-core machine (B6 plays in real time: 4 to 5)."""
+        """The full run: about 23 minutes on a 2-core machine (B6 plays in real time: 4 to 5;
+        B7 runs B1 and B2 again under callgrind: about 12)."""
         return cls(
             preset="default",
             install_cost=InstallCostConfig(batches=400, replies_per_batch=20),
@@ -55,6 +58,15 @@ class BenchConfig:
             segment_gap=SegmentGapConfig(segments_per_reply=25, replies=2),
             leaks=LeaksConfig(turns=10_000),
             concurrent_sessions=ConcurrentSessionsConfig(sessions=100, rounds=32),
+            # counts barely vary: 6 counterbalanced B1 values and 6 B2 repetitions are the
+            # fewest a 95% interval of a median needs; the warm-up fills B1's history to its
+            # cut, so that the first round measures what the others do
+            instructions=InstructionsConfig(
+                install_cost=InstallCostConfig(batches=12, replies_per_batch=8, warmup_replies=12),
+                segment_cost=SegmentCostConfig(
+                    ns=(1, 10, 40), repeats=6, memory=False, floor_handles=20
+                ),
+            ),
         )
 
     @classmethod
@@ -74,6 +86,10 @@ class BenchConfig:
             leaks=LeaksConfig(turns=500, trim_every=50, warmup_turns=200),
             concurrent_sessions=ConcurrentSessionsConfig(
                 sessions=100, rounds=6, responses=(2, 2), stagger_ms=100, warmup_replies=0
+            ),
+            instructions=InstructionsConfig(
+                install_cost=InstallCostConfig(batches=2, replies_per_batch=2, warmup_replies=1),
+                segment_cost=SegmentCostConfig(ns=(1, 5), repeats=1, memory=False, floor_handles=5),
             ),
         )
 
@@ -95,6 +111,7 @@ class BenchConfig:
             concurrent_sessions=ConcurrentSessionsConfig(
                 sessions=3, rounds=2, responses=(1, 2), stagger_ms=20, warmup_replies=0
             ),
+            instructions=None,
         )
 
     @classmethod
@@ -138,6 +155,7 @@ async def run_bench(
         "B4": lambda: run_segment_gap(config.segment_gap, forms),
         "B5": lambda: run_leaks(config.leaks, forms),
         "B6": lambda: run_concurrent_sessions(config.concurrent_sessions, forms),
+        "B7": lambda: run_instructions(config.instructions, forms),
     }
     results: list[BenchResult] = []
     levels = _quiet_livekit_logs() if quiet_logs else {}
