@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from livekit_segments.bench import cpu_meter, forms as bench_forms, instructions
+from livekit_segments.bench import cli as bench_cli, cpu_meter, forms as bench_forms, instructions
 from livekit_segments.bench.install_cost import InstallCostConfig
 from livekit_segments.bench.segment_cost import SegmentCostConfig
 
@@ -164,3 +165,18 @@ def test_b7_reports_b1_and_b2_in_instructions() -> None:
     assert result.rows[0].upstream == "8,500,000" and result.rows[0].patch == "8,534,000"
     assert result.rows[3].patch == "136,000"
     assert result.rows[3].ratio.startswith("1.7")
+
+
+def test_bench_force_reaches_b7s_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """B7's worker is a process of its own: `bench --force` tells it through the environment
+    (it installs the patch too), and the parent's environment is left as found."""
+    monkeypatch.delenv(instructions.FORCE_ENV, raising=False)
+    with bench_cli._forcing_install(True):
+        assert os.environ[instructions.FORCE_ENV] == "1"
+    assert instructions.FORCE_ENV not in os.environ
+    with bench_cli._forcing_install(False):
+        assert instructions.FORCE_ENV not in os.environ
+    monkeypatch.setenv(instructions.FORCE_ENV, "0")
+    with bench_cli._forcing_install(True):
+        assert os.environ[instructions.FORCE_ENV] == "1"
+    assert os.environ[instructions.FORCE_ENV] == "0"

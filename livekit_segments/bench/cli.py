@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from .._cli import (
     quiet_install_warnings,
     run_command as run_with_usage_errors,
 )
-from . import cross_process, record
+from . import cross_process, instructions, record
 from .runner import BENCHMARKS, BenchConfig, run_bench
 
 __all__ = ["add_parser", "main", "run_command"]
@@ -191,22 +192,29 @@ def _forcing_install(force: bool) -> Iterator[None]:
     """With ``--force``, every `install()` the bench makes is ``install(force=True)``.
 
     The bench switches the patch on and off many times (`forms.activate`); the version
-    warning was printed once already, so the repeated installs stay quiet.
+    warning was printed once already, so the repeated installs stay quiet. B7's worker, a
+    process of its own, learns it from the environment (`instructions.FORCE_ENV`).
     """
     if not force:
         yield
         return
     original = installer.install
+    inherited = os.environ.get(instructions.FORCE_ENV)
 
     def forced(*, force: bool = True) -> None:
         with quiet_install_warnings():
             original(force=True)
 
     installer.install = forced
+    os.environ[instructions.FORCE_ENV] = "1"  # B7's worker process installs the patch too
     try:
         yield
     finally:
         installer.install = original
+        if inherited is None:
+            del os.environ[instructions.FORCE_ENV]
+        else:
+            os.environ[instructions.FORCE_ENV] = inherited
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,8 @@ from .segment_cost import SegmentCostConfig
 
 __all__ = ["InstructionsConfig", "Unavailable", "build_client", "run", "serve"]
 
+# set while `bench --force` runs: the worker then installs the patch with force=True too
+FORCE_ENV = "LKSEG_BENCH_FORCE_INSTALL"
 FIX = "install valgrind (Debian: apt-get install valgrind; it brings valgrind/callgrind.h)"
 # the worker's entry point: `-m` would import this module twice (as __main__ and by name)
 _ENTRY = (
@@ -131,7 +133,11 @@ def serve(args_json: str) -> int:
             forms.restore()
         return out
 
-    Path(args["result"]).write_text(json.dumps(asyncio.run(main())))
+    from .cli import _forcing_install
+
+    with _forcing_install(os.environ.get(FORCE_ENV) == "1"):
+        doc = asyncio.run(main())
+    Path(args["result"]).write_text(json.dumps(doc))
     return 0
 
 

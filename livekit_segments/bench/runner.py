@@ -43,8 +43,8 @@ class BenchConfig:
 
     @classmethod
     def default(cls) -> BenchConfig:
-        """The full run: about 23 minutes on a 2-core machine (B6 plays in real time: 4 to 5;
-        B7 runs B1 and B2 again under callgrind: about 12)."""
+        """The full run: about 15 minutes on a 2-core machine (B6 plays in real time: 4 to 5;
+        B7 runs B1 and B2 again under callgrind: about 3.5)."""
         return cls(
             preset="default",
             install_cost=InstallCostConfig(batches=400, replies_per_batch=20),
