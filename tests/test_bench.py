@@ -485,6 +485,24 @@ def test_table_shows_estimate_interval_and_verdict() -> None:
 RUNTIME_FORMS = bench_forms.Forms(native=False, was_installed=True)
 
 
+async def run_b2_faked(
+    monkeypatch: pytest.MonkeyPatch,
+    measure: segment_cost.Measure,
+    cfg: segment_cost.SegmentCostConfig,
+    *,
+    alone_s: float = 20e-6,
+) -> BenchResult:
+    """B2 on a faked machine: ``measure`` gives each reply's figures; the handle alone in a
+    tight loop (reported, not judged) takes ``alone_s`` and keeps 4 KiB."""
+
+    async def fake_floor(count: int) -> tuple[float, float]:
+        return alone_s, 4096.0
+
+    monkeypatch.setattr(segment_cost, "_measure", measure)
+    monkeypatch.setattr(segment_cost, "_measure_floor", fake_floor)
+    return await segment_cost.run(cfg, RUNTIME_FORMS)
+
+
 @pytest.mark.parametrize(
     ("repeats", "patch_factor", "verdict"),
     [(8, 1.0, "met"), (8, 1.5, "missed"), (8, 1.15, "inconclusive"), (3, 1.0, "inconclusive")],
@@ -504,13 +522,8 @@ async def test_b2_judges_the_slope_ratio_over_paired_repetitions(
         cpu = (2e-3 + per_segment * n) * rng.uniform(0.97, 1.03)
         return cpu, cpu
 
-    async def fake_floor(count: int) -> tuple[float, float]:
-        return 100e-6, 4096.0
-
-    monkeypatch.setattr(segment_cost, "_measure", fake_measure)
-    monkeypatch.setattr(segment_cost, "_measure_floor", fake_floor)
     cfg = segment_cost.SegmentCostConfig(ns=(1, 10, 100, 1000), repeats=repeats)
-    result = await segment_cost.run(cfg, RUNTIME_FORMS)
+    result = await run_b2_faked(monkeypatch, fake_measure, cfg, alone_s=100e-6)
     judged = {j.name: j for j in result.judged}
     slope = result.judged[0]
     assert slope.name == "CPU per segment ratio (slope)"
@@ -546,13 +559,8 @@ async def test_b2_judges_the_patch_cost_per_segment_in_handle_floors(
         cpu = (2e-3 + per_segment * n) * rng.uniform(0.995, 1.005)
         return cpu, cpu
 
-    async def fake_floor(count: int) -> tuple[float, float]:
-        return 20e-6, 4096.0  # the handle alone, in a tight loop: reported, not judged
-
-    monkeypatch.setattr(segment_cost, "_measure", fake_measure)
-    monkeypatch.setattr(segment_cost, "_measure_floor", fake_floor)
     cfg = segment_cost.SegmentCostConfig(ns=(1, 10, 100, 1000), repeats=8)
-    result = await segment_cost.run(cfg, RUNTIME_FORMS)
+    result = await run_b2_faked(monkeypatch, fake_measure, cfg)
     judged = {j.name: j for j in result.judged}
     floor = judged["patch cost per segment / handle floor"]
     assert floor.estimate is not None and floor.estimate.n == 8
@@ -1026,13 +1034,8 @@ async def test_b2_floor_multiple_keeps_repetitions_whose_own_floor_is_noise(
         cpu = 2e-3 + per_segment * n
         return cpu, cpu
 
-    async def fake_floor(count: int) -> tuple[float, float]:
-        return 20e-6, 4096.0
-
-    monkeypatch.setattr(segment_cost, "_measure", fake_measure)
-    monkeypatch.setattr(segment_cost, "_measure_floor", fake_floor)
     cfg = segment_cost.SegmentCostConfig(ns=(1, 10, 100, 1000), repeats=16)
-    result = await segment_cost.run(cfg, RUNTIME_FORMS)
+    result = await run_b2_faked(monkeypatch, fake_measure, cfg)
     floor = {j.name: j for j in result.judged}["patch cost per segment / handle floor"]
     assert floor.estimate is not None and floor.estimate.n == 16  # none dropped
     assert floor.estimate.point == pytest.approx(0.5)
@@ -1053,13 +1056,8 @@ async def test_b2_without_a_positive_floor_is_inconclusive_not_a_crash(
         cpu = 2e-3 + (480e-6 if handles else 500e-6) * n  # "faster" with the handle: noise
         return cpu, cpu
 
-    async def fake_floor(count: int) -> tuple[float, float]:
-        return 20e-6, 4096.0
-
-    monkeypatch.setattr(segment_cost, "_measure", fake_measure)
-    monkeypatch.setattr(segment_cost, "_measure_floor", fake_floor)
     cfg = segment_cost.SegmentCostConfig(ns=(1, 3, 10), repeats=2)
-    result = await segment_cost.run(cfg, RUNTIME_FORMS)
+    result = await run_b2_faked(monkeypatch, fake_measure, cfg)
     floor = {j.name: j for j in result.judged}["patch cost per segment / handle floor"]
     assert floor.estimate is None and floor.verdict == "inconclusive"
     assert "ci95" not in floor.to_json() and floor.value
@@ -1087,13 +1085,8 @@ async def test_b2_overhead_per_segment_is_the_judged_median(
         cpu = 2e-3 + (per_segment + (40.0 if handles else 0.0)) * 1e-6 * n
         return cpu, cpu
 
-    async def fake_floor(count: int) -> tuple[float, float]:
-        return 20e-6, 4096.0
-
-    monkeypatch.setattr(segment_cost, "_measure", fake_measure)
-    monkeypatch.setattr(segment_cost, "_measure_floor", fake_floor)
     cfg = segment_cost.SegmentCostConfig(ns=(1, 10, 100), repeats=3)
-    result = await segment_cost.run(cfg, RUNTIME_FORMS)
+    result = await run_b2_faked(monkeypatch, fake_measure, cfg)
     assert sorted(result.data["repetition_overheads_us"]) == pytest.approx([-90.0, 100.0, 200.0])
     assert result.data["overhead_per_segment_us"] == pytest.approx(100.0)
     assert result.data["slope_of_medians_difference_us"] == pytest.approx(10.0)
