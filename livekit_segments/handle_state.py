@@ -51,7 +51,7 @@ class HandleState:
     open_tracker: Any = None  # the generation that opened it
     open_first = -1  # its first segment, numbered within that generation
     watching = False  # ends the open handle when the turn is interrupted
-    newest: SpeechHandle | None = None
+    newest: HandleState | None = None  # the state of the newest segment handle
     forwarded_any = False
     # turn only: the session, and whether its state shows "thinking" between responses
     session: Any = None
@@ -143,6 +143,9 @@ class SegmentSpeechHandle(SpeechHandle):
     `allow_interruptions`, so it behaves exactly as the turn's own handle would.
     """
 
+    # always set (by __init__): read directly where a segment handle is known
+    _lk_segment_state: HandleState
+
     def __init__(self, *, turn: SpeechHandle, index: int, segment_break: SegmentBreak) -> None:
         super().__init__(
             # traceable to its turn in logs and traces
@@ -155,7 +158,7 @@ class SegmentSpeechHandle(SpeechHandle):
         st = HandleState()
         st.index = index
         st.segment_break = segment_break
-        setattr(self, _STATE_ATTR, st)
+        self._lk_segment_state = st
         # it only exists once its segment is about to play
         self._mark_scheduled()
 
@@ -197,11 +200,11 @@ class SegmentSpeechHandle(SpeechHandle):
 
 def finish_segment(handle: SegmentSpeechHandle, *, interrupted: bool) -> None:
     """End a segment handle: interrupted or played out, then done; its turn's open no more."""
-    turn_st = peek_state(handle._lk_turn)
+    turn_st: HandleState | None = getattr(handle._lk_turn, _STATE_ATTR, None)
     if turn_st is not None and turn_st.open_handle is handle:
         turn_st.open_handle = None
-    st = peek_state(handle)
-    if st is not None and not st.playout.done():
+    st = handle._lk_segment_state
+    if not st.playout.done():
         # cancelled first, so nobody who awaits the handle sees it pending; also when the
         # handle was already marked done elsewhere (upstream's interruption timeout)
         st.playout.cancel()

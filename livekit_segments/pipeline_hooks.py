@@ -74,10 +74,11 @@ class GenerationTracker:
     returned = -1  # the last segment whose forward_generation returned
     cut: int | None = None  # a failed TTS: no segment after this one is forwarded
     turn: SpeechHandle | None = None  # set by the first forward_generation call
+    turn_st: HandleState | None = None  # its state, set with it
     has_breaks = False
     breaks: dict[int, SegmentBreak] | None = None  # segment number -> break that opens it
     # segment counts at which a response was closed (a break, or the model's end)
-    bounds: tuple[int, ...] = ()
+    bounds: list[int] | tuple[()] = ()
     held: list[str] | None = None  # whitespace after a break, until the response says more
     send_nowait: Callable[[Any], None]  # the text channel's own
 
@@ -110,13 +111,11 @@ class GenerationTracker:
                 return
             if value and held:
                 for h in held:
-                    self._send(h)
+                    self.send_nowait(h)
+                    self.observe(h)
                 held.clear()
         elif held:
             held.clear()  # a response of nothing but whitespace: nothing to say
-        self._send(value)
-
-    def _send(self, value: Any) -> None:
         self.send_nowait(value)
         self.observe(value)
 
@@ -153,8 +152,12 @@ class GenerationTracker:
 
     def _close(self) -> bool:
         # no later text can join the response that has started: it ends at this point
-        if self.segments and (not self.bounds or self.bounds[-1] < self.segments):
-            self.bounds = (*self.bounds, self.segments)  # a few per reply, only with breaks
+        bounds = self.bounds
+        if self.segments and (not bounds or bounds[-1] < self.segments):
+            if bounds:
+                bounds.append(self.segments)
+            else:
+                self.bounds = [self.segments]  # only with breaks
             return True
         return False
 
@@ -169,7 +172,7 @@ class GenerationTracker:
     def _wake(self) -> None:
         # only a break, or the model's end once a break was seen, gets here
         if self.turn is not None:
-            _update(self.turn, self)
+            _update(self.turn, self, self.turn_st)
 
 
 _generation: contextvars.ContextVar[GenerationTracker | None] = contextvars.ContextVar(
@@ -197,11 +200,9 @@ _forwarding = _Forwarding()
 _SKIPPED_OUTPUT: Callable[[], Any] | None = getattr(_generation_mod, "_ForwardOutput", None)
 
 
-def _current_target() -> HandleState | None:
-    fwd = _forwarding
-    if fwd.st is not None and fwd.task is _task_of_loop(_running_loop()):
-        return fwd.st
-    # say() forwards directly, inside the speech task upstream tags with its handle
+def _say_target() -> HandleState | None:
+    """The target of a forwarding call outside a segment `forward_generation` started: say()
+    forwards directly, inside the speech task upstream tags with its handle."""
     handle = _activity_mod._SpeechHandleContextVar.get(None)
     return None if handle is None else state_of(handle)
 
@@ -323,16 +324,15 @@ def _route(
             finish_segment(open_handle, interrupted=False)
             target_st = ts
         else:
-            target_st = state_of(open_handle)
+            target_st = open_handle._lk_segment_state
     elif not ts.forwarded_any:
         ts.segment_break = brk  # a leading break labels segment 0
         target_st = ts
     else:
         if ts.open_handle is not None:  # ended by the break already, unless it never played
             finish_segment(ts.open_handle, interrupted=False)
-        newest = ts.newest or turn
         # only the newest handle may still start playing: results strictly increase
-        newest_st = state_of(newest)
+        newest_st = ts.newest or state_of(turn)
         if not newest_st.playout.done():
             newest_st.playout.cancel()
         seg = SegmentSpeechHandle(turn=turn, index=ts.next_index, segment_break=brk)
@@ -346,17 +346,16 @@ def _route(
         ts.open_handle = seg
         ts.open_tracker = tracker
         ts.open_first = j
-        ts.newest = seg
-        target_st = state_of(seg)
+        target_st = ts.newest = seg._lk_segment_state
         target_st.on_playout = ts.speak
         _announce(turn, seg, ts)
     ts.forwarded_any = True
     return target_st
 
 
-def _update(turn: SpeechHandle, tracker: GenerationTracker) -> None:
-    """Something changed in the reply (a response closed, a segment played out)."""
-    ts = peek_state(turn)
+def _update(turn: SpeechHandle, tracker: GenerationTracker, ts: HandleState | None) -> None:
+    """Something changed in the reply (a response closed, a segment played out); ``ts`` is
+    the turn's state."""
     _settle(turn, ts)
     if ts is None:
         return
@@ -376,12 +375,12 @@ def _update(turn: SpeechHandle, tracker: GenerationTracker) -> None:
                 else:
                     _unthink(ts)  # no next response: the reply ends
         return
-    if turn.interrupted or tracker.ended or tracker.cut is not None:
-        return
     j = tracker.returned
     # segment j played out, its response is closed by a break, and the model has not yet
     # started the next one: nothing plays until it does
-    if j < 0 or tracker.last_of_response(j) != j or tracker.segments != j + 1:
+    if j < 0 or tracker.segments != j + 1 or tracker.ended or tracker.cut is not None:
+        return
+    if turn.interrupted or tracker.last_of_response(j) != j:
         return
     session = ts.session
     if session.agent_state != "speaking" or not (
@@ -421,7 +420,7 @@ def _unthink(ts: HandleState) -> None:
 def _after_segment(turn: SpeechHandle, ts: HandleState, tracker: GenerationTracker) -> None:
     """A segment returned: update only where a break made anything depend on it."""
     if tracker.has_breaks or ts.open_handle is not None or ts.thinking:
-        _update(turn, tracker)
+        _update(turn, tracker, ts)
 
 
 def wrap_forward_generation(original: F) -> F:
@@ -436,13 +435,15 @@ def wrap_forward_generation(original: F) -> F:
         if tracker is not None and tracker.task is not task:
             tracker = None  # inherited from another task's context: not this reply's
 
-        ts = state_of(turn, watch=False)
+        ts = tracker.turn_st if tracker is not None and tracker.turn is turn else None
+        if ts is None:
+            ts = state_of(turn, watch=False)
+            if tracker is not None and tracker.turn is None:
+                tracker.turn, tracker.turn_st = turn, ts
         target_st = ts
         j = -1
         interrupted = turn.interrupted
         if tracker is not None:
-            if tracker.turn is None:
-                tracker.turn = turn
             j = tracker.forwarded
             tracker.forwarded += 1
             if not interrupted:
@@ -476,7 +477,9 @@ def wrap_forward_generation(original: F) -> F:
                     # upstream starts no segment after a failed synthesis (1.8 on; before, the
                     # end of the generation ends the handle)
                     tracker.cut = j
-                _after_segment(turn, ts, tracker)
+                # _after_segment, inlined: this runs once per segment of every reply
+                if tracker.has_breaks or ts.open_handle is not None or ts.thinking:
+                    _update(turn, tracker, ts)
 
     return forward_generation  # type: ignore[return-value]
 
@@ -485,7 +488,11 @@ def wrap_perform_audio_forwarding(original: F) -> F:
     @functools.wraps(original)
     def perform_audio_forwarding(*args: Any, **kwargs: Any) -> Any:
         task, out = original(*args, **kwargs)
-        st = _current_target()
+        # the segment forward_generation is starting (inlined: once per segment)
+        fwd = _forwarding
+        st = fwd.st
+        if st is None or fwd.task is not _task_of_loop(_running_loop()):
+            st = _say_target()
         if st is not None:
             st.audio_seen = True
             if not st.playout.done():
@@ -543,7 +550,10 @@ def wrap_perform_text_forwarding(original: F) -> F:
     @functools.wraps(original)
     def perform_text_forwarding(*args: Any, **kwargs: Any) -> Any:
         task, out = original(*args, **kwargs)
-        st = _current_target()
+        fwd = _forwarding
+        st = fwd.st
+        if st is None or fwd.task is not _task_of_loop(_running_loop()):
+            st = _say_target()
         if st is not None:
             if not st.audio_seen and not st.playout.done():
 
