@@ -639,6 +639,16 @@ async def test_b1_measures_every_batch_from_the_same_history(
     assert result.data["pair_ratios"] == [1.0] * 20
 
 
+@pytest.mark.runtime_only
+def test_activate_says_whether_it_switched_forms() -> None:
+    livekit_segments.uninstall()
+    assert bench_forms.activate(bench_forms.Form.PATCHED) is True
+    assert bench_forms.activate(bench_forms.Form.PATCHED) is False
+    assert bench_forms.activate(bench_forms.Form.NATIVE) is False
+    assert bench_forms.activate(bench_forms.Form.UPSTREAM) is True
+    assert bench_forms.activate(bench_forms.Form.UPSTREAM) is False
+
+
 def fake_round(
     cfg: concurrent_sessions.ConcurrentSessionsConfig, form: bench_forms.Form, factor: float
 ) -> concurrent_sessions.Sample:
@@ -1096,8 +1106,14 @@ async def test_b1_measures_no_reply_that_follows_a_switch_of_forms(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Installing or uninstalling invalidates specialized bytecode; the reply after the
-    switch pays to specialize it again, which production never does: B1 runs it unmeasured."""
+    switch pays to specialize it again, which production never does: B1 runs it unmeasured.
+    Where activating changes nothing (B1n's workers) nothing runs unmeasured."""
     events: list[str] = []
+    switches = iter([True, False])
+
+    def fake_activate(form: bench_forms.Form) -> bool:
+        events.append("activate")
+        return next(switches)
 
     async def fake_reply(session: Any) -> None:
         events.append("reply")
@@ -1107,8 +1123,11 @@ async def test_b1_measures_no_reply_that_follows_a_switch_of_forms(
         return float(len(events))
 
     monkeypatch.setattr(install_cost, "reply", fake_reply)
-    monkeypatch.setattr(install_cost, "activate", lambda form: events.append("switch"))
+    monkeypatch.setattr(install_cost, "activate", fake_activate)
     monkeypatch.setattr(cpu_meter, "_read", fake_cpu)
     cfg = install_cost.InstallCostConfig(batches=1, replies_per_batch=3)
     await install_cost._batch(None, bench_forms.Form.PATCHED, cfg)  # type: ignore[arg-type]
-    assert events == ["switch", "reply", "read", "reply", "reply", "reply", "read"]
+    assert events == ["activate", "reply", "read", "reply", "reply", "reply", "read"]
+    events.clear()
+    await install_cost._batch(None, bench_forms.Form.PATCHED, cfg)  # type: ignore[arg-type]
+    assert events == ["activate", "read", "reply", "reply", "reply", "read"]

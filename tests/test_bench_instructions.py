@@ -44,6 +44,20 @@ def test_without_valgrind_b7_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_
         instructions.build_client(tmp_path)
 
 
+def test_without_a_compiler_b7_names_the_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    real_which = shutil.which
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(
+        instructions.shutil,
+        "which",
+        lambda name: None if name in ("cc", "gcc") else real_which(name),
+    )
+    with pytest.raises(instructions.Unavailable, match="apt-get install gcc"):
+        instructions.build_client(tmp_path)
+
+
 async def test_b7_without_valgrind_is_not_judged(monkeypatch: pytest.MonkeyPatch) -> None:
     def unavailable(directory: Path) -> Path:
         raise instructions.Unavailable(f"valgrind is not on PATH: {instructions.FIX}")

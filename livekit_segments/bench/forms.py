@@ -85,12 +85,15 @@ def detect() -> Forms:
     return Forms(native=native_support(), was_installed=installer.is_installed())
 
 
-def activate(form: Form) -> None:
-    """Make ``form`` the live one (install or uninstall the runtime patch)."""
+def activate(form: Form) -> bool:
+    """Make ``form`` the live one (install or uninstall the runtime patch); True if that
+    changed what is installed."""
+    was_installed = installer.is_installed()
     if form is Form.UPSTREAM:
         installer.uninstall()
     elif form is Form.PATCHED:
         installer.install()
+    return installer.is_installed() != was_installed
 
 
 def break_factory(form: Form) -> Callable[[], FlushSentinel]:

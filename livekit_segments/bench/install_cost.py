@@ -35,18 +35,20 @@ class InstallCostConfig:
     batches: int  # rounds; each runs every form once, in alternating order
     replies_per_batch: int
     warmup_replies: int = 2
-    # run, unmeasured, after each switch of forms: installing or uninstalling invalidates
-    # CPython's specialized bytecode for what it touches, and the first reply after the
-    # switch specializes it again, which a process that installs once never pays
+    # run, unmeasured, after each switch of forms (not where activating changed nothing, as
+    # in B1n's workers): installing or uninstalling invalidates CPython's specialized
+    # bytecode for what it touches, and the first reply after the switch specializes it
+    # again, which a process that installs once never pays
     settle_replies: int = 1
     history_items: int = 40  # the history is cut back to this before every batch
 
 
 async def _batch(session: AgentSession[None], form: Form, cfg: InstallCostConfig) -> float:
     """CPU seconds (this thread) per reply, over one batch of replies under ``form``."""
-    activate(form)  # takes effect at the next reply: the patch wraps call sites, not sessions
-    for _ in range(cfg.settle_replies):
-        await reply(session)
+    # takes effect at the next reply: the patch wraps call sites, not sessions
+    if activate(form):
+        for _ in range(cfg.settle_replies):
+            await reply(session)
     # as timeit does: a collection landing in one batch and not the other is pure noise
     gc.collect()
     gc.disable()

@@ -26,7 +26,7 @@ from typing import Any
 
 from .._cli import plural
 from . import cpu_meter, install_cost, segment_cost, stats
-from .forms import Form, Forms
+from .forms import Forms
 from .install_cost import InstallCostConfig
 from .report import BenchResult, Judged, Row, Status, combine, fmt_estimate
 from .segment_cost import SegmentCostConfig
@@ -66,7 +66,10 @@ def build_client(directory: Path) -> Path:
     if shutil.which("valgrind") is None:
         raise Unavailable(f"valgrind is not on PATH: {FIX}")
     if cc is None:
-        raise Unavailable("no C compiler (cc or gcc) to build callgrind's client requests")
+        raise Unavailable(
+            "no C compiler (cc or gcc) to build callgrind's client requests; "
+            "install one (Debian: apt-get install gcc)"
+        )
     source, library = directory / "lkseg_callgrind.c", directory / "lkseg_callgrind.so"
     source.write_text(cpu_meter.CLIENT_SOURCE)
     done = subprocess.run(
@@ -217,51 +220,52 @@ def summarize(cfg: InstructionsConfig, forms: Forms, doc: dict[str, Any]) -> Ben
     def count(value: float | None) -> str:
         return "-" if value is None else f"{value:,.0f}"
 
-    def form_value(table: dict[str, float], form: Form, scale: float) -> float | None:
-        value = table.get(form.value)
-        return None if value is None else value / scale
+    # B1 reads milliseconds and B2 microseconds where a count of instructions stands for
+    # seconds: scaled back once, for the rows and the data alike
+    per_reply = {k: v / 1e3 for k, v in b1["data"]["cpu_per_reply_ms"].items()}
+    per_segment = {k: v / 1e6 for k, v in b2["data"]["cpu_per_segment_us"].items()}
+    floors: Sequence[float] = [x / 1e6 for x in b2["data"]["handle_floor_us"]]
+    overhead_us = b2["data"].get("overhead_per_segment_us")
+    overhead = None if overhead_us is None else overhead_us / 1e6
 
-    per_reply = b1["data"]["cpu_per_reply_ms"]
-    per_segment = b2["data"]["cpu_per_segment_us"]
-    floors: Sequence[float] = b2["data"]["handle_floor_us"]
+    def ratio_row(label: str, table: dict[str, float], j: Judged) -> Row:
+        return Row(
+            label,
+            count(table.get(base.value)),
+            count(table.get(subject.value)),
+            fmt_estimate(j.estimate),
+            j.target,
+            j.verdict,
+        )
+
     j1 = judged(b1, _B1_RATIO, f"<= {install_cost.TARGET_RATIO}")
     j2 = judged(b2, _B2_RATIO, f"<= {segment_cost.TARGET_RATIO}")
     j3 = judged(b2, _B2_FLOOR, f"<= {segment_cost.TARGET_FLOOR_MULTIPLE}")
     rounds = cfg.install_cost.batches
     ns = cfg.segment_cost.ns
     rows = [
-        Row(
+        ratio_row(
             f"B1: instructions per reply, {plural(rounds, 'round')} x "
             f"{cfg.install_cost.replies_per_batch} per form",
-            count(form_value(per_reply, base, 1e3)),
-            count(form_value(per_reply, subject, 1e3)),
-            fmt_estimate(j1.estimate),
-            j1.target,
-            j1.verdict,
+            per_reply,
+            j1,
         ),
-        Row(
+        ratio_row(
             f"B2: instructions per segment (slope, N={ns[0]}..{ns[-1]}, "
             f"{plural(cfg.segment_cost.repeats, 'repetition')})",
-            count(form_value(per_segment, base, 1e6)),
-            count(form_value(per_segment, subject, 1e6)),
-            fmt_estimate(j2.estimate),
-            j2.target,
-            j2.verdict,
+            per_segment,
+            j2,
         ),
         Row(
             "B2: handle floor per segment",
-            count(stats.median(floors) / 1e6 if floors else None),
+            count(stats.median(floors) if floors else None),
             "",
             "",
         ),
         Row(
             "B2: patch cost per segment / floor",
             "",
-            count(
-                None
-                if b2["data"].get("overhead_per_segment_us") is None
-                else b2["data"]["overhead_per_segment_us"] / 1e6
-            ),
+            count(overhead),
             fmt_estimate(j3.estimate),
             j3.target,
             j3.verdict,
@@ -285,9 +289,9 @@ def summarize(cfg: InstructionsConfig, forms: Forms, doc: dict[str, Any]) -> Ben
         data={
             "install_cost": dataclasses.asdict(cfg.install_cost),
             "segment_cost": dataclasses.asdict(cfg.segment_cost),
-            "instructions_per_reply": {k: v / 1e3 for k, v in per_reply.items()},
-            "instructions_per_segment": {k: v / 1e6 for k, v in per_segment.items()},
-            "handle_floor_instructions": [x / 1e6 for x in floors],
+            "instructions_per_reply": per_reply,
+            "instructions_per_segment": per_segment,
+            "handle_floor_instructions": list(floors),
             "repetition_overhead_instructions": [
                 x / 1e6 for x in b2["data"]["repetition_overheads_us"]
             ],
