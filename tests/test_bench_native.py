@@ -1,4 +1,4 @@
-"""bench --native-python: B1n and B2n, each form in its own worker process.
+"""bench --native-python: B1n, B2n and B7n, each form in its own worker process.
 
 The workers are spawned for real. The tests run this python on both sides, which exercises
 the protocol and the pairing but measures no native form (``check=False`` says so); what a
@@ -22,7 +22,7 @@ import pytest
 
 import livekit_segments
 from livekit_segments import _cli, bench
-from livekit_segments.bench import cross_process, record as bench_record
+from livekit_segments.bench import cross_process, instructions, record as bench_record
 from livekit_segments.bench.forms import Form
 from livekit_segments.bench.report import BenchReport
 from livekit_segments.bench.runner import BenchConfig
@@ -59,7 +59,10 @@ async def test_workers_run_b1n_and_b2n_over_the_pipe() -> None:
         report = BenchReport(meta={"subject": "patched", "mode_description": "runtime"}, results=[])
         cross_process.extend(report, results, pair, 1.0)
 
-    assert [r.id for r in results] == ["B1n", "B2n"]
+    assert [r.id for r in results] == ["B1n", "B2n", "B7n"]
+    # the tiny preset has no B7 sizes: B7n says so and is not judged
+    assert results[2].status == "n/a" and not results[2].judged
+    assert "not run in this preset" in results[2].data["reason"]
     doc = json.loads(json.dumps(report.to_json()))
     b1, b2 = doc["benchmarks"]["B1n"], doc["benchmarks"]["B2n"]
     b1_cfg, b2_cfg = config.install_cost, config.segment_cost
@@ -146,7 +149,7 @@ def test_cli_adds_b1n_after_the_in_process_figures(
     doc = json.loads(path.read_text())
     assert list(doc["benchmarks"]) == ["B3", "B1n"]
     assert set(doc["native_workers"]) == {"upstream", "native"}
-    assert "; B1n, B2n: the native form" in doc["mode_description"]
+    assert "; B1n, B2n, B7n: the native form" in doc["mode_description"]
     out = capsys.readouterr().out
     column = "native" if NATIVE else "patched / native"  # the subject column's heading
     assert re.search(rf"upstream\s+{column}\s+ratio", out)
@@ -219,6 +222,83 @@ def test_the_record_names_the_native_python(tmp_path: Path) -> None:
     prov = bench_record.Provenance(commit="a" * 40, subject="s", date="d", facts={})
     command = f"{bench_record.COMMAND} --native-python .venv-native/bin/python"
     text = bench_record.render(report, prov, command=command)
-    assert "| native form (B1n, B2n) | `/venvs/native/bin/python`, livekit-agents 1.8.9" in text
+    row = "| native form (B1n, B2n, B7n) | `/venvs/native/bin/python`, livekit-agents 1.8.9"
+    assert row in text
     assert f".venv/bin/{command}" in text
     assert "bash scripts/setup\n" in text  # the native venv is needed: not --runtime-only
+
+
+def test_b7n_starts_each_worker_under_callgrind_with_a_dump_of_its_own(tmp_path: Path) -> None:
+    callgrind = cross_process.Callgrind(tmp_path / "lib.so", tmp_path)
+    commands = [callgrind.command(form) for form in (Form.UPSTREAM, Form.NATIVE, Form.UPSTREAM)]
+    outs = [after[-1] for _, after in commands]
+    assert len(set(outs)) == 3 and all(o.startswith(str(tmp_path / "cg-")) for o in outs)
+    for before, after in commands:
+        assert before[:3] == ["valgrind", "--tool=callgrind", "--separate-threads=yes"]
+        # callgrind writes where the worker's counter reads
+        assert f"--callgrind-out-file={after[-1]}" in before
+        assert after == [cross_process.COUNT_OPTION, str(tmp_path / "lib.so"), after[-1]]
+
+
+def test_a_counting_worker_outside_valgrind_says_so(tmp_path: Path) -> None:
+    """A worker told to count instructions refuses to run without callgrind around it."""
+    library = instructions.build_client(tmp_path)
+
+    class Bare(cross_process.Callgrind):
+        def command(self, form: Form) -> tuple[list[str], list[str]]:
+            return [], super().command(form)[1]  # the counting options, no valgrind
+
+    worker = cross_process.Worker(Form.UPSTREAM, sys.executable, callgrind=Bare(library, tmp_path))
+    try:
+        with pytest.raises(cross_process.WorkerError, match="not running under valgrind"):
+            worker.greet()
+    finally:
+        worker.close()
+
+
+async def test_b7n_without_valgrind_is_not_judged(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(directory: Path) -> Path:
+        raise instructions.Unavailable(f"valgrind is not on PATH: {instructions.FIX}")
+
+    monkeypatch.setattr(instructions, "build_client", missing)
+    config = dataclasses.replace(BenchConfig.tiny(), instructions=BenchConfig.quick().instructions)
+    with cross_process.Pair.started(sys.executable, check=False) as pair:
+        (b7n,) = await cross_process.run(config, pair, only=["B7n"])
+    assert b7n.id == "B7n" and b7n.status == "n/a" and not b7n.judged
+    assert "apt-get install valgrind" in b7n.data["reason"]
+
+
+def test_b7n_judges_the_native_form_against_upstream_in_instructions() -> None:
+    """B7's summary of what B1n's and B2n's counting workers measured: the upstream and
+    native columns, in instructions, with B7's targets."""
+    cfg = BenchConfig.default().instructions
+    assert cfg is not None
+    estimate = {"point": 1.0, "low": 0.99, "high": 1.01, "n": 6, "statistic": "median"}
+    judged = {"verdict": "met", "estimate": {**estimate, "min_n": 6}}
+    doc = {
+        "B1": {
+            "judged": {"CPU per reply ratio": judged},
+            "data": {
+                "cpu_per_reply_ms": {"upstream": 8.3e9, "native": 8.35e9},
+                "pair_ratios": [1.006] * 12,
+            },
+        },
+        "B2": {
+            "judged": {
+                "CPU per segment ratio (slope)": judged,
+                "patch cost per segment / handle floor": judged,
+            },
+            "data": {
+                "cpu_per_segment_us": {"upstream": 1.9e12, "native": 1.98e12},
+                "handle_floor_us": [7.7e10] * 6,
+                "overhead_per_segment_us": 8.4e10,
+                "repetition_overheads_us": [8.4e10] * 6,
+                "repetition_slope_ratios": [1.04] * 6,
+            },
+        },
+    }
+    result = instructions.summarize(cfg, cross_process.CrossProcessForms(), doc)
+    assert result.data["instructions_per_reply"] == {"upstream": 8.3e6, "native": 8.35e6}
+    assert result.rows[0].upstream == "8,300,000" and result.rows[0].patch == "8,350,000"
+    assert result.rows[3].patch == "84,000"
+    assert [j.verdict for j in result.judged] == ["met"] * 3

@@ -8,6 +8,9 @@ Each lives for the whole run (B1: one long-lived session each) and is driven ove
 JSON line per request and per answer. The parent alternates which worker goes first round by
 round, as B1 and B2 pair the forms in one process, so each round gives one ratio; the
 measuring code (`install_cost`, `segment_cost`) and the verdicts are B1's and B2's own.
+
+B7n is B7 for the native form: B1n and B2n once more, on a pair of workers that each run under
+valgrind's callgrind and read instructions where the others read CPU time (`cpu_meter`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .._cli import UsageError, plural
-from . import install_cost, segment_cost, stats
+from . import cpu_meter, install_cost, instructions, segment_cost, stats
 from .fakes import close_session, reply, trim_history
 from .forms import Form, Forms, activate, native_support
 from .report import BenchReport, BenchResult
@@ -39,6 +42,7 @@ from .runner import BenchConfig
 __all__ = [
     "BENCHMARKS",
     "OPTION",
+    "Callgrind",
     "CrossProcessForms",
     "Pair",
     "Worker",
@@ -49,8 +53,9 @@ __all__ = [
     "serve",
 ]
 
-BENCHMARKS = ("B1n", "B2n")
-"""What the cross-process comparison measures: B1 and B2 of the native form."""
+BENCHMARKS = ("B1n", "B2n", "B7n")
+"""What the cross-process comparison measures: B1 and B2 of the native form, and both again
+in instructions."""
 OPTION = "--native-python"
 FIX = "e.g. .venv-native/bin/python, which 'bash scripts/setup' builds"
 PRISTINE = (
@@ -62,6 +67,8 @@ PRISTINE = (
 # upstream-against-upstream run of B1n measured 0.972 and 0.987 with random seeds)
 HASH_SEED = "0"
 HELLO_TIMEOUT_S = 120.0  # importing livekit-agents on a loaded 2-core machine
+CALLGRIND_SLOWDOWN = 10  # the same import under callgrind took about a minute
+COUNT_OPTION = "--count-instructions"  # the worker's: LIBRARY OUT, as B7's worker gets them
 # B1n splits its rounds over this many pairs of worker processes, one after another: even
 # with one hash seed, each pair of processes keeps a cost offset of its own of about half a
 # percent (two runs of 400 rounds: 1.011 [1.005, 1.016] and 1.002 [0.999, 1.005]), as large as
@@ -80,7 +87,7 @@ _ENTRY = (
 def description(native_python: str) -> str:
     """The mode line of the cross-process figures."""
     return (
-        f"B1n, B2n: the native form ({native_python}, livekit-agents with the series, "
+        f"B1n, B2n, B7n: the native form ({native_python}, livekit-agents with the series, "
         f"SegmentBreak) versus upstream (this python, plain FlushSentinel), each in its own "
         f"worker process, alternating round by round as B1 and B2 do in one process"
     )
@@ -101,16 +108,56 @@ class WorkerError(RuntimeError):
     """A worker failed a request, or exited."""
 
 
+class Callgrind:
+    """Workers started under valgrind's callgrind, each counting its main thread's
+    instructions (B7n); their dumps go to ``directory``, one file name per worker."""
+
+    def __init__(self, library: Path, directory: Path) -> None:
+        self.library = library
+        self.directory = directory
+        self._started = 0
+
+    def command(self, form: Form) -> tuple[list[str], list[str]]:
+        """(what goes before the python, what goes after the worker's form) for one more
+        worker of ``form``."""
+        self._started += 1
+        name = self.directory / f"cg-{form.value}-{self._started}"
+        valgrind = [
+            "valgrind",
+            "--tool=callgrind",
+            "--separate-threads=yes",  # the main thread's own count, as B7's worker
+            f"--callgrind-out-file={name}",
+            f"--log-file={name}.log",
+        ]
+        return valgrind, [COUNT_OPTION, str(self.library), str(name)]
+
+
 class Worker:
     """One worker process running ``form`` in ``python``, and its pipe."""
 
-    def __init__(self, form: Form, python: str, *, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        form: Form,
+        python: str,
+        *,
+        verbose: bool = False,
+        callgrind: Callgrind | None = None,
+    ) -> None:
         self.form = form
         self.python = python
         self.hello: dict[str, Any] = {}
+        self.hello_timeout_s = HELLO_TIMEOUT_S
         # its stderr goes to a file: a pipe nobody reads could fill up and block it
         self._log: IO[bytes] | None = None if verbose else tempfile.TemporaryFile()
-        args = [python, "-c", _ENTRY, form.value, *(["--verbose"] if verbose else [])]
+        before: list[str] = []
+        after = ["--verbose"] if verbose else []
+        env = {**os.environ, "PYTHONHASHSEED": HASH_SEED}
+        if callgrind is not None:
+            before, counting = callgrind.command(form)
+            after += counting
+            env["OPENBLAS_NUM_THREADS"] = "1"  # as B7: no pool threads for callgrind to run
+            self.hello_timeout_s *= CALLGRIND_SLOWDOWN
+        args = [*before, python, "-c", _ENTRY, form.value, *after]
         try:
             self._proc = subprocess.Popen(
                 args,
@@ -119,7 +166,7 @@ class Worker:
                 stderr=self._log,
                 text=True,
                 encoding="utf-8",
-                env={**os.environ, "PYTHONHASHSEED": HASH_SEED},
+                env=env,
             )
         except OSError as e:
             if self._log is not None:
@@ -151,7 +198,7 @@ class Worker:
 
     def greet(self) -> dict[str, Any]:
         """Wait for the worker's first line: what it runs."""
-        self.hello = self._read(HELLO_TIMEOUT_S)["hello"]
+        self.hello = self._read(self.hello_timeout_s)["hello"]
         return self.hello
 
     def call(self, op: str, **args: Any) -> Any:
@@ -192,13 +239,17 @@ class Pair:
         self._verbose = verbose
         self._check = check
 
-    def fresh(self) -> contextlib.AbstractContextManager[Pair]:
-        """Another pair of workers running the same two pythons (closed on exit)."""
+    def fresh(
+        self, *, callgrind: Callgrind | None = None
+    ) -> contextlib.AbstractContextManager[Pair]:
+        """Another pair of workers running the same two pythons (closed on exit); with
+        ``callgrind``, both count instructions."""
         return Pair.started(
             self[Form.NATIVE].python,
             upstream_python=self[Form.UPSTREAM].python,
             verbose=self._verbose,
             check=self._check,
+            callgrind=callgrind,
         )
 
     def __getitem__(self, form: Form) -> Worker:
@@ -220,6 +271,7 @@ class Pair:
         upstream_python: str = sys.executable,
         verbose: bool = False,
         check: bool = True,
+        callgrind: Callgrind | None = None,
     ) -> Iterator[Pair]:
         """Start both workers and check what they run; closed on exit.
 
@@ -241,7 +293,7 @@ class Pair:
         try:
             for form, python in ((Form.UPSTREAM, upstream_python), (Form.NATIVE, native_python)):
                 try:
-                    workers.append(Worker(form, python, verbose=verbose))
+                    workers.append(Worker(form, python, verbose=verbose, callgrind=callgrind))
                 except WorkerError as e:
                     raise UsageError(_cannot_run(python, e)) from None
             for worker in workers:  # both start at once; then wait for each
@@ -326,11 +378,13 @@ def _b1n_rounds(
                 pair[form].call("b1_close")
 
 
-async def _b1n(cfg: install_cost.InstallCostConfig, pair: Pair) -> BenchResult:
+async def _b1n(
+    cfg: install_cost.InstallCostConfig, pair: Pair, *, process_pairs: int = PROCESS_PAIRS
+) -> BenchResult:
     forms = CrossProcessForms()
     per_reply: dict[Form, list[float]] = {f: [] for f in forms.all}
     pairs: list[float] = []
-    sizes = _split_rounds(cfg.batches, PROCESS_PAIRS)
+    sizes = _split_rounds(cfg.batches, process_pairs)
     by_process: list[dict[str, Any]] = []
     for k, rounds in enumerate(sizes):
         start = len(pairs)
@@ -379,6 +433,40 @@ async def _b2n(cfg: segment_cost.SegmentCostConfig, pair: Pair) -> BenchResult:
     return result
 
 
+async def _b7n(cfg: instructions.InstructionsConfig | None, pair: Pair) -> BenchResult:
+    """B1n and B2n with B7's sizes, on a pair of workers of ``pair``'s pythons that count
+    instructions, judged as B7 judges B1 and B2."""
+    if cfg is None:
+        return instructions.unavailable("not run in this preset (callgrind needs minutes)")
+    with tempfile.TemporaryDirectory(prefix="lkseg-b7n-") as tmp:
+        try:
+            library = instructions.build_client(Path(tmp))
+        except instructions.Unavailable as e:
+            return instructions.unavailable(str(e))
+        runs: dict[str, Callable[[Pair], Awaitable[BenchResult]]] = {
+            # one pair of processes: under callgrind a process's offset is its venv's, which
+            # more pairs of the same two venvs would only repeat
+            "B1": lambda counted: _b1n(cfg.install_cost, counted, process_pairs=1),
+            "B2": lambda counted: _b2n(cfg.segment_cost, counted),
+        }
+        doc: dict[str, Any] = {}
+        with pair.fresh(callgrind=Callgrind(library, Path(tmp))) as counted:
+            for name, bench in runs.items():
+                counted.call_each("begin")
+                try:
+                    doc[name] = instructions.result_json(await bench(counted))
+                finally:
+                    counted.call_each("end")
+    result = instructions.summarize(cfg, CrossProcessForms(), doc)
+    result.notes.append(
+        "B1n's and B2n's pairing: each form in its own worker process under callgrind, one "
+        "pair of processes, hash seed 0 in both; the two forms come from two venvs, and a "
+        "count also differs by what differs between the venvs (their paths), not only by "
+        "the form"
+    )
+    return result
+
+
 async def run(
     config: BenchConfig,
     pair: Pair,
@@ -386,10 +474,11 @@ async def run(
     only: Collection[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[BenchResult]:
-    """B1n and B2n (or those in ``only``) with ``config``'s B1 and B2 sizes."""
+    """B1n, B2n and B7n (or those in ``only``) with ``config``'s B1, B2 and B7 sizes."""
     runners: dict[str, Callable[[], Awaitable[BenchResult]]] = {
         "B1n": lambda: _b1n(config.install_cost, pair),
         "B2n": lambda: _b2n(config.segment_cost, pair),
+        "B7n": lambda: _b7n(config.instructions, pair),
     }
     results: list[BenchResult] = []
     for bench_id in BENCHMARKS:
@@ -531,8 +620,13 @@ async def _serve(form: Form, out: IO[str], verbose: bool) -> int:
 
 
 def serve(answers: int, argv: list[str]) -> int:
-    """A worker's main: ``FORM [--verbose]``; requests on stdin, answers on the file
-    descriptor ``answers`` (the original stdout), one JSON line each."""
-    form = Form(argv[0])
+    """A worker's main: ``FORM [--verbose] [--count-instructions LIBRARY OUT]``; requests on
+    stdin, answers on the file descriptor ``answers`` (the original stdout), one JSON line
+    each. Counting, it runs under callgrind and its CPU readings are instructions (B7n)."""
+    form, options = Form(argv[0]), argv[1:]
+    if COUNT_OPTION in options:
+        i = options.index(COUNT_OPTION)
+        library, out_file = options[i + 1 : i + 3]
+        cpu_meter.count_instructions(cpu_meter.CallgrindCounter(Path(library), out_file))
     with os.fdopen(answers, "w", encoding="utf-8") as out:
-        return asyncio.run(_serve(form, out, "--verbose" in argv[1:]))
+        return asyncio.run(_serve(form, out, "--verbose" in options))

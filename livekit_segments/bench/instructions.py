@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,16 @@ from .install_cost import InstallCostConfig
 from .report import BenchResult, Judged, Row, Status, combine, fmt_estimate
 from .segment_cost import SegmentCostConfig
 
-__all__ = ["InstructionsConfig", "Unavailable", "build_client", "run", "serve"]
+__all__ = [
+    "InstructionsConfig",
+    "Unavailable",
+    "build_client",
+    "result_json",
+    "run",
+    "serve",
+    "summarize",
+    "unavailable",
+]
 
 # set while `bench --force` runs: the worker then installs the patch with force=True too
 FORCE_ENV = "LKSEG_BENCH_FORCE_INSTALL"
@@ -91,8 +100,8 @@ def _estimate(doc: dict[str, Any] | None) -> stats.Estimate | None:
     )
 
 
-def _result_json(result: BenchResult) -> dict[str, Any]:
-    """What the parent needs of a worker's B1 or B2 result."""
+def result_json(result: BenchResult) -> dict[str, Any]:
+    """What `summarize` needs of a B1 or B2 result (it crosses a process boundary)."""
     judged = {
         j.name: {
             "verdict": j.verdict,
@@ -129,7 +138,7 @@ def serve(args_json: str) -> int:
                 gc.collect()
                 gc.freeze()  # as run_bench does: what was alive before is not measured
                 try:
-                    out[name] = _result_json(await bench())
+                    out[name] = result_json(await bench())
                 finally:
                     gc.unfreeze()
         finally:
@@ -178,9 +187,9 @@ def _launch(cfg: InstructionsConfig, workdir: Path, library: Path) -> dict[str, 
 async def run(cfg: InstructionsConfig | None, forms: Forms) -> BenchResult:
     """B7: its worker runs for a few minutes, in a thread of its own (None: not run)."""
     if cfg is None:
-        return _unavailable("not run in this preset (callgrind needs minutes)")
+        return unavailable("not run in this preset (callgrind needs minutes)")
     if forms.baseline is None:
-        return _unavailable(
+        return unavailable(
             "needs the runtime patch and upstream in one process: run the bench from the "
             "runtime venv (.venv/bin/python)"
         )
@@ -189,12 +198,13 @@ async def run(cfg: InstructionsConfig | None, forms: Forms) -> BenchResult:
         try:
             library = build_client(workdir)
         except Unavailable as e:
-            return _unavailable(str(e))
+            return unavailable(str(e))
         doc = await asyncio.to_thread(_launch, cfg, workdir, library)
     return summarize(cfg, forms, doc)
 
 
-def _unavailable(reason: str) -> BenchResult:
+def unavailable(reason: str) -> BenchResult:
+    """B7 not run, and why (``reason`` names the fix where there is one)."""
     return BenchResult(
         id="B7",
         title="B1 and B2 in instructions",
@@ -224,7 +234,7 @@ def summarize(cfg: InstructionsConfig, forms: Forms, doc: dict[str, Any]) -> Ben
     # seconds: scaled back once, for the rows and the data alike
     per_reply = {k: v / 1e3 for k, v in b1["data"]["cpu_per_reply_ms"].items()}
     per_segment = {k: v / 1e6 for k, v in b2["data"]["cpu_per_segment_us"].items()}
-    floors: Sequence[float] = [x / 1e6 for x in b2["data"]["handle_floor_us"]]
+    floors = [x / 1e6 for x in b2["data"]["handle_floor_us"]]
     overhead_us = b2["data"].get("overhead_per_segment_us")
     overhead = None if overhead_us is None else overhead_us / 1e6
 
@@ -291,7 +301,7 @@ def summarize(cfg: InstructionsConfig, forms: Forms, doc: dict[str, Any]) -> Ben
             "segment_cost": dataclasses.asdict(cfg.segment_cost),
             "instructions_per_reply": per_reply,
             "instructions_per_segment": per_segment,
-            "handle_floor_instructions": list(floors),
+            "handle_floor_instructions": floors,
             "repetition_overhead_instructions": [
                 x / 1e6 for x in b2["data"]["repetition_overheads_us"]
             ],

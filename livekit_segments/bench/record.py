@@ -372,11 +372,11 @@ def render(report: BenchReport, prov: Provenance, *, command: str = COMMAND) -> 
         *((k, _cell(v)) for k, v in facts.items()),
     ]
     workers = meta.get("native_workers")
-    if workers:  # B1n, B2n ran: which python held the native form
+    if workers:  # B1n, B2n, B7n ran: which python held the native form
         native = workers["native"]
         rows.append(
             (
-                "native form (B1n, B2n)",
+                "native form (B1n, B2n, B7n)",
                 f"`{native['python']}`, livekit-agents {native['livekit_agents']} with the series",
             )
         )
