@@ -444,8 +444,8 @@ async def _b7n(cfg: instructions.InstructionsConfig | None, pair: Pair) -> Bench
         except instructions.Unavailable as e:
             return instructions.unavailable(str(e))
         runs: dict[str, Callable[[Pair], Awaitable[BenchResult]]] = {
-            # one pair of processes: under callgrind a process's offset is its venv's, which
-            # more pairs of the same two venvs would only repeat
+            # one pair of processes, as B7 is one process: each pair more would cost another
+            # start under callgrind (about a minute)
             "B1": lambda counted: _b1n(cfg.install_cost, counted, process_pairs=1),
             "B2": lambda counted: _b2n(cfg.segment_cost, counted),
         }
@@ -458,12 +458,14 @@ async def _b7n(cfg: instructions.InstructionsConfig | None, pair: Pair) -> Bench
                 finally:
                     counted.call_each("end")
     result = instructions.summarize(cfg, CrossProcessForms(), doc)
-    result.notes.append(
-        "B1n's and B2n's pairing: each form in its own worker process under callgrind, one "
-        "pair of processes, hash seed 0 in both; the two forms come from two venvs, and a "
-        "count also differs by what differs between the venvs (their paths), not only by "
-        "the form"
-    )
+    result.notes = [
+        "B1n's and B2n's measuring code and pairing, run again on one more pair of worker "
+        "processes, each under valgrind's callgrind and reading the instructions its main "
+        "thread executed where B1n and B2n read its CPU time (cpu_meter); same statistics, "
+        "intervals and targets; hash seed 0 in both; B2 without memory points",
+        "the two forms come from two venvs: a count also holds what differs between the "
+        "venvs (their paths), not only the form",
+    ]
     return result
 
 

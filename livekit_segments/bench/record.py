@@ -329,6 +329,14 @@ median of each pair is listed under the table.""",
     "B2n": """\
 **B2n** is B2's reply of N segments per fresh session, run by the two workers of B1n: each
 repetition runs every N in both workers back to back, and gives one slope ratio.""",
+    "B7n": """\
+**B7n** is B7 for the native form: B1n's and B2n's pairing once more, with B7's sizes and
+targets, on one more pair of workers that each run under callgrind and count instructions
+(one pair, not four: each start under callgrind takes about a minute). The two forms come
+from two venvs, so a count could also hold what differs between the venvs. Measured with
+upstream on both sides (a second pristine venv of the same release as the "native" python,
+2026-11-30), that was 1.000 [0.999, 1.000] per reply and -3,300 instructions per segment
+(-0.05 handle floors): B7n's figures are the native form's.""",
 }
 
 REPRODUCE = """\
@@ -344,6 +352,8 @@ bash scripts/setup{setup_flag}
 .venv/bin/python -m livekit_segments bench --only B2,B4 --json out/b.json
 # the native form against upstream, each in its own process (needs .venv-native)
 .venv/bin/python -m livekit_segments bench --only B1n,B2n --native-python .venv-native/bin/python
+# the same in instructions, under callgrind (needs valgrind and a C compiler)
+.venv/bin/python -m livekit_segments bench --only B7n --native-python .venv-native/bin/python
 # CI: fails once livekit_segments/ changed after the commit named above
 scripts/check-benchmarks-fresh
 ```
