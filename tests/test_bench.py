@@ -1095,7 +1095,8 @@ async def test_b2_overhead_per_segment_is_the_judged_median(
         cpu = 2e-3 + (per_segment + (40.0 if handles else 0.0)) * 1e-6 * n
         return cpu, cpu
 
-    cfg = segment_cost.SegmentCostConfig(ns=(1, 10, 100), repeats=3)
+    # no settling replies: every call here is a measured one
+    cfg = segment_cost.SegmentCostConfig(ns=(1, 10, 100), repeats=3, settle_segments=0)
     result = await run_b2_faked(monkeypatch, fake_measure, cfg)
     assert sorted(result.data["repetition_overheads_us"]) == pytest.approx([-90.0, 100.0, 200.0])
     assert result.data["overhead_per_segment_us"] == pytest.approx(100.0)
@@ -1131,3 +1132,60 @@ async def test_b1_measures_no_reply_that_follows_a_switch_of_forms(
     events.clear()
     await install_cost._batch(None, bench_forms.Form.PATCHED, cfg)  # type: ignore[arg-type]
     assert events == ["activate", "read", "reply", "reply", "reply", "read"]
+
+
+async def test_b2_measures_no_reply_that_follows_a_switch_of_forms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As in B1: a switch of forms invalidates specialized bytecode, and CPython 3.11
+    specializes an instruction again only after 53 misses. B2 measures one form at a time and
+    runs an unmeasured reply of `settle_segments` segments after each switch (the
+    baseline's with handles, so the floor's code settles too); where activating changes
+    nothing (B2n's parent), nothing runs unmeasured."""
+    live: list[bench_forms.Form] = [bench_forms.Form.PATCHED]
+    calls: list[tuple[int, str, bool]] = []
+
+    def fake_activate(form: bench_forms.Form) -> bool:
+        switched = live[0] is not form
+        live[0] = form
+        return switched
+
+    async def fake_measure(
+        n: int, form: bench_forms.Form, *, memory: bool, handles: bool = False
+    ) -> tuple[float, float]:
+        if not memory:
+            calls.append((n, form.value, handles))
+        cpu = 2e-3 + 500e-6 * n
+        return cpu, cpu
+
+    monkeypatch.setattr(segment_cost, "activate", fake_activate)
+    cfg = segment_cost.SegmentCostConfig(ns=(1, 10), repeats=2, memory=False, settle_segments=64)
+    result = await run_b2_faked(monkeypatch, fake_measure, cfg)
+    u, p = "upstream", "patched"
+    assert calls == [
+        # repetition 0, upstream first: a switch from the patch, so a settling reply first
+        (64, u, True),
+        (1, u, False),
+        (1, u, True),
+        (10, u, False),
+        (10, u, True),
+        (64, p, False),
+        (1, p, False),
+        (10, p, False),
+        (64, u, True),  # the floor is measured with upstream live
+        # repetition 1, the patch first
+        (64, p, False),
+        (1, p, False),
+        (10, p, False),
+        (64, u, True),
+        (1, u, False),
+        (1, u, True),
+        (10, u, False),
+        (10, u, True),
+    ]
+    assert len(result.data["repetition_slope_ratios"]) == 2  # the settling replies not in it
+
+    calls.clear()
+    monkeypatch.setattr(segment_cost, "activate", lambda form: False)  # B2n's parent
+    await run_b2_faked(monkeypatch, fake_measure, cfg)
+    assert all(n != 64 for n, _, _ in calls) and len(calls) == 12

@@ -244,7 +244,12 @@ far less than a mean.""",
     "B2": """\
 **B2, cost per segment.** One reply of N segments per fresh session, `SegmentBreak` against
 plain `FlushSentinel`, with a zero-latency TTS and sink so that only the pipeline's own work
-is timed. Each repetition runs every N under both forms back to back: its two least-squares
+is timed. Each repetition runs every N under one form and then under the other, the order
+alternating between repetitions. A switch of forms invalidates specialized bytecode, and
+CPython 3.11 specializes an instruction again only after 53 misses, so after each switch an
+unmeasured reply of 64 segments runs first (without it, B7 counted the patch's cost per
+segment at about 127,000 instructions and the floor at 73,000-81,000; settled, about 113,000
+and 70,000). A repetition's two least-squares
 slopes (CPU per segment) give one ratio, and the patch form's CPU between the two largest N
 gives one growth exponent (1 is linear). The table's per-N figures are medians over
 repetitions. Memory is the tracemalloc peak of one more reply per point: it counts bytes,

@@ -56,6 +56,12 @@ class SegmentCostConfig:
     memory: bool = True  # one more reply per (N, form) under tracemalloc
     memory_max_n: int | None = None  # tracemalloc slows replies ~3x: skip larger N
     floor_handles: int = 200  # handles per floor measurement (one per repetition)
+    # an unmeasured reply of this many segments after each switch of forms (not where
+    # activating changes nothing, as in B2n's workers): installing or uninstalling
+    # invalidates CPython's specialized bytecode for what it touches, and CPython 3.11
+    # specializes an instruction again only after 53 misses, so for up to 53 segments the
+    # reply after a switch runs slower code than a process that installs once ever does
+    settle_segments: int = 64
 
 
 def script(n: int, form: Form) -> list[ScriptItem]:
@@ -197,17 +203,26 @@ async def run(cfg: SegmentCostConfig, forms: Forms, measure: Measure | None = No
     floor_mem = math.nan
     # upstream's reply with one handle per segment added: the floor inside a reply
     with_handles: dict[int, list[float]] = {}
+
+    async def switch_to(form: Form) -> None:
+        # the baseline's settling reply makes handles too: the floor's code settles with it
+        if activate(form) and cfg.settle_segments:
+            handles = form is forms.baseline
+            await measure(cfg.settle_segments, form, memory=False, handles=handles)
+
     for rep in range(cfg.repeats):
-        for i, n in enumerate(ns):
-            for form in forms.order(rep + i):
+        # one form at a time (a switch per form, not per N), the order alternating
+        for form in forms.order(rep):
+            await switch_to(form)
+            for n in ns:
                 w, c = await measure(n, form, memory=False)
                 wall.setdefault((n, form), []).append(w)
                 cpu.setdefault((n, form), []).append(c)
-            if forms.baseline is not None:
-                c = (await measure(n, forms.baseline, memory=False, handles=True))[1]
-                with_handles.setdefault(n, []).append(c)
+                if form is forms.baseline:
+                    c = (await measure(n, form, memory=False, handles=True))[1]
+                    with_handles.setdefault(n, []).append(c)
         # the floor, measured with the baseline live (upstream's handle, nothing patched)
-        activate(forms.baseline or forms.subject)
+        await switch_to(forms.baseline or forms.subject)
         f_cpu, floor_mem = await _measure_floor(cfg.floor_handles)
         floor_cpu.append(f_cpu)
     for i, n in enumerate(mem_ns):
@@ -436,8 +451,10 @@ async def run(cfg: SegmentCostConfig, forms: Forms, measure: Measure | None = No
             "memory is the "
             f"tracemalloc peak above the pre-reply heap, from one more reply under tracemalloc; "
             f"the slope ratio and the CPU growth exponent (patch form, between the two largest "
-            f"N) are medians over repetitions, each repetition running every N under both "
-            f"forms back to back",
+            f"N) are medians over repetitions, each repetition running every N under one form "
+            f"and then the other, in alternating order; after each switch of forms an "
+            f"unmeasured reply of {plural(cfg.settle_segments, 'segment')} lets CPython "
+            f"specialize again what the switch invalidated",
             "handle floor: what a new announced SpeechHandle costs (create, "
             "_mark_scheduled, a validated SpeechCreatedEvent through the session's emit, "
             "_mark_done, and the loop turns of its done callbacks), paid inside a real "
