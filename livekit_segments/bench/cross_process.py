@@ -122,13 +122,7 @@ class Callgrind:
         worker of ``form``."""
         self._started += 1
         name = self.directory / f"cg-{form.value}-{self._started}"
-        valgrind = [
-            "valgrind",
-            "--tool=callgrind",
-            "--separate-threads=yes",  # the main thread's own count, as B7's worker
-            f"--callgrind-out-file={name}",
-            f"--log-file={name}.log",
-        ]
+        valgrind = instructions.callgrind_prefix(name, Path(f"{name}.log"))
         return valgrind, [COUNT_OPTION, str(self.library), str(name)]
 
 
@@ -155,7 +149,7 @@ class Worker:
         if callgrind is not None:
             before, counting = callgrind.command(form)
             after += counting
-            env["OPENBLAS_NUM_THREADS"] = "1"  # as B7: no pool threads for callgrind to run
+            env.update(instructions.callgrind_env())
             self.hello_timeout_s *= CALLGRIND_SLOWDOWN
         args = [*before, python, "-c", _ENTRY, form.value, *after]
         try:

@@ -35,6 +35,8 @@ __all__ = [
     "InstructionsConfig",
     "Unavailable",
     "build_client",
+    "callgrind_env",
+    "callgrind_prefix",
     "result_json",
     "run",
     "serve",
@@ -90,6 +92,24 @@ def build_client(directory: Path) -> Path:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise Unavailable(f"building callgrind's client requests failed ({last}): {FIX}")
     return library
+
+
+def callgrind_prefix(out: Path, log: Path) -> list[str]:
+    """valgrind's command line up to the program it runs, counting instructions thread by
+    thread: callgrind dumps its counts to ``out`` and writes its own messages to ``log``."""
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        "--separate-threads=yes",  # the main thread's own count, as time.thread_time is
+        f"--callgrind-out-file={out}",
+        f"--log-file={log}",
+    ]
+
+
+def callgrind_env() -> dict[str, str]:
+    """What a process run under `callgrind_prefix` adds to its environment."""
+    # one BLAS thread: numpy's pool would only add threads that callgrind serializes
+    return {"OPENBLAS_NUM_THREADS": "1"}
 
 
 def _estimate(doc: dict[str, Any] | None) -> stats.Estimate | None:
@@ -163,19 +183,14 @@ def _launch(cfg: InstructionsConfig, workdir: Path, library: Path) -> dict[str, 
         "segment_cost": dataclasses.asdict(cfg.segment_cost),
     }
     command = [
-        "valgrind",
-        "--tool=callgrind",
-        "--separate-threads=yes",  # the main thread's own count, as time.thread_time is
-        f"--callgrind-out-file={workdir / 'cg'}",
-        f"--log-file={workdir / 'valgrind.log'}",
+        *callgrind_prefix(workdir / "cg", workdir / "valgrind.log"),
         sys.executable,
         "-c",
         _ENTRY,
         json.dumps(args),
     ]
-    # one hash seed (dict layouts, and so lookups, are the same in every run); one BLAS
-    # thread (numpy's pool would only add threads that callgrind serializes)
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1"}
+    # one hash seed: dict layouts, and so lookups, are the same in every run
+    env = {**os.environ, "PYTHONHASHSEED": "0", **callgrind_env()}
     done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if done.returncode != 0 or not result.exists():
         lines = done.stderr.decode(errors="replace").strip().splitlines() or ["no output"]
