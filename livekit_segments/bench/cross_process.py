@@ -427,6 +427,17 @@ async def _b2n(cfg: segment_cost.SegmentCostConfig, pair: Pair) -> BenchResult:
     return result
 
 
+# B7's summary says how B7n's workers counted
+_B7N_NOTES = (
+    "B1n's and B2n's measuring code and pairing, run again on one more pair of worker "
+    "processes, each under valgrind's callgrind and reading the instructions its main "
+    "thread executed where B1n and B2n read its CPU time (cpu_meter); same statistics, "
+    "intervals and targets; hash seed 0 in both; B2 without memory points",
+    "the two forms come from two venvs: a count also holds what differs between the "
+    "venvs (their paths), not only the form",
+)
+
+
 async def _b7n(cfg: instructions.InstructionsConfig | None, pair: Pair) -> BenchResult:
     """B1n and B2n with B7's sizes, on a pair of workers of ``pair``'s pythons that count
     instructions, judged as B7 judges B1 and B2."""
@@ -451,16 +462,7 @@ async def _b7n(cfg: instructions.InstructionsConfig | None, pair: Pair) -> Bench
                     doc[name] = instructions.result_json(await bench(counted))
                 finally:
                     counted.call_each("end")
-    result = instructions.summarize(cfg, CrossProcessForms(), doc)
-    result.notes = [
-        "B1n's and B2n's measuring code and pairing, run again on one more pair of worker "
-        "processes, each under valgrind's callgrind and reading the instructions its main "
-        "thread executed where B1n and B2n read its CPU time (cpu_meter); same statistics, "
-        "intervals and targets; hash seed 0 in both; B2 without memory points",
-        "the two forms come from two venvs: a count also holds what differs between the "
-        "venvs (their paths), not only the form",
-    ]
-    return result
+    return instructions.summarize(cfg, CrossProcessForms(), doc, notes=_B7N_NOTES)
 
 
 async def run(

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,13 @@ _ENTRY = (
 _B1_RATIO = "CPU per reply ratio"
 _B2_RATIO = "CPU per segment ratio (slope)"
 _B2_FLOOR = "patch cost per segment / handle floor"
+_NOTE = (
+    "B1's and B2's own measuring code, run again in a worker under valgrind's "
+    "callgrind, reading the instructions its main thread executed where B1 and B2 "
+    "read its CPU time (cpu_meter); same statistics, intervals and targets; "
+    "hash seed 0; B2 without memory points; a handful of rounds, since counts "
+    "barely vary"
+)
 
 
 @dataclass(frozen=True)
@@ -231,8 +238,15 @@ def unavailable(reason: str) -> BenchResult:
     )
 
 
-def summarize(cfg: InstructionsConfig, forms: Forms, doc: dict[str, Any]) -> BenchResult:
-    """B7's result from the worker's B1 and B2 results (counts in place of seconds)."""
+def summarize(
+    cfg: InstructionsConfig,
+    forms: Forms,
+    doc: dict[str, Any],
+    *,
+    notes: Sequence[str] = (_NOTE,),
+) -> BenchResult:
+    """B7's result from the worker's B1 and B2 results (counts in place of seconds);
+    ``notes`` say how they were counted (B7n's workers say it their own way)."""
     base, subject = forms.baseline, forms.subject
     assert base is not None
     b1, b2 = doc["B1"], doc["B2"]
@@ -304,13 +318,7 @@ def summarize(cfg: InstructionsConfig, forms: Forms, doc: dict[str, Any]) -> Ben
         status=combine([j.verdict for j in items]),
         rows=rows,
         judged=items,
-        notes=[
-            "B1's and B2's own measuring code, run again in a worker under valgrind's "
-            "callgrind, reading the instructions its main thread executed where B1 and B2 "
-            "read its CPU time (cpu_meter); same statistics, intervals and targets; "
-            "hash seed 0; B2 without memory points; a handful of rounds, since counts "
-            "barely vary",
-        ],
+        notes=list(notes),
         data={
             "install_cost": dataclasses.asdict(cfg.install_cost),
             "segment_cost": dataclasses.asdict(cfg.segment_cost),
