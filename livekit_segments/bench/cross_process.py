@@ -443,26 +443,25 @@ async def _b7n(cfg: instructions.InstructionsConfig | None, pair: Pair) -> Bench
     instructions, judged as B7 judges B1 and B2."""
     if cfg is None:
         return instructions.unavailable("not run in this preset (callgrind needs minutes)")
-    with tempfile.TemporaryDirectory(prefix="lkseg-b7n-") as tmp:
-        try:
-            library = instructions.build_client(Path(tmp))
-        except instructions.Unavailable as e:
-            return instructions.unavailable(str(e))
-        runs: dict[str, Callable[[Pair], Awaitable[BenchResult]]] = {
-            # one pair of processes, as B7 is one process: each pair more would cost another
-            # start under callgrind (about a minute)
-            "B1": lambda counted: _b1n(cfg.install_cost, counted, process_pairs=1),
-            "B2": lambda counted: _b2n(cfg.segment_cost, counted),
-        }
+    runs: dict[str, Callable[[Pair], Awaitable[BenchResult]]] = {
+        # one pair of processes, as B7 is one process: each pair more would cost another
+        # start under callgrind (about a minute)
+        "B1": lambda counted: _b1n(cfg.install_cost, counted, process_pairs=1),
+        "B2": lambda counted: _b2n(cfg.segment_cost, counted),
+    }
+
+    async def measure(workdir: Path, library: Path) -> BenchResult:
         doc: dict[str, Any] = {}
-        with pair.fresh(callgrind=Callgrind(library, Path(tmp))) as counted:
+        with pair.fresh(callgrind=Callgrind(library, workdir)) as counted:
             for name, bench in runs.items():
                 counted.call_each("begin")
                 try:
                     doc[name] = instructions.result_json(await bench(counted))
                 finally:
                     counted.call_each("end")
-    return instructions.summarize(cfg, CrossProcessForms(), doc, notes=_B7N_NOTES)
+        return instructions.summarize(cfg, CrossProcessForms(), doc, notes=_B7N_NOTES)
+
+    return await instructions.with_client("lkseg-b7n-", measure)
 
 
 async def run(

@@ -42,6 +42,7 @@ __all__ = [
     "serve",
     "summarize",
     "unavailable",
+    "with_client",
 ]
 
 # set while `bench --force` runs: the worker then installs the patch with force=True too
@@ -117,6 +118,21 @@ def callgrind_env() -> dict[str, str]:
     """What a process run under `callgrind_prefix` adds to its environment."""
     # one BLAS thread: numpy's pool would only add threads that callgrind serializes
     return {"OPENBLAS_NUM_THREADS": "1"}
+
+
+async def with_client(
+    prefix: str, measure: Callable[[Path, Path], Awaitable[BenchResult]]
+) -> BenchResult:
+    """``measure(workdir, library)``, with callgrind's client requests built into
+    ``library`` in a temporary directory ``workdir`` named after ``prefix``; `unavailable`
+    when they cannot be built."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        workdir = Path(tmp)
+        try:
+            library = build_client(workdir)
+        except Unavailable as e:
+            return unavailable(str(e))
+        return await measure(workdir, library)
 
 
 def _estimate(doc: dict[str, Any] | None) -> stats.Estimate | None:
@@ -215,14 +231,12 @@ async def run(cfg: InstructionsConfig | None, forms: Forms) -> BenchResult:
             "needs the runtime patch and upstream in one process: run the bench from the "
             "runtime venv (.venv/bin/python)"
         )
-    with tempfile.TemporaryDirectory(prefix="lkseg-b7-") as tmp:
-        workdir = Path(tmp)
-        try:
-            library = build_client(workdir)
-        except Unavailable as e:
-            return unavailable(str(e))
+
+    async def measure(workdir: Path, library: Path) -> BenchResult:
         doc = await asyncio.to_thread(_launch, cfg, workdir, library)
-    return summarize(cfg, forms, doc)
+        return summarize(cfg, forms, doc)
+
+    return await with_client("lkseg-b7-", measure)
 
 
 def unavailable(reason: str) -> BenchResult:
