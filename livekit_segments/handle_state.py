@@ -19,10 +19,14 @@ from .segment_break import SegmentBreak
 __all__ = [
     "HandleState",
     "SegmentSpeechHandle",
+    "cancel_playout",
     "finish_segment",
     "peek_state",
+    "playout_future",
     "resolve_playout",
+    "signal_first_frame",
     "state_of",
+    "sync_playout",
     "watch_done",
 ]
 
@@ -32,11 +36,21 @@ _STATE_ATTR = "_lk_segment_state"
 class HandleState:
     """What one handle knows about its own playout, plus turn bookkeeping for segment 0.
 
-    Fields other than `playout` have class-level defaults and are set on an instance
-    only when they change: a reply without breaks creates one of these per turn, and
-    upstream's reply is what it is measured against.
+    Every field has a class-level default and is set on an instance only when it changes:
+    a reply without breaks creates one of these per turn, and upstream's reply is what it
+    is measured against. `playout_started` itself is made when first read
+    (`playout_future`); until then its outcome is kept in `settled` and `started`.
     """
 
+    # resolved or cancelled; started is the start time if resolved
+    settled = False
+    started: float | None = None
+    # the handle's playout_started, once anyone read it
+    fut: asyncio.Future[float] | None = None
+    # upstream's _AudioOutput of the segment now playing under this handle, while no signal
+    # stands in for its first_frame_fut (nobody waits on playout_started yet): that
+    # future's result is the start time, read when someone asks (`sync_playout`)
+    frame_out: Any = None
     # called once playout_started resolves (segment handles: the agent speaks again)
     on_playout: Callable[[float], None] | None = None
     # set once audio forwarding started for this handle: text then no longer counts
@@ -63,10 +77,6 @@ class HandleState:
     index = 0  # the segment number of the handle
     segment_break: SegmentBreak | None = None  # the break that opened (or labelled) it
 
-    def __init__(self) -> None:
-        # same loop binding as SpeechHandle's own futures
-        self.playout: asyncio.Future[float] = asyncio.Future()
-
 
 def peek_state(handle: SpeechHandle) -> HandleState | None:
     """The handle's state if it has any yet."""
@@ -91,7 +101,7 @@ def state_of(handle: SpeechHandle, *, watch: bool = True) -> HandleState:
         setattr(handle, _STATE_ATTR, st)
         if handle.done():
             # a handle that finished before anyone asked can no longer start playing
-            st.playout.cancel()
+            st.settled = True
         elif watch:
             handle.add_done_callback(_on_handle_done)
         else:
@@ -116,24 +126,128 @@ def _on_handle_done(handle: SpeechHandle) -> None:
         return
     if st.open_handle is not None:
         finish_segment(st.open_handle, interrupted=handle.interrupted)
-    if not st.playout.done():
-        st.playout.cancel()
+    cancel_playout(st)
 
 
 def resolve_playout(st: HandleState, started_at: float | None) -> None:
     """Resolve a handle's `playout_started`, once; `None` means "now" (text-only output)."""
-    if not st.playout.done():
-        handle = st.unwatched
-        if handle is not None:
-            st.unwatched = None  # (handle and state refer to each other)
-            if handle.done():
-                # what the done callback would have done: an ended handle does not start
-                st.playout.cancel()
-                return
-        started = time.time() if started_at is None else started_at
-        st.playout.set_result(started)
-        if st.on_playout is not None:
-            st.on_playout(started)
+    if st.settled:
+        return
+    fut = st.fut
+    if fut is not None and fut.done():
+        st.settled = True  # cancelled by whoever holds it
+        return
+    handle = st.unwatched
+    if handle is not None:
+        st.unwatched = None  # (handle and state refer to each other)
+        if handle.done():
+            # what the done callback would have done: an ended handle does not start
+            cancel_playout(st)
+            return
+    started = time.time() if started_at is None else started_at
+    st.settled = True
+    st.started = started
+    if fut is not None:
+        fut.set_result(started)
+    if st.on_playout is not None:
+        st.on_playout(started)
+
+
+def sync_playout(st: HandleState) -> None:
+    """Take in the first frame upstream reported for the segment playing under the handle,
+    where no signal stood in for it; called before anything reads or ends the outcome."""
+    out = st.frame_out
+    if out is not None:
+        frame: asyncio.Future[float] = out.first_frame_fut
+        if frame.done():
+            st.frame_out = None
+            if not frame.cancelled():
+                resolve_playout(st, frame.result())
+
+
+def cancel_playout(st: HandleState) -> None:
+    """The handle can no longer start playing (unless its first frame was reported)."""
+    if st.frame_out is not None:
+        sync_playout(st)
+        st.frame_out = None
+    if not st.settled:
+        st.settled = True
+        if st.fut is not None:
+            st.fut.cancel()
+
+
+def playout_future(st: HandleState) -> asyncio.Future[float]:
+    """The handle's `playout_started`, made on first use with the outcome so far."""
+    if st.frame_out is not None:
+        sync_playout(st)
+    fut = st.fut
+    if fut is None:
+        # made in the loop that reads it, as upstream's own futures are made in the loop
+        # that creates the handle
+        fut = st.fut = asyncio.Future()
+        if not st.settled:
+            if st.frame_out is not None:
+                # from now on someone waits: the sink's report resolves it as it comes
+                signal_first_frame(st, st.frame_out)
+        elif st.started is None:
+            fut.cancel()
+        else:
+            fut.set_result(st.started)
+    return fut
+
+
+def signal_first_frame(st: HandleState, out: Any) -> None:
+    """Let the first frame reported for ``out`` (upstream's `_AudioOutput`) resolve the
+    handle's `playout_started` in the same call.
+
+    Upstream reads ``out.first_frame_fut`` at each use (its playback-started listener, its
+    forwarding task, `forward_generation`), so the stand-in takes effect from its next use.
+    """
+    signal = _FirstFrameSignal()
+    signal._replaced = out.first_frame_fut
+    signal._st = st
+    out.first_frame_fut = signal
+    st.frame_out = None
+
+
+# the base methods, looked up once (zero-argument super() builds a proxy per call before 3.12)
+_future_set_result = asyncio.Future.set_result
+_future_set_exception = asyncio.Future.set_exception
+_future_cancel = asyncio.Future.cancel
+
+
+class _FirstFrameSignal(asyncio.Future):  # type: ignore[type-arg]
+    """Stands in for a segment's ``first_frame_fut``: resolving it resolves the handle's
+    `playout_started` in the same call, inside the sink's playback-started emit.
+
+    Upstream's own listener decides whether the event belongs to this segment and calls
+    ``set_result``; hooking that call, rather than adding a second listener, does not depend
+    on the order in which the emitter runs listeners (a set before livekit rtc 1.1.20).
+    Every outcome is passed on to the future it replaces, whose done callback unregisters
+    upstream's listener; the future it replaces is resolved first, so upstream's callbacks
+    on either future run before those of whoever waits on `playout_started`.
+    """
+
+    # one per segment with audio and someone waiting: no instance dict, and no Python
+    # __init__ (the creator sets both fields before anyone else sees it)
+    __slots__ = ("_replaced", "_st")
+    _replaced: asyncio.Future[float]
+    _st: HandleState
+
+    def set_result(self, result: float) -> None:
+        _future_set_result(self, result)
+        self._replaced.set_result(result)
+        resolve_playout(self._st, result)
+
+    def set_exception(self, exception: type | BaseException) -> None:
+        _future_set_exception(self, exception)
+        self._replaced.cancel()
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not _future_cancel(self, msg):
+            return False
+        self._replaced.cancel(msg)
+        return True
 
 
 class SegmentSpeechHandle(SpeechHandle):
@@ -147,7 +261,8 @@ class SegmentSpeechHandle(SpeechHandle):
     _lk_segment_state: HandleState
 
     def __init__(self, *, turn: SpeechHandle, index: int, segment_break: SegmentBreak) -> None:
-        super().__init__(
+        SpeechHandle.__init__(  # (zero-argument super() builds a proxy per call before 3.12)
+            self,
             # traceable to its turn in logs and traces
             speech_id=f"{turn.id}_seg{index}",
             allow_interruptions=turn.allow_interruptions,
@@ -203,11 +318,9 @@ def finish_segment(handle: SegmentSpeechHandle, *, interrupted: bool) -> None:
     turn_st: HandleState | None = getattr(handle._lk_turn, _STATE_ATTR, None)
     if turn_st is not None and turn_st.open_handle is handle:
         turn_st.open_handle = None
-    st = handle._lk_segment_state
-    if not st.playout.done():
-        # cancelled first, so nobody who awaits the handle sees it pending; also when the
-        # handle was already marked done elsewhere (upstream's interruption timeout)
-        st.playout.cancel()
+    # cancelled first, so nobody who awaits the handle sees it pending; also when the
+    # handle was already marked done elsewhere (upstream's interruption timeout)
+    cancel_playout(handle._lk_segment_state)
     if handle.done():
         return
     if interrupted:
@@ -225,11 +338,11 @@ def handle_properties() -> dict[str, Any]:
         this handle's first segment, or the time its first text was forwarded when audio
         output is disabled. It is cancelled if that segment can no longer play.
         """
-        fut = state_of(self).playout
-        if not fut.done() and self.done():
+        st = state_of(self)
+        if not st.settled and self.done():
             # the done callback that cancels it may not have run yet
-            fut.cancel()
-        return fut
+            cancel_playout(st)
+        return playout_future(st)
 
     def segment_index(self: SpeechHandle) -> int:
         """0 for the handle a reply was scheduled with, k for the k-th break's handle."""

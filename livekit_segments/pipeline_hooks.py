@@ -7,8 +7,11 @@ only observes or routes around it:
   the segment boundaries upstream draws are known, with the break that opened each one.
 - `forward_generation`: called once per segment; picks the handle the segment plays under,
   opens and announces a new one after a `SegmentBreak`, and ends it when it has played.
-- `perform_audio_forwarding` / `perform_text_forwarding`: resolve the handle's
-  `playout_started` from the sink's playback-started event (or the first text).
+- `perform_audio_forwarding` / `perform_text_forwarding`: tie the segment's first frame (or
+  first text) to the handle's `playout_started`. Upstream's own first-frame future records
+  when the sink reported it; a stand-in future signals it as it comes only once someone
+  waits on `playout_started` (or the agent state waits for it), and otherwise it is read
+  when asked, at the latest when the segment returns.
 """
 
 from __future__ import annotations
@@ -30,10 +33,13 @@ from livekit.agents.voice.speech_handle import SpeechHandle
 from .handle_state import (
     HandleState,
     SegmentSpeechHandle,
+    cancel_playout,
     finish_segment,
     peek_state,
     resolve_playout,
+    signal_first_frame,
     state_of,
+    sync_playout,
     watch_done,
 )
 from .segment_break import SegmentBreak
@@ -332,9 +338,7 @@ def _route(
         if ts.open_handle is not None:  # ended by the break already, unless it never played
             finish_segment(ts.open_handle, interrupted=False)
         # only the newest handle may still start playing: results strictly increase
-        newest_st = ts.newest or state_of(turn)
-        if not newest_st.playout.done():
-            newest_st.playout.cancel()
+        cancel_playout(ts.newest or state_of(turn))
         seg = SegmentSpeechHandle(turn=turn, index=ts.next_index, segment_break=brk)
         ts.next_index += 1
         if ts.watched is not tracker:
@@ -347,7 +351,11 @@ def _route(
         ts.open_tracker = tracker
         ts.open_first = j
         target_st = ts.newest = seg._lk_segment_state
-        target_st.on_playout = ts.speak
+        if ts.thinking:
+            # only a response that opens while the turn shows "thinking" changes the state
+            # when it starts: the turn starts thinking only once every segment it started
+            # has returned, and this one has not
+            target_st.on_playout = ts.speak
         _announce(turn, seg, ts)
     ts.forwarded_any = True
     return target_st
@@ -471,6 +479,10 @@ def wrap_forward_generation(original: F) -> F:
         finally:
             if fwd.task is task:
                 fwd.task = fwd.st = None
+            if target_st.frame_out is not None:
+                # a first frame reported from now on is not this segment's
+                sync_playout(target_st)
+                target_st.frame_out = None
             if tracker is not None:
                 tracker.returned = j
                 if getattr(kwargs.get("tts_data"), "error", None) is not None:
@@ -491,59 +503,24 @@ def wrap_perform_audio_forwarding(original: F) -> F:
         # the segment forward_generation is starting (inlined: once per segment)
         fwd = _forwarding
         st = fwd.st
-        if st is None or fwd.task is not _task_of_loop(_running_loop()):
-            st = _say_target()
+        if st is not None and fwd.task is _task_of_loop(_running_loop()):
+            st.audio_seen = True
+            if not st.settled:
+                if st.fut is None and st.on_playout is None:
+                    # nobody waits yet: the sink's report is read from out when asked, at
+                    # the latest when the segment returns (forward_generation's wrapper)
+                    st.frame_out = out
+                else:
+                    signal_first_frame(st, out)
+            return task, out
+        st = _say_target()  # no return of the segment to wait for: signal at once
         if st is not None:
             st.audio_seen = True
-            if not st.playout.done():
-                # upstream reads out.first_frame_fut at each use, and its forwarding task
-                # has not started yet: every use from here on sees the signalling future
-                signal = _FirstFrameSignal()
-                signal._replaced = out.first_frame_fut
-                signal._st = st
-                out.first_frame_fut = signal
+            if not st.settled:
+                signal_first_frame(st, out)
         return task, out
 
     return perform_audio_forwarding  # type: ignore[return-value]
-
-
-# the base methods, looked up once (zero-argument super() builds a proxy per call before 3.12)
-_future_set_result = asyncio.Future.set_result
-_future_set_exception = asyncio.Future.set_exception
-_future_cancel = asyncio.Future.cancel
-
-
-class _FirstFrameSignal(asyncio.Future):  # type: ignore[type-arg]
-    """Stands in for a segment's ``first_frame_fut``: resolving it resolves the handle's
-    `playout_started` in the same call, inside the sink's playback-started emit.
-
-    Upstream's own listener decides whether the event belongs to this segment and calls
-    ``set_result``; hooking that call, rather than adding a second listener, does not depend
-    on the order in which the emitter runs listeners (a set before livekit rtc 1.1.20).
-    Every outcome is passed on to the future it replaces, whose done callback unregisters
-    upstream's listener.
-    """
-
-    # one per segment with audio: no instance dict, and no Python __init__ (the creator sets
-    # both fields before anyone else sees it)
-    __slots__ = ("_replaced", "_st")
-    _replaced: asyncio.Future[float]
-    _st: HandleState
-
-    def set_result(self, result: float) -> None:
-        _future_set_result(self, result)
-        resolve_playout(self._st, result)
-        self._replaced.set_result(result)
-
-    def set_exception(self, exception: type | BaseException) -> None:
-        _future_set_exception(self, exception)
-        self._replaced.cancel()
-
-    def cancel(self, msg: Any = None) -> bool:
-        if not _future_cancel(self, msg):
-            return False
-        self._replaced.cancel(msg)
-        return True
 
 
 def wrap_perform_text_forwarding(original: F) -> F:
@@ -555,7 +532,7 @@ def wrap_perform_text_forwarding(original: F) -> F:
         if st is None or fwd.task is not _task_of_loop(_running_loop()):
             st = _say_target()
         if st is not None:
-            if not st.audio_seen and not st.playout.done():
+            if not st.audio_seen and not st.settled:
 
                 def on_first_text(fut: asyncio.Future[None]) -> None:
                     if not fut.cancelled() and not st.audio_seen:

@@ -25,7 +25,7 @@ async def test_a_first_frame_after_the_turn_ended_does_not_resolve_playout_start
     st = state_of(turn, watch=False)
     turn._mark_done()
     resolve_playout(st, 123.0)
-    assert st.playout.cancelled()
+    assert st.settled and st.started is None
     assert turn.playout_started.cancelled()
 
 

@@ -214,6 +214,34 @@ async def test_playout_started_resolves_inside_the_sinks_callback() -> None:
     assert seen == [(0, True), (1, True), (2, True)]
 
 
+async def test_playout_started_first_read_while_its_audio_waits_to_start() -> None:
+    # asked for the first time only once the segment's audio is queued: it still resolves
+    # inside the sink's callback, with its timestamp, after upstream's own first-frame
+    # callback has made the agent speak
+    t = Turn([["A.", SegmentBreak(id="b"), "B."]], start="manual")
+    await t.start()
+    assert t.sink is not None and t.session is not None
+    session = t.session
+    in_callback: list[tuple[int, bool]] = []
+    t.sink.after_started = lambda n: in_callback.append((n, futs[n].done()))
+    futs: list[asyncio.Future[float]] = []
+    states: list[str] = []
+    starts: list[float] = []
+    for n in range(2):
+        await t.sink.segment_captured(n)
+        futs.append(t.handles[n].playout_started)
+        assert not futs[n].done()
+        futs[n].add_done_callback(lambda _: states.append(session.agent_state))
+        starts.append(t.sink.start_playback())
+        await futs[n]
+    assert t.turn is not None
+    await t.turn.result()
+    await t.close()
+    assert in_callback == [(0, True), (1, True)]
+    assert [f.result() for f in futs] == starts == t.sink.started_times
+    assert states == ["speaking", "speaking"]
+
+
 async def test_awaiting_playout_started_wakes_per_segment() -> None:
     t = Turn([["A.", SegmentBreak(id="b"), "B.", SegmentBreak(id="c"), "C."]])
     woke: list[tuple[int, float, int]] = []
