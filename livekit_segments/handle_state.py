@@ -320,7 +320,9 @@ def finish_segment(handle: SegmentSpeechHandle, *, interrupted: bool) -> None:
         turn_st.open_handle = None
     # cancelled first, so nobody who awaits the handle sees it pending; also when the
     # handle was already marked done elsewhere (upstream's interruption timeout)
-    cancel_playout(handle._lk_segment_state)
+    st = handle._lk_segment_state
+    if st.frame_out is not None or not st.settled:  # (cancel_playout's checks, inlined)
+        cancel_playout(st)
     if handle.done():
         return
     if interrupted:

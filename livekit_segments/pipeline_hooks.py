@@ -100,14 +100,21 @@ class GenerationTracker:
         self.functions = functions
 
     def receive(self, value: Any) -> None:
-        """An item `llm_node` sent that may change the segments: pass it on, and observe it."""
-        if self.pending is None and value.__class__ is str:
-            # text with no break before it (then nothing is held): at most a segment starts
-            self.send_nowait(value)
-            if value and not self.in_segment:
-                self.in_segment = True
-                self.segments += 1
-            return
+        """The text channel's ``send_nowait`` while `llm_node` runs: pass each item on, and
+        observe those that may change the segments."""
+        if value.__class__ is str:
+            if self.in_segment:
+                # most items are more text of the segment already started: nothing to see
+                self.send_nowait(value)
+                return
+            if self.pending is None:
+                # text with no break before it (then nothing is held): at most a segment
+                # starts
+                self.send_nowait(value)
+                if value:
+                    self.in_segment = True
+                    self.segments += 1
+                return
         held = self.held
         if isinstance(value, str):
             if value and self.pending is not None and value.isspace():
@@ -223,17 +230,9 @@ def wrap_perform_llm_inference(original: F) -> F:
             getattr(gen_data, "generated_functions", None),
         )
         text_ch = gen_data.text_ch
-        send_nowait = tracker.send_nowait = text_ch.send_nowait
-
+        tracker.send_nowait = text_ch.send_nowait
         # the producer task reads the channel when it starts, after this returns
-        def observed_send_nowait(value: Any) -> None:
-            # most items are more text of the segment already started: nothing to see
-            if tracker.in_segment and value.__class__ is str:
-                send_nowait(value)
-            else:
-                tracker.receive(value)
-
-        text_ch.send_nowait = observed_send_nowait
+        text_ch.send_nowait = tracker.receive
         _generation.set(tracker)
         return llm_task, gen_data
 
@@ -338,7 +337,9 @@ def _route(
         if ts.open_handle is not None:  # ended by the break already, unless it never played
             finish_segment(ts.open_handle, interrupted=False)
         # only the newest handle may still start playing: results strictly increase
-        cancel_playout(ts.newest or state_of(turn))
+        newest_st = ts.newest or state_of(turn)
+        if newest_st.frame_out is not None or not newest_st.settled:
+            cancel_playout(newest_st)
         seg = SegmentSpeechHandle(turn=turn, index=ts.next_index, segment_break=brk)
         ts.next_index += 1
         if ts.watched is not tracker:
