@@ -70,22 +70,6 @@ class GenerationTracker:
     breaks only counts its segments (`has_breaks` gates every update).
     """
 
-    # class-level defaults: an instance sets a field only when it changes (one of these is
-    # made per reply, breaks or not)
-    segments = 0  # segments started so far
-    in_segment = False
-    pending: SegmentBreak | None = None
-    ended = False
-    forwarded = 0  # forward_generation calls so far
-    returned = -1  # the last segment whose forward_generation returned
-    cut: int | None = None  # a failed TTS: no segment after this one is forwarded
-    turn: SpeechHandle | None = None  # set by the first forward_generation call
-    turn_st: HandleState | None = None  # its state, set with it
-    has_breaks = False
-    breaks: dict[int, SegmentBreak] | None = None  # segment number -> break that opens it
-    # segment counts at which a response was closed (a break, or the model's end)
-    bounds: list[int] | tuple[()] = ()
-    held: list[str] | None = None  # whitespace after a break, until the response says more
     send_nowait: Callable[[Any], None]  # the text channel's own
 
     def __init__(
@@ -98,6 +82,23 @@ class GenerationTracker:
         self.llm_task = llm_task  # the model's task: its end closes the last response
         # the tool calls the model made, as upstream collects them
         self.functions = functions
+        # every field set here, none left to a class-level default: these are read per
+        # segment, and CPython 3.11 specializes no read of a class attribute through an
+        # instance (each is a full lookup, about three times a specialized read)
+        self.segments = 0  # segments started so far
+        self.in_segment = False
+        self.pending: SegmentBreak | None = None
+        self.ended = False
+        self.forwarded = 0  # forward_generation calls so far
+        self.returned = -1  # the last segment whose forward_generation returned
+        self.cut: int | None = None  # a failed TTS: no segment after this one is forwarded
+        self.turn: SpeechHandle | None = None  # set by the first forward_generation call
+        self.turn_st: HandleState | None = None  # its state, set with it
+        self.has_breaks = False
+        self.breaks: dict[int, SegmentBreak] | None = None  # segment -> the break opening it
+        # segment counts at which a response was closed (a break, or the model's end)
+        self.bounds: list[int] | tuple[()] = ()
+        self.held: list[str] | None = None  # whitespace after a break, until more is said
 
     def receive(self, value: Any) -> None:
         """The text channel's ``send_nowait`` while `llm_node` runs: pass each item on, and
