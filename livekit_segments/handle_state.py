@@ -261,12 +261,15 @@ class SegmentSpeechHandle(SpeechHandle):
     _lk_segment_state: HandleState
 
     def __init__(self, *, turn: SpeechHandle, index: int, segment_break: SegmentBreak) -> None:
-        SpeechHandle.__init__(  # (zero-argument super() builds a proxy per call before 3.12)
+        # the turn's fields are read directly, where its properties return them (checked by
+        # install()): three Python calls less per segment; zero-argument super() would build
+        # a proxy per call before 3.12
+        SpeechHandle.__init__(
             self,
             # traceable to its turn in logs and traces
-            speech_id=f"{turn.id}_seg{index}",
-            allow_interruptions=turn.allow_interruptions,
-            input_details=turn.input_details,
+            speech_id=f"{turn._id}_seg{index}",
+            allow_interruptions=turn._allow_interruptions,
+            input_details=turn._input_details,
         )
         self._lk_turn = turn
         # no done callback: finish_segment ends it, and cancels its playout_started there
@@ -323,7 +326,7 @@ def finish_segment(handle: SegmentSpeechHandle, *, interrupted: bool) -> None:
     st = handle._lk_segment_state
     if st.frame_out is not None or not st.settled:  # (cancel_playout's checks, inlined)
         cancel_playout(st)
-    if handle.done():
+    if handle._done_fut.done():  # handle.done()'s own body, a Python call less
         return
     if interrupted:
         handle._cancel()

@@ -219,6 +219,14 @@ def _has_params(fn: Callable[..., Any], *names: str) -> bool:
     return all(n in params and params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in names)
 
 
+def _returns_only(owner: type, name: str, reads: tuple[str, ...]) -> bool:
+    """Whether ``owner.name`` (a property or method) only reads ``reads`` off ``self`` in
+    that order: the hooks then read those directly, a Python call less each."""
+    attr = inspect.getattr_static(owner, name)
+    fn: Any = attr.fget if isinstance(attr, property) else attr
+    return tuple(fn.__code__.co_names) == reads
+
+
 def _check_seams() -> list[str]:
     """The seams that are missing, each described so that a failure names what moved."""
     return [what for what, ok in seam_report() if not ok]
@@ -294,6 +302,21 @@ def seam_report() -> list[tuple[str, bool]]:
     sh = speech_handle.SpeechHandle
     for attr in ("_cancel", "_mark_done", "_mark_scheduled", "add_done_callback", "interrupt"):
         need(f"SpeechHandle.{attr}", has_callable, sh, attr)
+    # read per segment: the hooks take the value where the property or method finds it
+    for name, reads in (
+        ("interrupted", ("_interrupt_fut", "done")),
+        ("done", ("_done_fut", "done")),
+        ("id", ("_id",)),
+        ("allow_interruptions", ("_allow_interruptions",)),
+        ("input_details", ("_input_details",)),
+    ):
+        need(
+            f"SpeechHandle.{name} returns self.{reads[0]}{'.done()' if len(reads) > 1 else ''}",
+            _returns_only,
+            sh,
+            name,
+            reads,
+        )
     for attr in handle_state.handle_properties():
         need(f"SpeechHandle.{attr} not already defined", lambda a: not hasattr(sh, a), attr)
     need(

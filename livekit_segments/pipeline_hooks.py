@@ -452,7 +452,8 @@ def wrap_forward_generation(original: F) -> F:
                 tracker.turn, tracker.turn_st = turn, ts
         target_st = ts
         j = -1
-        interrupted = turn.interrupted
+        # the property's own body (checked by install()): a Python call less per segment
+        interrupted = turn._interrupt_fut.done()
         if tracker is not None:
             j = tracker.forwarded
             tracker.forwarded += 1
@@ -463,7 +464,7 @@ def wrap_forward_generation(original: F) -> F:
                 else:
                     target_st = _route(turn, ts, tracker, j, brk)
                     # announcing the segment may have run an app callback that interrupted it
-                    interrupted = turn.interrupted
+                    interrupted = turn._interrupt_fut.done()
 
         if interrupted and _SKIPPED_OUTPUT is not None:
             # interrupted before anything of this segment was forwarded (from speech_created,

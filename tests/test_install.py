@@ -101,6 +101,19 @@ def test_missing_seam_refuses_even_with_force(monkeypatch: pytest.MonkeyPatch) -
     assert all(snapshot()[k] is before[k] for k in before)
 
 
+def test_a_handle_property_that_no_longer_returns_its_field_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the hooks read _interrupt_fut directly, where the property would be a call per segment
+    monkeypatch.setattr(SpeechHandle, "interrupted", property(lambda self: self._cancelled))
+    before = snapshot()
+    with pytest.raises(UnsupportedVersionError) as info:
+        livekit_segments.install()
+    assert "SpeechHandle.interrupted returns self._interrupt_fut.done()" in str(info.value)
+    assert not livekit_segments.is_installed()
+    assert all(snapshot()[k] is before[k] for k in before)
+
+
 def test_uninstall_restores_even_over_a_later_patch(caplog: pytest.LogCaptureFixture) -> None:
     original = agent_activity.forward_generation
     livekit_segments.install()
