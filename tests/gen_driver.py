@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import re
 from collections import defaultdict
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
@@ -269,6 +271,59 @@ class GenAgent(ScriptedAgent):
         return Agent.default.transcription_node(self, text, model_settings)
 
 
+# ---------------------------------------------------------------- log records (behaviour too)
+
+_ID = re.compile(r"\b([a-z]+_)([0-9a-f]{12})\b")  # upstream's shortuuid(prefix) ids
+_ADDR = re.compile(r" at 0x[0-9a-f]+")
+
+
+class IdNames:
+    """Names random ids (``speech_5ae1637242b7``) by order of first appearance, so that two
+    runs of one case read alike: ``speech_#1``, ``item_#3``."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+
+    def _name(self, m: re.Match[str]) -> str:
+        key = m.group(0)
+        if key not in self.names:
+            self.names[key] = f"{m.group(1)}#{len(self.names) + 1}"
+        return self.names[key]
+
+    def __call__(self, text: str) -> str:
+        return _ADDR.sub(" at 0x?", _ID.sub(self._name, text))
+
+
+class LogCapture(logging.Handler):
+    """Records (logger, level, message) of every WARNING and above, ids named by `IdNames`.
+
+    While active it is the root logger's only handler (pytest's capture would keep every
+    record's traceback, and with it a whole session, per case)."""
+
+    def __init__(self, names: IdNames, sink: list[tuple[Any, ...]]) -> None:
+        super().__init__(logging.WARNING)
+        self.ids = names
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(("log", record.name, record.levelname, self.ids(record.getMessage())))
+
+    def __enter__(self) -> LogCapture:
+        root = logging.getLogger()
+        self._saved = (root.handlers[:], root.level, logging.root.manager.disable)
+        root.handlers[:] = [self]
+        root.setLevel(logging.WARNING)
+        logging.disable(logging.INFO)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        root = logging.getLogger()
+        handlers, level, disabled = self._saved
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        logging.disable(disabled)
+
+
 # ---------------------------------------------------------------- one run
 
 
@@ -337,6 +392,15 @@ class Run:
         # the handles' state at each idle point where it changed (for comparing the forms)
         self.timeline: list[tuple[Any, ...]] = []
         self.picks = 0
+        # WARNING and above, in order (compared between the flavours, like the sink calls)
+        self.ids = IdNames()
+        self.logs: list[tuple[Any, ...]] = []
+        # tests/differential.py's hooks: attached to the session before it starts, and
+        # told of each call the driver makes as the app (None: nothing recorded)
+        self.recorder: Any = None
+        # the "playback_started" interruption from the sink's event, before the session's
+        # own listener sees it (a recorder registers that listener), not after
+        self.interrupt_before_session = False
         self.loop_errors: list[dict[str, Any]] = []
         self.leftover: list[str] = []
 
@@ -420,6 +484,11 @@ class Run:
             fut = h.playout_started
             if id(h) not in self.resolved_at_start and fut.done() and not fut.cancelled():
                 self.resolved_at_start[id(h)] = self.in_start
+        if not self.interrupt_before_session:
+            self.playback_interrupt(n)
+
+    def playback_interrupt(self, n: int) -> None:
+        """The case's "playback_started" interruption, if sink segment ``n`` is its point."""
         t = self.cur_turn
         spec = self.case.turns[t].interrupt
         turn = self.turn_handles[t]
@@ -461,6 +530,9 @@ class Run:
                 for h in handles
                 if not h.done() and not h.interrupted
             ]
+
+    def after_call(self, call: str, t: int) -> None:
+        """Called right after each call the driver makes as the app (a recorder's hook)."""
 
     def mark(self, marker: tuple[Any, ...]) -> None:
         """Put a marker into every compared log (stripped before comparing)."""
@@ -543,7 +615,9 @@ class Run:
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda _loop, ctx: self.loop_errors.append(ctx))
-        session = await start_session(self.agent, sink=self.sink, text_sink=self.text_sink)
+        session = await start_session(
+            self.agent, sink=self.sink, text_sink=self.text_sink, recorder=self.recorder
+        )
         self.session = session
         session.on("speech_created", self.on_speech_created)
         if self.sink is not None:
@@ -555,6 +629,7 @@ class Run:
             self.turn_first_segment = len(self.sink.segments) if self.sink else 0
             turn = session.generate_reply(user_input=f"question {t}")
             self.turn_handles.append(turn)
+            self.after_call("generate_reply", t)
             points = 0
             while True:
                 await self.idle()
@@ -595,7 +670,8 @@ class Run:
     def run(self) -> Run:
         loop = VirtualTimeLoop()
         try:
-            loop.run_until_complete(self.main())
+            with LogCapture(self.ids, self.logs):
+                loop.run_until_complete(self.main())
         finally:
             # cancel whatever is left (reported in self.leftover) so the loop closes cleanly
             rest = [t for t in asyncio.all_tasks(loop) if not t.done()]
@@ -616,6 +692,7 @@ class Run:
             "text": list(self.text_sink.log),
             "history": history(self.agent),
             "trace": list(self.trace),
+            "logs": list(self.logs),
             "turns": [
                 (h.interrupted, type(error_of(h)).__name__ if error_of(h) else None)
                 for h in self.turn_handles
