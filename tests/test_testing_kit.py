@@ -6,12 +6,14 @@ The agents here override only ``llm_node``; their audio comes from upstream's de
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,11 +24,14 @@ from livekit_segments import SegmentBreak
 from livekit_segments.testing import (
     OfflineTTS,
     RecordingTextOutput,
+    StateChange,
+    StateRecorder,
     VirtualAudioOutput,
     VirtualClock,
     run_turn,
     start_turn,
     started_session,
+    wait_for_state,
 )
 
 needs_exception = pytest.mark.skipif(
@@ -345,3 +350,113 @@ def test_the_readme_example_passes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"\b[1-9]\d* passed\b", proc.stdout), proc.stdout
     assert "failed" not in proc.stdout and "skipped" not in proc.stdout
+
+
+# ------------------------------------------------------------------ agent states
+
+
+class GatedAgent(Agent):
+    """Says an acknowledgement, then waits for ``gate`` before the answer: a slow model call."""
+
+    def __init__(self) -> None:
+        super().__init__(instructions="kit test agent")
+        self.gate = asyncio.Event()
+
+    async def llm_node(
+        self, chat_ctx: llm.ChatContext, tools: list[llm.Tool], model_settings: ModelSettings
+    ) -> AsyncIterator[str | FlushSentinel]:
+        yield "One moment."
+        yield SegmentBreak(id="answer")
+        await self.gate.wait()
+        yield "The answer is 42."
+
+
+def pairs(changes: list[StateChange]) -> list[tuple[str, str]]:
+    return [(c.old_state, c.new_state) for c in changes]
+
+
+THINK_BETWEEN = [
+    ("listening", "thinking"),
+    ("thinking", "speaking"),
+    ("speaking", "thinking"),  # the acknowledgement played; the answer is not ready yet
+    ("thinking", "speaking"),
+    ("speaking", "listening"),
+]
+
+
+async def test_wait_for_state_sees_thinking_between_responses() -> None:
+    agent = GatedAgent()
+    audio = VirtualAudioOutput(clock=VirtualClock(T0))
+    async with started_session(agent, audio=audio) as session:
+        with StateRecorder(session) as recorder:
+            thinking = wait_for_state(session, "thinking", old_state="speaking")
+            speaking = wait_for_state(session, "speaking")
+            turn = start_turn(session, "Hi")
+
+            first = await speaking  # the acknowledgement's first frame
+            assert (first.old_state, first.new_state) == ("thinking", "speaking")
+            between = await thinking
+            assert audio.segments[0].finished and len(audio.segments) == 1
+            assert (between.old_state, between.new_state) == ("speaking", "thinking")
+            assert first.created_at <= between.created_at
+            # a later waiter sees only later changes; the turn's own future sees all of them
+            again = wait_for_state(session, "speaking")
+            assert turn.state_entered("thinking", old_state="speaking").result() == between
+            assert not again.done()
+            agent.gate.set()
+            assert (await again).old_state == "thinking"
+            result = await turn.result()
+
+    assert pairs(result.state_changes) == THINK_BETWEEN
+    assert result.agent_states == [new for _, new in THINK_BETWEEN]
+    assert recorder.changes == result.state_changes
+    assert recorder.states == result.agent_states
+    assert result.break_ids == [None, "answer"]
+
+
+async def test_a_state_future_fails_once_it_cannot_come() -> None:
+    async with started_session(three(), audio=VirtualAudioOutput()) as session:
+        recorder = StateRecorder(session)
+        never = wait_for_state(session, "initializing")
+        turn = start_turn(session, "Hi")
+        in_turn = turn.state_entered("thinking", old_state="speaking")  # no gap in this turn
+        from_record = recorder.entered("listening")
+        result = await turn.result()
+        assert (await from_record).old_state == "speaking"
+        # the turn settled without it: its future fails, naming what did happen
+        with pytest.raises(
+            RuntimeError,
+            match=r"the turn ended before the agent state became "
+            r"'thinking' from 'speaking' \(changes: listening->thinking, ",
+        ):
+            await in_turn
+        after = recorder.entered("speaking", old_state="listening")
+        assert not never.done() and not after.done()
+    # closing the session ends the waits that were still open
+    with pytest.raises(RuntimeError, match="the session closed before the agent state became"):
+        await never
+    with pytest.raises(RuntimeError, match="the session closed before"):
+        await after
+    assert result.agent_states == ["thinking", "speaking", "listening"]
+    stopped = StateRecorder(session)
+    stopped.stop()
+    with pytest.raises(RuntimeError, match="the recorder was stopped before"):
+        await stopped.entered("speaking")
+
+
+async def test_a_cancelled_state_wait_stops_listening(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with started_session(three(), audio=VirtualAudioOutput()) as session:
+        removed: list[str] = []
+        off = session.off
+
+        def spy(event: str, callback: Any) -> None:
+            removed.append(event)
+            off(event, callback)
+
+        monkeypatch.setattr(session, "off", spy)
+        waiter = wait_for_state(session, "speaking")
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)  # its done callbacks ran
+        assert sorted(removed) == ["agent_state_changed", "close"]
+        result = await run_turn(session, "Hi")
+    assert waiter.cancelled() and result.agent_states[-1] == "listening"
