@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -326,30 +327,74 @@ async def test_without_install_the_result_says_to_call_it() -> None:
 # ------------------------------------------------------------------ the README example
 
 
-def readme_example() -> str:
+def readme_section() -> str:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme.split("\n## Test your own agent\n", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return readme.split("\n## Test your own agent\n", 1)[1].split("\n## ", 1)[0]
+
+
+def readme_example() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", readme_section(), flags=re.S)
     assert len(blocks) == 1, "the section has exactly one python example"
     return str(blocks[0])
 
 
-def test_the_readme_example_passes(tmp_path: Path) -> None:
-    (tmp_path / "test_my_agent.py").write_text(readme_example())
+LOOP_SCOPE_UNSET = 'The configuration option "asyncio_default_fixture_loop_scope" is unset'
+
+
+def pytest_configs() -> dict[str, str]:
+    """The pytest configuration the docs give for the example, by where it is shown."""
+    import livekit_segments.testing as kit
+
+    # a literal block of the docstring: indented lines after the "::" paragraph
+    blocks = re.findall(r"^( +\[tool\.pytest.*\n(?: +\S.*\n)*)", kit.__doc__ or "", re.M)
+    configs = {"the kit's docstring": "".join(textwrap.dedent(b) for b in blocks)}
+    readme = re.findall(r"```toml\n(.*?)```", readme_section(), flags=re.S)
+    if readme:
+        configs["README.md"] = "".join(readme)
+    return configs
+
+
+def run_pytest(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     # the example imports the livekit_segments under test, wherever this process found it
     package_root = str(Path(livekit_segments.__file__).resolve().parent.parent)
     pythonpath = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_my_agent.py"],
-        cwd=tmp_path,
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        cwd=project,
         env={**os.environ, "PYTHONPATH": pythonpath},
         capture_output=True,
         text=True,
         check=False,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("shown_in", list(pytest_configs()))
+def test_the_readme_example_passes_without_warnings(shown_in: str, tmp_path: Path) -> None:
+    """The example, in a project configured as the docs say, passes with warnings as errors."""
+    config = pytest_configs()[shown_in]
+    assert "asyncio_default_fixture_loop_scope" in config
+    (tmp_path / "pyproject.toml").write_text(config)
+    (tmp_path / "test_my_agent.py").write_text(readme_example())
+
+    proc = run_pytest(tmp_path, "-W", "error", "test_my_agent.py")
+
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
     assert re.search(r"\b[1-9]\d* passed\b", proc.stdout), proc.stdout
     assert "failed" not in proc.stdout and "skipped" not in proc.stdout
+    assert "warning" not in output.lower()
+
+
+def test_without_the_configuration_the_example_warns(tmp_path: Path) -> None:
+    """What the configuration is for: pytest-asyncio's warning in an unconfigured project."""
+    (tmp_path / "test_my_agent.py").write_text(readme_example())
+    proc = run_pytest(tmp_path, "test_my_agent.py")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert LOOP_SCOPE_UNSET in proc.stdout + proc.stderr
+
+
+def test_this_repository_sets_the_loop_scope(pytestconfig: pytest.Config) -> None:
+    assert pytestconfig.getini("asyncio_default_fixture_loop_scope") == "function"
 
 
 # ------------------------------------------------------------------ agent states

@@ -15,7 +15,14 @@
 Everything is futures: nothing waits on wall-clock time.
 
 Works with the runtime patch (``livekit_segments.install()``) and with a livekit-agents that
-supports segments natively. Example (pytest with pytest-asyncio)::
+supports segments natively. For pytest with pytest-asyncio (0.24 or later), set the event
+loop scope of async fixtures in your ``pyproject.toml``; without it pytest-asyncio warns
+that ``asyncio_default_fixture_loop_scope`` is unset::
+
+    [tool.pytest.ini_options]
+    asyncio_default_fixture_loop_scope = "function"
+
+Example::
 
     livekit_segments.install()
 
