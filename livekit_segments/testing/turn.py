@@ -36,7 +36,7 @@ class HandleResult:
     """The break that opened the handle (for segment 0, a leading break, if any)."""
     playout_started: float | None
     """What ``handle.playout_started`` resolved with (the output's ``playback_started``
-    timestamp), or None if it was cancelled (the segment never played)."""
+    timestamp), or None if the segment never played."""
     interrupted: bool
     """``handle.interrupted``."""
 
@@ -71,7 +71,7 @@ class TurnResult:
 
     @property
     def playout_started(self) -> list[float | None]:
-        """``playout_started`` of each handle (None where cancelled)."""
+        """``playout_started`` of each handle (None where it never played)."""
         return [h.playout_started for h in self.handles]
 
     @property
@@ -163,7 +163,7 @@ class RunningTurn:
         Raises:
             RuntimeError: segment handles are not available (the runtime patch is not
                 installed), or a handle is done while its ``playout_started`` is still pending
-                (the contract says it is resolved or cancelled by then).
+                (the contract says it is settled by then).
         """
         if self._result is not None:
             return self._result
@@ -198,7 +198,7 @@ class RunningTurn:
             handle=h,
             segment_index=segment_index(h),
             segment_break=segment_break(h),
-            playout_started=None if fut.cancelled() else fut.result(),
+            playout_started=fut.result(),
             interrupted=h.interrupted,
         )
 
