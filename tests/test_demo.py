@@ -22,7 +22,6 @@ from livekit_segments.demo.espeak import EspeakSynth, find_espeak, parse_wav
 from livekit_segments.demo.realtime_sink import RealtimeAudioSink
 from livekit_segments.demo.synth import BuiltinSynth
 
-ROOT = Path(__file__).resolve().parents[1]
 FALLBACK_LINE = "espeak-ng is not on PATH, using the built-in synthesizer"
 
 
@@ -283,7 +282,10 @@ async def test_closing_mid_capture_lets_the_native_capture_finish(
 
 def test_an_interrupted_run_prints_no_error_line() -> None:
     """``demo --interrupt-at`` as a user runs it: the process's whole output has no ERROR."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+    # the livekit_segments under test, wherever this process found it
+    package_root = str(Path(livekit_segments.__file__).resolve().parent.parent)
+    pythonpath = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": pythonpath}
     argv = ["demo", "--short", "--builtin-synth", "--interrupt-at", "1.0"]
     done = subprocess.run(
         [sys.executable, "-m", "livekit_segments", *argv],
