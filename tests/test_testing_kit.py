@@ -349,8 +349,8 @@ def pytest_configs() -> dict[str, str]:
     blocks = re.findall(r"^( +\[tool\.pytest.*\n(?: +\S.*\n)*)", kit.__doc__ or "", re.M)
     configs = {"the kit's docstring": "".join(textwrap.dedent(b) for b in blocks)}
     readme = re.findall(r"```toml\n(.*?)```", readme_section(), flags=re.S)
-    if readme:
-        configs["README.md"] = "".join(readme)
+    assert readme, "the README's testing section shows no pytest configuration"
+    configs["README.md"] = "".join(readme)
     return configs
 
 

@@ -16,7 +16,7 @@ from livekit.agents import NOT_GIVEN, AgentSession
 from livekit.agents.voice.events import AgentState, AgentStateChangedEvent, SpeechCreatedEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
 
-from .. import playout_started, segment_break, segment_index
+from .. import playout_started, response_interrupted, segment_break, segment_index
 from ..release_compat import speech_error
 from ..segment_break import SegmentBreak
 from .audio import VirtualAudioOutput
@@ -38,7 +38,9 @@ class HandleResult:
     """What ``handle.playout_started`` resolved with (the output's ``playback_started``
     timestamp), or None if the segment never played."""
     interrupted: bool
-    """``handle.interrupted``."""
+    """``handle.interrupted`` (for the reply's own handle: the whole reply was cut)."""
+    response_interrupted: bool
+    """``handle.response_interrupted``: this handle's own response was cut."""
 
     @property
     def played(self) -> bool:
@@ -200,6 +202,7 @@ class RunningTurn:
             segment_break=segment_break(h),
             playout_started=fut.result(),
             interrupted=h.interrupted,
+            response_interrupted=response_interrupted(h),
         )
 
     def _on_speech_created(self, ev: SpeechCreatedEvent) -> None:
