@@ -392,24 +392,36 @@ async def test_interrupt_from_speech_created_finishes_it_within_the_call() -> No
     assert never[0].result() is None
 
 
-async def test_interrupt_inside_the_first_frames_playback_started_resolves_it() -> None:
+@pytest.mark.parametrize("app_listener", ["before_upstreams", "after_upstreams"])
+async def test_interrupt_inside_the_first_frames_playback_started_resolves_it(
+    app_listener: str,
+) -> None:
     t = two_responses(start="manual")
     await t.start()
     assert t.sink is not None
     sink = t.sink
+    seg_box: list[SpeechHandle] = []
+
+    def on_started(ev: Any) -> None:
+        if seg_box and len(sink.segments) == 2:
+            seg_box[0].interrupt()  # inside the sink's report of the segment's first frame
+
+    if app_listener == "before_upstreams":
+        # registered before upstream registers its own for segment 1: with ordered emitters
+        # (livekit rtc 1.1.20 on) the app's runs first
+        sink.on("playback_started", on_started)
     await sink.segment_captured(0)
     sink.start_playback()
     seg = await t.handle_created(1)
+    seg_box.append(seg)
     watcher = asyncio.ensure_future(seg.playout_started)
-
-    def on_started(ev: Any) -> None:
-        seg.interrupt()  # inside the sink's report of the segment's first frame
-
-    sink.on("playback_started", on_started)
+    if app_listener == "after_upstreams":
+        sink.on("playback_started", on_started)
     await sink.segment_captured(1)
     started = sink.start_playback()
-    # the sink reported playback: the response did start playing
+    assert seg.interrupted and seg.done()
+    # the sink reported playback: the response did start playing, whatever the order
     assert await watcher == started
     assert await seg.playout_started == started
-    await play_the_rest(t)
+    await t.turn_result()
     await t.close()
