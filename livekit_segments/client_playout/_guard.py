@@ -20,6 +20,7 @@ RATE_BURST = 20.0
 LOG_EVERY = 10.0
 _SID = re.compile(r"[A-Za-z0-9_-]{8,32}")
 _PATHS = ("plugin", "own-graph", "none")
+NOTICES = frozenset({"clock-jump"})  # logged, but the call was accepted
 
 
 class Rejected(Exception):
@@ -174,8 +175,10 @@ class LogLimiter:
         quiet = self._quiet.pop(key, 0)
         self._last[key] = now
         more = f" ({quiet} more like it not logged)" if quiet else ""
+        what = "noticed about" if kind in NOTICES else "ignored a call from"
         logger.warning(
-            "client playout: ignored a call from %r (%s): %s%s",
+            "client playout: %s %r (%s): %s%s",
+            what,
             caller,
             kind,
             why,

@@ -276,15 +276,17 @@ class ClientPlayout:
         if d is None:
             rec.settle_heard(UNAVAILABLE)
         else:
-            predicted = Heard(
-                at=start + d,
-                how="predicted",
-                path_delay=d,
-                first_audible_offset=rec.first_audible_offset,
-            )
 
             def fire() -> None:
-                rec.settle_heard(predicted)
+                # built now: the first audible sample may have been sent since the start
+                rec.settle_heard(
+                    Heard(
+                        at=start + d,
+                        how="predicted",
+                        path_delay=d,
+                        first_audible_offset=rec.first_audible_offset,
+                    )
+                )
 
             if start + d <= self._clock():
                 fire()

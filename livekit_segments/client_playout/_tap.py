@@ -121,7 +121,8 @@ class PlayoutTap(io.AudioOutput):
 
     def pause(self) -> None:
         # the forwarding stops while queued audio drains: the send clock is unknown from here
-        self._guard(self._unclock, self.log.clock())
+        if self._seg is not None:
+            self._guard(self._unclock, self._seg, self.log.clock())
         super().pause()
 
     def on_playback_started(self, *, created_at: float) -> None:
@@ -177,10 +178,7 @@ class PlayoutTap(io.AudioOutput):
         seg._next = at + len(amp) / sr
         seg.end = seg._next
 
-    def _unclock(self, at: float) -> None:
-        seg = self._seg
-        if seg is None:
-            return
+    def _unclock(self, seg: SentSegment, at: float) -> None:
         seg.clocked = False
         seg._pending = []
         for o in seg.onsets:
@@ -192,7 +190,7 @@ class PlayoutTap(io.AudioOutput):
         if seg is None:
             return
         if cleared_at is not None:
-            self._guard(self._unclock, cleared_at)
+            self._guard(self._unclock, seg, cleared_at)
             if seg.end is not None:
                 seg.end = min(seg.end, cleared_at)
         seg.finished = True
