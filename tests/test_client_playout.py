@@ -629,3 +629,20 @@ async def test_a_client_clock_hours_off_that_jumps_is_followed(rig: Rig) -> None
         CLIENT_SKEW = old
     assert m.result().how == "measured"
     assert m.result().path_delay == pytest.approx(rig.delay, abs=2e-4)
+
+
+def test_detector_matches_the_shared_cases() -> None:
+    """The companion's unit tests check its detector against the same file."""
+    from pathlib import Path
+
+    cases = json.loads((Path(__file__).parent / "fixtures" / "onset_cases.json").read_text())
+    for case in cases["cases"]:
+        det = OnsetDetector(threshold=case["threshold"], gap=case["gap"])
+        found = []
+        for k, block in enumerate(case["blocks"]):
+            amp = np.abs(np.array(block, dtype=np.float64)).max(axis=0)
+            start = case["start"] + k * case["block"] / case["sample_rate"]
+            found += [[o.at, o.gap] for o in det.feed(amp, start, case["sample_rate"])]
+        flat = [x for pair in found for x in pair]
+        want = [x for pair in case["onsets"] for x in pair]
+        assert flat == pytest.approx(want, abs=1e-9), case["name"]
