@@ -646,3 +646,14 @@ def test_detector_matches_the_shared_cases() -> None:
         flat = [x for pair in found for x in pair]
         want = [x for pair in case["onsets"] for x in pair]
         assert flat == pytest.approx(want, abs=1e-9), case["name"]
+
+
+async def test_the_prior_takes_the_media_transports_one_way_delay(rig: Rig) -> None:
+    rig.hello()
+    rig.sync(rtt=0.02, rx=30.0)
+    assert rig.cp.path_delay() == pytest.approx(0.01 + 0.03, abs=1e-6)
+    rig.q += 1
+    rig.call(
+        client_playout.SYNC, {"v": 1, "q": rig.q, "t0": rig.client_ms(rig.clock.now), "net": 45}
+    )
+    assert rig.cp.path_delay() == pytest.approx(0.045 + 0.03, abs=1e-6)

@@ -35,8 +35,10 @@ export interface SyncRequest {
   t0: number;
   /** [q, t3] of the previous completed exchange */
   prev?: [number, number];
-  /** receive-side delay estimate, ms */
+  /** receive-side delay estimate (jitter buffer + output latency), ms */
   rx?: number;
+  /** network one-way estimate from the media transport (ICE round trip / 2), ms */
+  net?: number;
 }
 
 export interface SyncReply {

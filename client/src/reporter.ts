@@ -312,14 +312,16 @@ class Reporter implements PlayoutReporter {
   }
 
   private async sync(epoch: number): Promise<void> {
-    const rx = this.tap ? await this.tap.receiveDelayMs() : undefined;
+    const path = this.tap ? await this.tap.receivePath() : {};
     await this.enqueue(async () => {
       if (epoch !== this.epoch) return;
       const q = ++this.q;
       const req: SyncRequest = { v: PROTOCOL_VERSION, q, t0: r1(this.deps.now()) };
       const prev = this.prev;
       if (prev) req.prev = prev;
-      if (rx !== undefined && Number.isFinite(rx)) req.rx = r1(Math.min(Math.max(rx, 0), 5000));
+      const clamp = (x: number) => r1(Math.min(Math.max(x, 0), 5000));
+      if (path.rx !== undefined && Number.isFinite(path.rx)) req.rx = clamp(path.rx);
+      if (path.net !== undefined && Number.isFinite(path.net)) req.net = clamp(path.net);
       const reply = parseSyncReply(await this.rpc(SYNC, req));
       const t3 = r1(this.deps.now());
       if (epoch !== this.epoch || reply.q !== q) return;

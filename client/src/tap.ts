@@ -20,8 +20,12 @@ export interface Tap {
   toClientMs(contextTime: number): number;
   /** Which dating the last `toClientMs` used: the output timestamp, or currentTime + latency. */
   readonly dating: 'output-timestamp' | 'latency' | 'none';
-  /** Receive-side delay estimate in ms (jitter buffer + output latency), if stats allow. */
-  receiveDelayMs(): Promise<number | undefined>;
+  /**
+   * From the receiver's stats, for the agent's prior before its first match: `rx`, the
+   * receive-side delay in ms (jitter buffer delay over the last interval + output latency), and
+   * `net`, half the ICE candidate pair's current round trip in ms. Either may be missing.
+   */
+  receivePath(): Promise<{ rx?: number; net?: number }>;
   setParams(threshold: number, gapSeconds: number): void;
   resume(): Promise<void>;
   close(): void;
@@ -135,6 +139,7 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
   }
 
   let dating: Tap['dating'] = 'none';
+  let lastJb: [number, number] = [0, 0];
   const tap: Tap = {
     path,
     get dating() {
@@ -152,22 +157,31 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
         performance.timeOrigin + performance.now() + (contextTime - ctx.currentTime + latency) * 1000
       );
     },
-    async receiveDelayMs(): Promise<number | undefined> {
+    async receivePath(): Promise<{ rx?: number; net?: number }> {
+      const out: { rx?: number; net?: number } = {};
       try {
         const report = await track.getRTCStatsReport();
-        let jb: number | undefined;
         report?.forEach((s: Record<string, unknown>) => {
           if (s['type'] === 'inbound-rtp' && s['kind'] === 'audio') {
             const d = s['jitterBufferDelay'];
             const n = s['jitterBufferEmittedCount'];
-            if (typeof d === 'number' && typeof n === 'number' && n > 0) jb = (d / n) * 1000;
+            if (typeof d === 'number' && typeof n === 'number') {
+              // over the interval since the last read: the lifetime average lags a change
+              const [d0, n0] = lastJb;
+              if (n > n0) {
+                out.rx = ((d - d0) / (n - n0)) * 1000 + (ctx.outputLatency || ctx.baseLatency || 0) * 1000;
+              }
+              lastJb = [d, n];
+            }
+          } else if (s['type'] === 'candidate-pair' && (s['nominated'] === true || s['selected'] === true)) {
+            const rtt = s['currentRoundTripTime'];
+            if (typeof rtt === 'number' && s['state'] === 'succeeded') out.net = (rtt * 1000) / 2;
           }
         });
-        if (jb === undefined) return undefined;
-        return jb + (ctx.outputLatency || ctx.baseLatency || 0) * 1000;
       } catch {
-        return undefined;
+        // no stats: the agent falls back to its own prior
       }
+      return out;
     },
     setParams(threshold: number, gapSeconds: number): void {
       node.port.postMessage({ type: 'params', threshold, gap: gapSeconds });

@@ -130,8 +130,8 @@ class FakeTap implements Tap {
   contextNow(): number {
     return (this.timers.now - 500_000) / 1000;
   }
-  async receiveDelayMs(): Promise<number | undefined> {
-    return 42.25;
+  async receivePath(): Promise<{ rx?: number; net?: number }> {
+    return { rx: 42.25, net: 7.04 };
   }
   setParams(t: number, gap: number): void {
     this.params = [t, gap];
@@ -192,6 +192,7 @@ test('finds the agent, says hello, syncs, and taps its audio track', async () =>
   assert.equal(syncs[0]!.body['prev'], undefined);
   assert.deepEqual(syncs[1]!.body['prev'], [1, syncs[0]!.body['t0']]); // t3 == t0: instant fake RPC
   assert.equal(syncs[1]!.body['rx'], 42.3);
+  assert.equal(syncs[1]!.body['net'], 7);
   await timers.advance(10_000);
   assert.equal(room.of(SYNC).length, 6);
   assert.equal(reporter.stats.path, 'own-graph');

@@ -105,6 +105,7 @@ class _Companion:
     clock: ClockOffset = field(default_factory=ClockOffset)
     pending: dict[int, tuple[float, float, float]] = field(default_factory=dict)
     rx: float | None = None
+    net: float | None = None
     delays: deque[float] = field(default_factory=lambda: deque(maxlen=DELAY_MEDIAN_OF))
 
 
@@ -259,7 +260,9 @@ class ClientPlayout:
         unc = comp.clock.uncertainty
         if unc is None:
             return None
-        return unc + (comp.rx if comp.rx is not None else DEFAULT_RX)
+        # RPC goes agent-SFU-client, like the media; `net` covers a path RPC does not take
+        one_way = max(unc, comp.net or 0.0)
+        return one_way + (comp.rx if comp.rx is not None else DEFAULT_RX)
 
     # -- per response --
 
@@ -433,6 +436,8 @@ class ClientPlayout:
             self._logs.warn(caller, "clock-jump", "the client's clock jumped; re-synced")
         if sync.rx is not None:
             comp.rx = sync.rx
+        if sync.net is not None:
+            comp.net = sync.net
         t2 = self._clock()
         comp.pending[sync.q] = (sync.t0, t1, t2)
         while len(comp.pending) > 4:
