@@ -139,6 +139,16 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
   }
 
   let dating: Tap['dating'] = 'none';
+  // Fallback dating: performance.now() - currentTime, whose smallest recent value is read
+  // right after currentTime moved (it moves in audio-callback steps, stale in between).
+  const offsets: number[] = [];
+  const clockMap = (): number => {
+    offsets.push(performance.now() - ctx.currentTime * 1000);
+    if (offsets.length > 64) offsets.shift();
+    return Math.min(...offsets);
+  };
+  // sampled every few ms, only while the fallback is in use (no or an insane output timestamp)
+  let sampler: ReturnType<typeof setInterval> | undefined;
   let lastJb: [number, number] = [0, 0];
   const tap: Tap = {
     path,
@@ -147,15 +157,17 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
     },
     toClientMs(contextTime: number): number {
       const ts = typeof ctx.getOutputTimestamp === 'function' ? ctx.getOutputTimestamp() : undefined;
-      if (ts && ts.contextTime && ts.performanceTime) {
+      // WebKit before 2024 (bug 264247) scaled contextTime wrongly: trust only a sane stamp
+      if (ts && ts.contextTime && ts.performanceTime && Math.abs(ts.contextTime - ctx.currentTime) < 1) {
         dating = 'output-timestamp';
+        if (sampler !== undefined) clearInterval(sampler);
+        sampler = undefined;
         return performance.timeOrigin + ts.performanceTime + (contextTime - ts.contextTime) * 1000;
       }
       dating = 'latency';
+      sampler ??= setInterval(clockMap, 3);
       const latency = ctx.outputLatency || ctx.baseLatency || 0;
-      return (
-        performance.timeOrigin + performance.now() + (contextTime - ctx.currentTime + latency) * 1000
-      );
+      return performance.timeOrigin + clockMap() + (contextTime + latency) * 1000;
     },
     async receivePath(): Promise<{ rx?: number; net?: number }> {
       const out: { rx?: number; net?: number } = {};
@@ -190,6 +202,7 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
       if (ctx.state !== 'running') await ctx.resume();
     },
     close(): void {
+      if (sampler !== undefined) clearInterval(sampler);
       node.port.postMessage({ type: 'stop' });
       node.port.onmessage = null;
       restore();
