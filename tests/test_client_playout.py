@@ -657,3 +657,63 @@ async def test_the_prior_takes_the_media_transports_one_way_delay(rig: Rig) -> N
         client_playout.SYNC, {"v": 1, "q": rig.q, "t0": rig.client_ms(rig.clock.now), "net": 45}
     )
     assert rig.cp.path_delay() == pytest.approx(0.045 + 0.03, abs=1e-6)
+
+
+# -- the sink is the device (console) --
+
+
+class DeviceRig:
+    def __init__(self, latency: Callable[[], float | None]) -> None:
+        self.clock = VirtualClock()
+        self.session = FakeSession(FakeSink(self.clock))
+        self.out = client_playout.enable_device_output(
+            self.session, latency, _clock=self.clock, _timer=self.clock.call_at
+        )
+
+    def handle(self) -> FakeHandle:
+        h = FakeHandle()
+        self.session.emit("speech_created", SimpleNamespace(speech_handle=h))
+        return h
+
+
+async def test_a_device_sink_adds_the_latency_its_audio_api_reports() -> None:
+    rig = DeviceRig(lambda: 0.045)
+    h = rig.handle()
+    v, m = client_playout.heard(h), client_playout.heard_measured(h)
+    h.started(rig.clock.now)
+    await asyncio.sleep(0)
+    expected = Heard(at=T_START + 0.045, how="measured", path_delay=0.045, measured_from=0.0)
+    assert m.result() == expected
+    assert not v.done()  # fires when the device plays it
+    await rig.clock.advance(0.044)
+    assert not v.done()
+    await rig.clock.advance(0.002)
+    assert v.result() == expected
+    rig.out.close()
+
+
+async def test_a_device_sink_without_a_latency_is_unavailable() -> None:
+    rig = DeviceRig(lambda: None)
+    h, never = rig.handle(), rig.handle()
+    views = [client_playout.heard(h), client_playout.heard_measured(h)]
+    views += [client_playout.heard(never), client_playout.heard_measured(never)]
+    h.started(rig.clock.now)
+    never.started(None)
+    await asyncio.sleep(0)
+    assert [v.result() for v in views] == [client_playout.UNAVAILABLE] * 4
+    with pytest.raises(RuntimeError, match="enable_device_output"):
+        client_playout.enable(rig.session, FakeRoom())
+    rig.session.emit("close", None)
+    assert rig.out.closed
+
+
+def test_console_output_latency_reads_the_consoles_portaudio_delay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    legacy = pytest.importorskip("livekit.agents.cli._legacy")
+    monkeypatch.setattr(legacy.AgentsConsole, "_instance", None, raising=False)
+    assert client_playout.console_output_latency() is None
+    monkeypatch.setattr(
+        legacy.AgentsConsole, "_instance", SimpleNamespace(_output_delay=0.0213), raising=False
+    )
+    assert client_playout.console_output_latency() == 0.0213

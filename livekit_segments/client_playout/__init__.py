@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from livekit.agents.voice.speech_handle import SpeechHandle
@@ -28,10 +29,12 @@ from ._service import (
     SYNC,
     UNAVAILABLE,
     ClientPlayout,
+    DeviceOutput,
     Heard,
     How,
     Timer,
     _Response,
+    console_output_latency,
 )
 
 __all__ = [
@@ -43,14 +46,17 @@ __all__ = [
     "SYNC",
     "UNAVAILABLE",
     "ClientPlayout",
+    "DeviceOutput",
     "Heard",
     "How",
+    "console_output_latency",
     "enable",
+    "enable_device_output",
     "heard",
     "heard_measured",
 ]
 
-_enabled: dict[int, ClientPlayout] = {}  # id(session) -> its ClientPlayout, while open
+_enabled: dict[int, ClientPlayout | DeviceOutput] = {}  # id(session) -> its tracker, while open
 _responses: weakref.WeakKeyDictionary[SpeechHandle, _Response] = weakref.WeakKeyDictionary()
 
 
@@ -82,6 +88,8 @@ def enable(
     """
     existing = _enabled.get(id(session))
     if existing is not None and not existing.closed:
+        if not isinstance(existing, ClientPlayout):
+            raise RuntimeError("enable_device_output() is already on for this session")
         return existing
     if not hasattr(session, "output") or not hasattr(room, "local_participant"):
         raise TypeError(
@@ -97,7 +105,36 @@ def enable(
     return cp
 
 
-def _owner(handle: SpeechHandle) -> ClientPlayout | None:
+def enable_device_output(
+    session: Any,
+    latency: Callable[[], float | None] = console_output_latency,
+    *,
+    _clock: Any = None,
+    _timer: Timer | None = None,
+) -> DeviceOutput:
+    """For sinks that are themselves the device (``python agent.py console``).
+
+    `heard` and `heard_measured` then resolve with ``playout_started`` plus ``latency()``, the
+    output latency the audio API reports, read when the response starts (``how="measured"``;
+    `heard` resolves at that moment). ``latency()`` returning None (or a value outside
+    [0, 10) s) makes the response `UNAVAILABLE`. The default reads the console's PortAudio
+    latency (`console_output_latency`).
+    """
+    existing = _enabled.get(id(session))
+    if existing is not None and not existing.closed:
+        if not isinstance(existing, DeviceOutput):
+            raise RuntimeError("client_playout.enable() is already on for this session")
+        return existing
+    kwargs: dict[str, Any] = {"timer": _timer}
+    if _clock is not None:
+        kwargs["clock"] = _clock
+    out = DeviceOutput(session, latency, **kwargs)
+    out.start()
+    _enabled[id(session)] = out
+    return out
+
+
+def _owner(handle: SpeechHandle) -> ClientPlayout | DeviceOutput | None:
     for key, cp in list(_enabled.items()):
         if cp.closed:
             del _enabled[key]

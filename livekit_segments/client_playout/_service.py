@@ -511,3 +511,90 @@ class ClientPlayout:
         comp.delays.append(device - chosen.onset.at)
         for rec in list(self._open):
             self._try_measure(rec)
+
+
+class DeviceOutput:
+    """The sink is the device (console): device start = playout_started + the output latency
+    the audio API reports, read when the response starts. See `enable_device_output`."""
+
+    def __init__(
+        self,
+        session: Any,
+        latency: Callable[[], float | None],
+        *,
+        timer: Timer | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = session
+        self._latency = latency
+        self._clock = clock
+        self._timer = timer or _loop_timer(clock)
+        self._closed = False
+        self.handles: weakref.WeakSet[SpeechHandle] = weakref.WeakSet()
+        self._open: list[_Response] = []
+
+    def start(self) -> None:
+        self._session.on("speech_created", self._on_speech_created)
+        self._session.on("close", self._on_session_close)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Stop following the session; settle what waits."""
+        if self._closed:
+            return
+        self._closed = True
+        self._session.off("speech_created", self._on_speech_created)
+        self._session.off("close", self._on_session_close)
+        open_, self._open = self._open, []
+        for rec in open_:
+            rec.settle_all()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def _on_session_close(self, _ev: object) -> None:
+        self.close()
+
+    def _on_speech_created(self, ev: Any) -> None:
+        self.handles.add(ev.speech_handle)
+
+    def track(self, rec: _Response, start: float | None) -> None:
+        latency = None if start is None or self._closed else self._latency()
+        if start is None or latency is None or not 0 <= latency < 10:
+            rec.settle_all()
+            return
+        rec.start = start
+        value = Heard(at=start + latency, how="measured", path_delay=latency, measured_from=0.0)
+        rec.settle_measured(value)
+        if value.at is not None and value.at > self._clock():
+            self._open.append(rec)
+
+            def fire() -> None:
+                rec.settle_heard(value)
+                self._open = [r for r in self._open if r is not rec]
+
+            self._timer(value.at, fire)
+        else:
+            rec.settle_heard(value)
+
+
+def console_output_latency() -> float | None:
+    """The console's output latency: PortAudio's ``outputBufferDacTime - currentTime`` of its
+    last output callback, which livekit-agents' console keeps (``AgentsConsole._output_delay``,
+    a private field of ``livekit.agents.cli._legacy`` in 1.8.x). None when no console runs or
+    the release keeps it elsewhere."""
+    import importlib
+
+    for name in ("livekit.agents.cli._legacy", "livekit.agents.cli.cli"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        inst = getattr(getattr(mod, "AgentsConsole", None), "_instance", None)
+        value = getattr(inst, "_output_delay", None)
+        if isinstance(value, (int, float)) and value >= 0:
+            return float(value)
+    return None
