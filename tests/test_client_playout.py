@@ -717,3 +717,20 @@ def test_console_output_latency_reads_the_consoles_portaudio_delay(
         legacy.AgentsConsole, "_instance", SimpleNamespace(_output_delay=0.0213), raising=False
     )
     assert client_playout.console_output_latency() == 0.0213
+
+
+async def test_the_linked_participant_is_read_at_each_call() -> None:
+    r = Rig(linked="alice")
+    assert _rejected(r, client_playout.HELLO, {"v": 1, "sid": "abcdefgh", "path": "plugin"}) == 2002
+    r.session.room_io.linked_participant = SimpleNamespace(identity="user")
+    assert r.hello()["v"] == 1
+    r.cp.close()
+
+
+async def test_an_instant_round_trip_rounded_below_zero_still_counts(rig: Rig) -> None:
+    rig.hello()
+    t0 = rig.client_ms(rig.clock.now)
+    rig.call(client_playout.SYNC, {"v": 1, "q": 1, "t0": t0})
+    # t3 is t0 rounded down by the client's 0.1 ms rounding
+    rig.call(client_playout.SYNC, {"v": 1, "q": 2, "t0": t0, "prev": [1, t0 - 0.05]})
+    assert rig.cp._companion is not None and rig.cp._companion.clock.uncertainty == 0.0

@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 from livekit import rtc
 from livekit.agents.voice.speech_handle import SpeechHandle
 
-from ._clock import ClockOffset
+from ._clock import ClockOffset, Exchange
 from ._detector import DEFAULT_GAP, DEFAULT_THRESHOLD
 from ._guard import (
     MAX_ONSETS,
@@ -353,10 +353,12 @@ class ClientPlayout:
         if self._identity is not None:
             return caller == self._identity
         try:
-            linked = self._session.room_io.linked_participant
+            room_io = self._session.room_io
         except (AttributeError, RuntimeError):
-            return False
-        return linked is not None and linked.identity == caller
+            # releases without the public property keep it here; no room: nobody is linked
+            room_io = getattr(self._session, "_room_io", None)
+        linked = getattr(room_io, "linked_participant", None)
+        return linked is not None and getattr(linked, "identity", None) == caller
 
     def _admit(self, data: rtc.RpcInvocationData) -> _Companion | None:
         caller = data.caller_identity
@@ -425,8 +427,10 @@ class ClientPlayout:
             if sync.prev is not None and sync.prev[0] in comp.pending:
                 t0p, t1p, t2p = comp.pending[sync.prev[0]]
                 ex = ClockOffset.exchange(t0p, t1p, t2p, sync.prev[1])
-                if not 0 <= ex.rtt <= 10.0:
+                # the client rounds to 0.1 ms: an instant round trip may come out a hair < 0
+                if not -0.001 <= ex.rtt <= 10.0:
                     raise Rejected("malformed", "t3 does not fit its exchange")
+                ex = Exchange(offset=ex.offset, rtt=max(ex.rtt, 0.0))
         except Rejected as err:
             raise self._reject(caller, err) from None
         comp.last_q = sync.q
