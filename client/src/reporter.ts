@@ -86,6 +86,7 @@ const MIN_REPORT_INTERVAL_MS = 250;
 const MAX_PENDING = 64;
 const STARTUP_SYNCS = 4;
 const STARTUP_SYNC_INTERVAL_MS = 250;
+const MAX_SYNC_FAILURES = 3;
 
 function isAgent(p: RemoteParticipant): boolean {
   const q = p as unknown as { isAgent?: boolean; kind?: number; attributes?: Record<string, string> };
@@ -117,6 +118,8 @@ class Reporter implements PlayoutReporter {
   private lastReportAt = -Infinity;
   private flushTimer: (() => void) | undefined;
   private helloAttempts = 0;
+  private syncFailures = 0;
+  private rehellos = 0; // survives reset(): the backoff of re-hellos after refused syncs
   private stopped = false;
   readonly stats: PlayoutReporterStats = {
     path: null,
@@ -221,6 +224,7 @@ class Reporter implements PlayoutReporter {
     this.agentSynced = false;
     this.pending = [];
     this.helloAttempts = 0;
+    this.syncFailures = 0;
     this.stats.path = null;
   }
 
@@ -322,7 +326,26 @@ class Reporter implements PlayoutReporter {
       const clamp = (x: number) => r1(Math.min(Math.max(x, 0), 5000));
       if (path.rx !== undefined && Number.isFinite(path.rx)) req.rx = clamp(path.rx);
       if (path.net !== undefined && Number.isFinite(path.net)) req.net = clamp(path.net);
-      const reply = parseSyncReply(await this.rpc(SYNC, req));
+      let text: string;
+      try {
+        text = await this.rpc(SYNC, req);
+      } catch (err) {
+        // an agent that restarted (same identity) knows no hello: after a few refused syncs
+        // in a row, start over with a new hello
+        this.syncFailures += 1;
+        if (epoch === this.epoch && this.syncFailures >= MAX_SYNC_FAILURES) {
+          const agent = this.agent;
+          this.reset();
+          this.agent = agent;
+          // backing off (1, 2, 4 ... 60 s) while the agent keeps refusing
+          this.rehellos += 1;
+          this.later(() => void this.hello(), Math.min(60000, 500 * 2 ** this.rehellos));
+        }
+        throw err;
+      }
+      this.syncFailures = 0;
+      this.rehellos = 0;
+      const reply = parseSyncReply(text);
       const t3 = r1(this.deps.now());
       if (epoch !== this.epoch || reply.q !== q) return;
       this.stats.syncs += 1;

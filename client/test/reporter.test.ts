@@ -76,6 +76,7 @@ class FakeRoom extends EventEmitter {
   options = { webAudioMix: false };
   calls: Call[] = [];
   failHello = 0;
+  failSync = false;
   constructor(private timers: Timers) {
     super();
   }
@@ -91,6 +92,7 @@ class FakeRoom extends EventEmitter {
         return JSON.stringify({ v: 1, thr: 0.01, gap_ms: 200, sync_s: 10, max_onsets: 2 });
       }
       if (p.method === SYNC) {
+        if (this.failSync) throw new Error('2002 rejected');
         const t = this.timers.now + AGENT_CLOCK_OFFSET_MS;
         return JSON.stringify({ q: body['q'], t1: t, t2: t });
       }
@@ -357,4 +359,28 @@ test('room disconnect stops it', async () => {
   room.emit('disconnected');
   assert.equal(taps[0]!.closed, true);
   assert.equal(room.listenerCount('participantDisconnected'), 0);
+});
+
+test('an agent that forgot the hello (restarted) gets a new one after three refused syncs', async () => {
+  const agent = new FakeParticipant('agent-1', 4);
+  agent.publishAudio();
+  room.join(agent);
+  const reporter = start();
+  await timers.advance(2000);
+  room.failSync = true;
+  await timers.advance(29_500); // three steady-state syncs refused (11, 21, 31 s)
+  assert.equal(room.of(HELLO).length, 1);
+  await timers.advance(1000); // the new hello, 1 s later
+  assert.deepEqual(room.of(HELLO).map((h) => h.body['sid']), ['sid-0001', 'sid-0002']);
+  // still refused: the next hello backs off (2 s, then 4 s), no flood
+  await timers.advance(10_000);
+  const hellos = room.of(HELLO).length;
+  assert.ok(hellos <= 4, `${hellos} hellos`);
+  room.failSync = false;
+  await timers.advance(70_000);
+  assert.equal(reporter.agentIdentity, 'agent-1');
+  const last = room.of(SYNC).at(-1)!;
+  assert.ok((last.body['q'] as number) < 20, 'sequence numbers start over with the new sid');
+  assert.ok(reporter.stats.syncs > 0 && room.of(SYNC).slice(-3).every((c) => c.body['prev']));
+  reporter.stop();
 });
