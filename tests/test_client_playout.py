@@ -734,3 +734,50 @@ async def test_an_instant_round_trip_rounded_below_zero_still_counts(rig: Rig) -
     # t3 is t0 rounded down by the client's 0.1 ms rounding
     rig.call(client_playout.SYNC, {"v": 1, "q": 2, "t0": t0, "prev": [1, t0 - 0.05]})
     assert rig.cp._companion is not None and rig.cp._companion.clock.uncertainty == 0.0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_matching_is_never_wrong_over_speech_like_audio_with_a_step(seed: int) -> None:
+    """Many onsets per response, pauses shorter and longer than the gap, back-to-back
+    responses, device jitter, gaps stretched by the jitter buffer, and a step of the path
+    delay from 60 to 200 ms: every match is the right onset, and the estimate follows."""
+    rng = np.random.default_rng(seed)
+    rig = Rig()
+    rig.hello()
+    rig.sync()
+    step_at = T_START + 20.0
+
+    def d(t: float) -> float:
+        return 0.06 if t < step_at else 0.2
+
+    truth: dict[int, float] = {}  # id(sent onset) -> its true device time
+    sent: list[Any] = []  # every onset the agent sent (its log keeps only 30 s)
+    prev_d = 0.06
+    while rig.clock.now < T_START + 40.0:
+        h = rig.handle()
+        chunks: list[tuple[float, float]] = [(0.0, float(rng.uniform(0.02, 0.15)))]
+        for _ in range(int(rng.integers(2, 6))):
+            chunks.append((0.3, float(rng.uniform(0.1, 0.6))))
+            chunks.append((0.0, float(rng.choice([0.06, 0.1, 0.24, 0.3, 0.5]))))
+        await rig.speak(h, *chunks)
+        if rng.random() < 0.7:
+            await rig.clock.advance(float(rng.uniform(0.3, 1.5)))  # else back to back
+        await rig.clock.advance(0.25)  # the device has played what was sent
+        batch = []
+        new = [o for o in rig.cp.log.onsets if id(o) not in truth]
+        sent += new
+        for o in new:
+            dev = o.onset.at + d(o.onset.at) + float(rng.normal(0, 0.002))
+            gap = o.onset.gap + (d(o.onset.at) - prev_d) + float(rng.normal(0, 0.008))
+            prev_d = d(o.onset.at)
+            truth[id(o)] = dev
+            batch.append((dev, min(max(gap, 0.0), 60.0)))  # the companion caps it too
+        for k in range(0, len(batch), 8):
+            rig.report(batch[k : k + 8])
+            await rig.clock.advance(0.3)  # the companion's report rate; refills the bucket
+    matched = [o for o in sent if o.device is not None]
+    wrong = [o for o in matched if abs(o.device - truth[id(o)]) > 1e-3]  # type: ignore[operator]
+    assert wrong == []
+    assert len(matched) >= 0.8 * len(truth)
+    assert rig.cp.path_delay() == pytest.approx(0.2, abs=0.01)
+    rig.cp.close()
