@@ -316,6 +316,8 @@ class Reporter implements PlayoutReporter {
   }
 
   private async sync(epoch: number): Promise<void> {
+    if (this.tap && !this.tap.valid) this.closeTap();
+    void this.tapIfReady(); // a track that could not be tapped yet, or a replaced graph
     const path = this.tap ? await this.tap.receivePath() : {};
     await this.enqueue(async () => {
       if (epoch !== this.epoch) return;

@@ -16,6 +16,8 @@ import { PROCESSOR_NAME, workletSource } from './worklet.js';
 /** What the reporter needs from a tap; tests provide fakes. */
 export interface Tap {
   readonly path: Exclude<TapPath, 'none'>;
+  /** False once the graph it sits in was replaced (the reporter then taps again). */
+  readonly valid: boolean;
   /** Client-clock ms at which the sample at AudioContext time `contextTime` leaves the device. */
   toClientMs(contextTime: number): number;
   /** Which dating the last `toClientMs` used: the output timestamp, or currentTime + latency. */
@@ -85,12 +87,13 @@ interface TrackInternals {
 /** The browser tap: see the module comment for the two paths. */
 export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
   const internals = track as unknown as TrackInternals;
-  let path = choosePath(options);
-  if (path === 'plugin' && !(internals.audioContext && 'setWebAudioPlugins' in track)) {
-    // webAudioMix off, or a livekit-client without the internals: render it ourselves
-    path = 'own-graph';
-  }
+  const path = choosePath(options);
   if (path === 'none') throw new Error('no AudioWorklet in this browser');
+  if (path === 'plugin' && !(internals.audioContext && 'setWebAudioPlugins' in track)) {
+    // with webAudioMix the SDK plays the track through its own graph: a graph of ours would
+    // play it twice. The reporter tries again at its next clock exchange.
+    throw new Error('webAudioMix: the track has no AudioContext yet (or no setWebAudioPlugins)');
+  }
 
   const ctx =
     path === 'plugin'
@@ -112,10 +115,28 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
   };
 
   let restore: () => void;
+  let valid = true;
   if (path === 'plugin') {
     const before = [...(internals.webAudioPluginNodes ?? [])];
     track.setWebAudioPlugins([...before, node]);
-    restore = () => track.setWebAudioPlugins(before);
+    // The SDK rebuilds the graph in a new context when the room's context changes; our node
+    // belongs to this one and would break that rebuild. So, on this track instance only, take
+    // it out of the plugin list first; the reporter then taps again in the new context.
+    const own = track as unknown as { setAudioContext: (c: AudioContext | undefined) => void };
+    const hadOwn = Object.prototype.hasOwnProperty.call(own, 'setAudioContext');
+    const original = own.setAudioContext;
+    own.setAudioContext = function (this: unknown, c: AudioContext | undefined) {
+      if (c !== ctx) {
+        valid = false;
+        internals.webAudioPluginNodes = before;
+      }
+      return original.call(this, c);
+    };
+    restore = () => {
+      if (hadOwn) own.setAudioContext = original;
+      else delete (own as { setAudioContext?: unknown }).setAudioContext;
+      if (valid) track.setWebAudioPlugins(before);
+    };
   } else {
     const source = ctx.createMediaStreamSource(new MediaStream([track.mediaStreamTrack]));
     source.connect(node);
@@ -152,6 +173,9 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
   let lastJb: [number, number] = [0, 0];
   const tap: Tap = {
     path,
+    get valid() {
+      return valid;
+    },
     get dating() {
       return dating;
     },

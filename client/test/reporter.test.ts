@@ -116,6 +116,7 @@ class FakeTap implements Tap {
   path: 'plugin' | 'own-graph';
   dating: Tap['dating'] = 'none';
   closed = false;
+  valid = true;
   params: [number, number] | undefined;
   constructor(
     public options: TapOptions,
@@ -382,5 +383,27 @@ test('an agent that forgot the hello (restarted) gets a new one after three refu
   const last = room.of(SYNC).at(-1)!;
   assert.ok((last.body['q'] as number) < 20, 'sequence numbers start over with the new sid');
   assert.ok(reporter.stats.syncs > 0 && room.of(SYNC).slice(-3).every((c) => c.body['prev']));
+  reporter.stop();
+});
+
+test('a tap whose graph was replaced, or that failed, is made again at the next sync', async () => {
+  let fail = 1;
+  const factory = deps.tapFactory!;
+  deps.tapFactory = async (track, options, onOnset) => {
+    if (fail-- > 0) throw new Error('webAudioMix: the track has no AudioContext yet');
+    return factory(track, options, onOnset);
+  };
+  const agent = new FakeParticipant('agent-1', 4);
+  agent.publishAudio();
+  room.join(agent);
+  const reporter = start();
+  await timers.advance(0);
+  assert.equal(errors.length, 1);
+  await timers.advance(300);
+  assert.equal(taps.length, 1);
+  taps[0]!.valid = false; // the SDK moved the track to a new AudioContext
+  await timers.advance(10_000);
+  assert.equal(taps[0]!.closed, true);
+  assert.equal(taps.length, 2);
   reporter.stop();
 });
