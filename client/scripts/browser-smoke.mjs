@@ -46,14 +46,30 @@ window.run = async (mode) => {
       if (method.endsWith('sync')) { const t = performance.timeOrigin + performance.now() + off; return JSON.stringify({ q: b.q, t1: t, t2: t }); }
       return ''; } } });
   const errors = [];
-  const reporter = startPlayoutReporter(room, { onError: (e) => errors.push(String(e)) });
-  await new Promise((r) => setTimeout(r, 3500));
+  // 'suspended': our context starts suspended (autoplay policy): the element must keep
+  // playing until it runs
+  let mutedWhileSuspended = null;
+  const opts = { onError: (e) => errors.push(String(e)) };
+  if (mode === 'suspended') {
+    opts.audioContext = new AudioContext();
+    await opts.audioContext.suspend();
+    // as without a user gesture: resume() does nothing
+    opts.audioContext.resume = async () => {};
+  }
+  const reporter = startPlayoutReporter(room, opts);
+  if (mode === 'suspended') {
+    await new Promise((r) => setTimeout(r, 300));
+    mutedWhileSuspended = el.muted;
+    delete opts.audioContext.resume; // the user clicked
+    await reporter.resume();
+  }
+  await new Promise((r) => setTimeout(r, mode === 'suspended' ? 3200 : 3500));
   // expected device times of the gate openings: source context time -> performance time
   const ts = getTs.call(src);
   AudioContext.prototype.getOutputTimestamp = getTs;
   const expected = ons.map((c) => performance.timeOrigin + ts.performanceTime + (c - ts.contextTime) * 1000);
   const reports = calls.filter((c) => c.method.endsWith('report')).flatMap((c) => c.b.o.map((o) => ({ t: o[0], gap: o[1], sentAt: c.at })));
-  const out = { stats: { ...reporter.stats }, errors, expected, reports, muted: el.muted, baseLatency: src.baseLatency, outputLatency: src.outputLatency };
+  const out = { stats: { ...reporter.stats }, errors, expected, reports, muted: el.muted, mutedWhileSuspended, baseLatency: src.baseLatency, outputLatency: src.outputLatency };
   reporter.stop();
   out.mutedAfterStop = el.muted;
   return out;
@@ -72,7 +88,7 @@ page.on('console', (m) => console.log('page:', m.text()));
 page.on('pageerror', (e) => console.log('pageerror:', e));
 await page.goto(`http://127.0.0.1:${port}/`);
 const failures = [];
-for (const mode of ['own-graph', 'plugin', 'latency']) {
+for (const mode of ['own-graph', 'plugin', 'latency', 'suspended']) {
   const out = await page.evaluate((m) => window.run(m), mode);
   console.log(mode, JSON.stringify(out.stats), 'errors', out.errors, 'muted', out.muted, '->', out.mutedAfterStop);
   const diffs = [];
@@ -82,8 +98,9 @@ for (const mode of ['own-graph', 'plugin', 'latency']) {
     console.log(`  onset gap ${r.gap.toFixed(1)} ms: device - source output ${(r.t - e).toFixed(2)} ms; sent ${(r.sentAt - r.t).toFixed(1)} ms after it`);
   }
   const check = (ok, what) => { if (!ok) failures.push(`${mode}: ${what}`); };
-  check(out.stats.path === (mode === 'latency' ? 'own-graph' : mode), `path ${out.stats.path}`);
+  check(out.stats.path === (mode === 'plugin' ? 'plugin' : 'own-graph'), `path ${out.stats.path}`);
   check(out.stats.dating === (mode === 'latency' ? 'latency' : 'output-timestamp'), `dating ${out.stats.dating}`);
+  if (mode === 'suspended') check(out.mutedWhileSuspended === false, 'element not muted while our context is suspended');
   check(out.errors.length === 0, `errors ${out.errors}`);
   check(JSON.stringify(out.reports.map((r) => r.gap)) === JSON.stringify([60000, 300, 300, 300]), 'one report per gate opening, with its gap');
   // the fallback reads currentTime on the main thread, which moves in audio-callback steps

@@ -141,18 +141,27 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
     const source = ctx.createMediaStreamSource(new MediaStream([track.mediaStreamTrack]));
     source.connect(node);
     node.connect(ctx.destination);
+    // The elements are muted only while our context runs: a context the autoplay policy keeps
+    // suspended plays nothing, and the user must then still hear the element.
     const muted = new Map<HTMLMediaElement, boolean>();
-    const muteAll = () => {
-      for (const el of track.attachedElements) {
-        if (!muted.has(el)) muted.set(el, el.muted);
-        el.muted = true;
+    const applyMute = () => {
+      if (ctx.state === 'running') {
+        for (const el of track.attachedElements) {
+          if (!muted.has(el)) muted.set(el, el.muted);
+          el.muted = true;
+        }
+      } else {
+        for (const [el, was] of muted) el.muted = was;
+        muted.clear();
       }
     };
-    muteAll();
+    applyMute();
     // elements attached later are muted too (livekit-client's TrackEvent.ElementAttached)
-    track.on('elementAttached', muteAll);
+    track.on('elementAttached', applyMute);
+    ctx.addEventListener('statechange', applyMute);
     restore = () => {
-      track.off('elementAttached', muteAll);
+      track.off('elementAttached', applyMute);
+      ctx.removeEventListener('statechange', applyMute);
       source.disconnect();
       node.disconnect();
       for (const [el, was] of muted) el.muted = was;
