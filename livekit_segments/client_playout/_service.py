@@ -40,6 +40,7 @@ DEFAULT_RX = 0.05  # receive-side delay assumed when the companion sent no estim
 MEASURE_WINDOW = 5.0  # seconds around a response's start where a matched onset measures it
 REPORT_SLACK = 2.5  # how long after that window a report may still arrive
 DELAY_MEDIAN_OF = 3
+MAX_STEP = 0.3  # the largest change of the path delay a match by gap alone may reveal
 STALE = 30.0
 
 How = Literal["measured", "predicted", "unavailable"]
@@ -506,9 +507,14 @@ class ClientPlayout:
             if abs(device - best.onset.at - d_ref) <= (0.25 if first else 0.06):
                 chosen = best
         if chosen is None:
+            # a step of the path delay: the onset whose gap alone identifies it
             tight = [o for o in cands if gap_diff(o) <= 0.03]
-            if len(tight) == 1:
+            if len(near) == 1:
+                chosen = near[0]
+            elif len(tight) == 1:
                 chosen = tight[0]
+            if chosen is not None and abs(device - chosen.onset.at - d_ref) > MAX_STEP:
+                chosen = None
         if chosen is None:
             return
         chosen.device = device
