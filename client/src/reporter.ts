@@ -35,6 +35,12 @@ export interface PlayoutReporterOptions {
   audioContext?: AudioContext;
   /** URL of `dist/onset-worklet.js`, for pages whose CSP forbids `blob:` worklet modules. */
   workletUrl?: string;
+  /**
+   * How to date a sample at the output device (docs/client-playout.md): `auto` (default) uses
+   * `getOutputTimestamp()` when sane, else `currentTime` + `outputLatency`; `latency` forces
+   * the latter (for comparisons against a recording).
+   */
+  dating?: 'auto' | 'latency';
   /** Called with every error (RPC failures, audio setup); default: `console.warn`. */
   onError?: (err: unknown) => void;
 }
@@ -375,6 +381,7 @@ class Reporter implements PlayoutReporter {
           audioContext: this.options.audioContext,
           workletUrl: this.options.workletUrl,
           webAudioMix: this.webAudioMix(),
+          dating: this.options.dating ?? 'auto',
           threshold: this.params.thr,
           gapSeconds: this.params.gap_ms / 1000,
         },

@@ -40,6 +40,8 @@ export interface TapOptions {
   audioContext?: AudioContext;
   workletUrl?: string;
   webAudioMix: boolean;
+  /** `latency`: never use getOutputTimestamp (see PlayoutReporterOptions.dating). */
+  dating?: 'auto' | 'latency';
   threshold: number;
   gapSeconds: number;
 }
@@ -189,7 +191,10 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
       return dating;
     },
     toClientMs(contextTime: number): number {
-      const ts = typeof ctx.getOutputTimestamp === 'function' ? ctx.getOutputTimestamp() : undefined;
+      const ts =
+        options.dating !== 'latency' && typeof ctx.getOutputTimestamp === 'function'
+          ? ctx.getOutputTimestamp()
+          : undefined;
       // WebKit before 2024 (bug 264247) scaled contextTime wrongly: trust only a sane stamp
       if (ts && ts.contextTime && ts.performanceTime && Math.abs(ts.contextTime - ctx.currentTime) < 1) {
         dating = 'output-timestamp';

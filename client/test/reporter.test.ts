@@ -187,6 +187,7 @@ test('finds the agent, says hello, syncs, and taps its audio track', async () =>
   assert.equal(hello!.dest, 'agent-1');
   assert.equal(taps.length, 1);
   assert.equal(taps[0]!.options.threshold, 0.01);
+  assert.equal(taps[0]!.options.dating, 'auto');
   assert.equal(taps[0]!.options.gapSeconds, 0.2);
   await timers.advance(1000);
   const syncs = room.of(SYNC);
