@@ -807,3 +807,15 @@ async def test_a_step_is_matched_by_a_long_silence_alone(rig: Rig) -> None:
     await asyncio.sleep(0)
     assert onset.device is not None
     assert m2.result().at == pytest.approx(start2 + 0.14, abs=2e-4)
+
+
+async def test_enable_before_the_audio_output_exists_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = VirtualClock()
+    session = FakeSession(FakeSink(clock))
+    session.output.audio = None
+    with caplog.at_level(logging.WARNING, "livekit_segments.client_playout"):
+        cp = client_playout.enable(session, FakeRoom(), _clock=clock, _timer=clock.call_at)
+    assert "after `await session.start" in caplog.text
+    cp.close()

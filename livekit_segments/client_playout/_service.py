@@ -203,6 +203,11 @@ class ClientPlayout:
         if output.audio is not None:
             self._tap = PlayoutTap(output.audio, self.log)
             output.audio = self._tap
+        else:
+            logger.warning(
+                "client playout: the session has no audio output (yet): heard() will be "
+                "unavailable; call client_playout.enable() after `await session.start(...)`"
+            )
         self._session.on("speech_created", self._on_speech_created)
         self._session.on("close", self._on_session_close)
 
