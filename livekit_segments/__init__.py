@@ -21,17 +21,21 @@ from .installer import (
     uninstall,
 )
 from .segment_break import SegmentBreak
+from .segment_events import SegmentCreatedEvent
 from .version import __version__
 
 __all__ = [
     "SUPPORTED_VERSIONS",
     "SegmentBreak",
+    "SegmentCreatedEvent",
     "UnsupportedVersionError",
     "__version__",
     "has_native_support",
     "install",
     "is_installed",
     "playout_started",
+    "reply_handle",
+    "response_interrupted",
     "segment_break",
     "segment_index",
     "uninstall",
@@ -48,11 +52,29 @@ def _require(handle: SpeechHandle, name: str) -> object:
         ) from None
 
 
-def playout_started(handle: SpeechHandle) -> asyncio.Future[float]:
-    """Typed access to ``handle.playout_started`` (upstream's type stubs do not know it)."""
+def playout_started(handle: SpeechHandle) -> asyncio.Future[float | None]:
+    """Typed access to ``handle.playout_started`` (upstream's type stubs do not know it): a
+    new future of the caller's own, resolving with the start time, or None if the response
+    never played."""
     fut = _require(handle, "playout_started")
     assert isinstance(fut, asyncio.Future)
     return fut
+
+
+def response_interrupted(handle: SpeechHandle) -> bool:
+    """Typed access to ``handle.response_interrupted``: whether this handle's own response
+    was cut (for the reply handle, its first response only)."""
+    value = _require(handle, "response_interrupted")
+    assert isinstance(value, bool)
+    return value
+
+
+def reply_handle(handle: SpeechHandle) -> SpeechHandle:
+    """Typed access to ``handle.reply_handle``: the handle the whole reply was scheduled
+    with (the handle itself for segment 0)."""
+    value = _require(handle, "reply_handle")
+    assert isinstance(value, SpeechHandle)
+    return value
 
 
 def segment_index(handle: SpeechHandle) -> int:

@@ -8,6 +8,7 @@ state here is plain data plus futures; the pipeline hooks decide when it changes
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,7 @@ __all__ = [
     "cancel_playout",
     "finish_segment",
     "peek_state",
-    "playout_future",
+    "playout_view",
     "resolve_playout",
     "signal_first_frame",
     "state_of",
@@ -38,15 +39,16 @@ class HandleState:
 
     Every field has a class-level default and is set on an instance only when it changes:
     a reply without breaks creates one of these per turn, and upstream's reply is what it
-    is measured against. `playout_started` itself is made when first read
-    (`playout_future`); until then its outcome is kept in `settled` and `started`.
+    is measured against. The outcome is kept in `settled` and `started`; each read of
+    `playout_started` gets a future of its own (`playout_view`), settled with that outcome.
     """
 
-    # resolved or cancelled; started is the start time if resolved
+    # the outcome is known; started is the start time, None if it never played
     settled = False
     started: float | None = None
-    # the handle's playout_started, once anyone read it
-    fut: asyncio.Future[float] | None = None
+    # the unsettled futures handed out by playout_started, each owned by its reader: a
+    # reader that cancels its own (a timeout) changes nothing here or for anyone else
+    views: list[asyncio.Future[float | None]] | None = None
     # upstream's _AudioOutput of the segment now playing under this handle, while no signal
     # stands in for its first_frame_fut (nobody waits on playout_started yet): that
     # future's result is the start time, read when someone asks (`sync_playout`)
@@ -61,6 +63,9 @@ class HandleState:
     unwatched: SpeechHandle | None = None
     # turn bookkeeping, used on segment 0 only
     next_index = 1
+    # the reply handle's own response (segment 0) was closed and played out before any
+    # interruption: response_interrupted then stays False
+    response_over = False
     open_handle: SegmentSpeechHandle | None = None
     open_tracker: Any = None  # the generation that opened it
     open_first = -1  # its first segment, numbered within that generation
@@ -70,7 +75,6 @@ class HandleState:
     # turn only: the session, and whether its state shows "thinking" between responses
     session: Any = None
     thinking = False
-    thinking_tracker: Any = None
     watched: Any = None  # the generation whose end is watched (its segment handles)
     speak: Callable[[float], None] | None = None  # on_playout of its segment handles
 
@@ -133,10 +137,6 @@ def resolve_playout(st: HandleState, started_at: float | None) -> None:
     """Resolve a handle's `playout_started`, once; `None` means "now" (text-only output)."""
     if st.settled:
         return
-    fut = st.fut
-    if fut is not None and fut.done():
-        st.settled = True  # cancelled by whoever holds it
-        return
     handle = st.unwatched
     if handle is not None:
         st.unwatched = None  # (handle and state refer to each other)
@@ -147,8 +147,12 @@ def resolve_playout(st: HandleState, started_at: float | None) -> None:
     started = time.time() if started_at is None else started_at
     st.settled = True
     st.started = started
-    if fut is not None:
-        fut.set_result(started)
+    views = st.views
+    if views is not None:
+        st.views = None
+        for view in views:
+            if not view.done():  # its reader may have cancelled it
+                view.set_result(started)
     if st.on_playout is not None:
         st.on_playout(started)
 
@@ -166,34 +170,44 @@ def sync_playout(st: HandleState) -> None:
 
 
 def cancel_playout(st: HandleState) -> None:
-    """The handle can no longer start playing (unless its first frame was reported)."""
+    """The handle can no longer start playing (unless its first frame was reported): its
+    `playout_started` readers get None."""
     if st.frame_out is not None:
         sync_playout(st)
         st.frame_out = None
     if not st.settled:
         st.settled = True
-        if st.fut is not None:
-            st.fut.cancel()
+        views = st.views
+        if views is not None:
+            st.views = None
+            for view in views:
+                if not view.done():
+                    view.set_result(None)
 
 
-def playout_future(st: HandleState) -> asyncio.Future[float]:
-    """The handle's `playout_started`, made on first use with the outcome so far."""
+def playout_view(st: HandleState) -> asyncio.Future[float | None]:
+    """A new future for one reader of `playout_started`, with the outcome so far: the
+    reader owns it, so its cancellation (a timeout) reaches nobody else."""
     if st.frame_out is not None:
         sync_playout(st)
-    fut = st.fut
-    if fut is None:
-        # made in the loop that reads it, as upstream's own futures are made in the loop
-        # that creates the handle
-        fut = st.fut = asyncio.Future()
-        if not st.settled:
-            if st.frame_out is not None:
-                # from now on someone waits: the sink's report resolves it as it comes
-                signal_first_frame(st, st.frame_out)
-        elif st.started is None:
-            fut.cancel()
-        else:
-            fut.set_result(st.started)
-    return fut
+    # made in the loop that reads it, as upstream's own futures are made in the loop
+    # that creates the handle
+    view: asyncio.Future[float | None] = asyncio.Future()
+    if st.settled:
+        view.set_result(st.started)
+        return view
+    views = st.views
+    if views is None:
+        st.views = [view]
+        if st.frame_out is not None:
+            # from now on someone waits: the sink's report resolves it as it comes
+            signal_first_frame(st, st.frame_out)
+    else:
+        if len(views) >= 16:
+            # readers that gave up (cancelled their own) need not be kept
+            views[:] = [v for v in views if not v.done()]
+        views.append(view)
+    return view
 
 
 def signal_first_frame(st: HandleState, out: Any) -> None:
@@ -250,6 +264,49 @@ class _FirstFrameSignal(asyncio.Future):  # type: ignore[type-arg]
         return True
 
 
+# SpeechHandle.interrupt's source= parameter (1.8.2 on), None before
+_INTERRUPT_SOURCE = inspect.signature(SpeechHandle.interrupt).parameters.get("source")
+
+
+def _interrupt(self: SegmentSpeechHandle, *, force: bool = False) -> SpeechHandle:
+    """Interrupt the turn this segment belongs to, as `SpeechHandle.interrupt` does; the
+    segment handle is done when this returns.
+
+    Raises:
+        RuntimeError: if the turn does not allow interruptions and `force` is False.
+    """
+    if self.interrupted or self.done():
+        return self
+    self._lk_turn.interrupt(force=force)
+    self._cancel()
+    return self
+
+
+def _interrupt_with_source(
+    self: SegmentSpeechHandle,
+    *,
+    force: bool = False,
+    source: Any = None if _INTERRUPT_SOURCE is None else _INTERRUPT_SOURCE.default,
+) -> SpeechHandle:
+    """Interrupt the turn this segment belongs to, as `SpeechHandle.interrupt` does; the
+    segment handle is done when this returns.
+
+    Raises:
+        RuntimeError: if the turn does not allow interruptions and `force` is False.
+    """
+    if self.interrupted or self.done():
+        return self
+    self._lk_turn.interrupt(force=force, source=source)
+    self._cancel()
+    return self
+
+
+# the same annotations as upstream's, so that inspect.signature() shows the same method
+(_interrupt if _INTERRUPT_SOURCE is None else _interrupt_with_source).__annotations__ = dict(
+    SpeechHandle.interrupt.__annotations__
+)
+
+
 class SegmentSpeechHandle(SpeechHandle):
     """The `SpeechHandle` of one response after a `SegmentBreak` (``segment_index >= 1``).
 
@@ -281,9 +338,14 @@ class SegmentSpeechHandle(SpeechHandle):
         self._mark_scheduled()
 
     @property
-    def turn(self) -> SpeechHandle:
+    def reply_handle(self) -> SpeechHandle:
         """The handle the whole reply was scheduled with (segment 0)."""
         return self._lk_turn
+
+    @property
+    def response_interrupted(self) -> bool:
+        """Whether this response was cut: the same as `interrupted` for a segment handle."""
+        return self.interrupted
 
     @property
     def interrupted(self) -> bool:
@@ -300,20 +362,34 @@ class SegmentSpeechHandle(SpeechHandle):
     def allow_interruptions(self, value: bool) -> None:
         self._lk_turn.allow_interruptions = value
 
-    def interrupt(self, *, force: bool = False, **kwargs: Any) -> SpeechHandle:
-        """Interrupt the turn this segment belongs to, as `SpeechHandle.interrupt` does.
+    # the installed release's own signature (release_compat): source= from 1.8.2 on
+    interrupt = (
+        _interrupt_with_source if _INTERRUPT_SOURCE is not None else _interrupt  # type: ignore[assignment]
+    )
 
-        Other keyword arguments go to the turn's `interrupt` unchanged (``source=`` from
-        livekit-agents 1.8.2 on), so the signature is the installed release's own.
 
-        Raises:
-            RuntimeError: if the turn does not allow interruptions and `force` is False.
-        """
-        if self.interrupted or self.done():
-            return self
-        self._lk_turn.interrupt(force=force, **kwargs)
-        self._cancel()
-        return self
+# the created_at of each playback-started report a sink is emitting right now (innermost
+# last): an interruption from inside that emit comes after the first frame was reported,
+# whether or not upstream's own listener has run yet (listener order is arbitrary before
+# livekit rtc 1.1.20)
+reporting_playback: list[float] = []
+
+
+def wrap_on_playback_started(original: Callable[..., None]) -> Callable[..., None]:
+    """`AudioOutput.on_playback_started`, which sinks call for a segment's first frame."""
+
+    def on_playback_started(self: Any, *args: Any, created_at: float, **kwargs: Any) -> None:
+        reporting_playback.append(created_at)
+        try:
+            original(self, *args, created_at=created_at, **kwargs)
+        finally:
+            reporting_playback.pop()
+
+    on_playback_started.__doc__ = original.__doc__
+    on_playback_started.__name__ = original.__name__
+    on_playback_started.__qualname__ = original.__qualname__
+    on_playback_started.__wrapped__ = original  # type: ignore[attr-defined]
+    return on_playback_started
 
 
 def finish_segment(handle: SegmentSpeechHandle, *, interrupted: bool) -> None:
@@ -324,6 +400,11 @@ def finish_segment(handle: SegmentSpeechHandle, *, interrupted: bool) -> None:
     # cancelled first, so nobody who awaits the handle sees it pending; also when the
     # handle was already marked done elsewhere (upstream's interruption timeout)
     st = handle._lk_segment_state
+    if interrupted and reporting_playback and st.audio_seen and not st.settled:
+        # interrupted from inside the sink's report of this segment's first frame (its audio
+        # is the only audio the sink can be starting): it did start playing
+        sync_playout(st)
+        resolve_playout(st, reporting_playback[-1])
     if st.frame_out is not None or not st.settled:  # (cancel_playout's checks, inlined)
         cancel_playout(st)
     if handle._done_fut.done():  # handle.done()'s own body, a Python call less
@@ -336,18 +417,30 @@ def finish_segment(handle: SegmentSpeechHandle, *, interrupted: bool) -> None:
 def handle_properties() -> dict[str, Any]:
     """The read-only properties the runtime patch adds to `SpeechHandle`."""
 
-    def playout_started(self: SpeechHandle) -> asyncio.Future[float]:
-        """Resolves with the time (``time.time()`` clock) this handle's audio started playing.
+    def playout_started(self: SpeechHandle) -> asyncio.Future[float | None]:
+        """When this handle's audio started playing: a new future for each read.
 
-        It is the ``created_at`` of the sink's playback-started event for the first frame of
-        this handle's first segment, or the time its first text was forwarded when audio
-        output is disabled. It is cancelled if that segment can no longer play.
+        It resolves with the ``created_at`` (``time.time()`` clock) of the sink's
+        playback-started event for the first frame of this handle's first segment (the time
+        its first text was forwarded when audio output is disabled), or with None once that
+        segment can no longer play. Each read returns a future of the reader's own:
+        cancelling it, or a timeout around it, affects no other reader.
         """
         st = state_of(self)
         if not st.settled and self.done():
-            # the done callback that cancels it may not have run yet
+            # the done callback that settles it may not have run yet
             cancel_playout(st)
-        return playout_future(st)
+        return playout_view(st)
+
+    def response_interrupted(self: SpeechHandle) -> bool:
+        """Whether this handle's own response was cut: a segment handle's `interrupted`;
+        for the reply handle, True only if the interruption came before its own response
+        (segment 0) was over, that is closed by a `SegmentBreak` or the model's end and
+        played out."""
+        if not self.interrupted:
+            return False
+        st = peek_state(self)
+        return st is None or not st.response_over
 
     def segment_index(self: SpeechHandle) -> int:
         """0 for the handle a reply was scheduled with, k for the k-th break's handle."""
@@ -359,13 +452,14 @@ def handle_properties() -> dict[str, Any]:
         st = peek_state(self)
         return None if st is None else st.segment_break
 
-    def turn(self: SpeechHandle) -> SpeechHandle:
+    def reply_handle(self: SpeechHandle) -> SpeechHandle:
         """The handle the whole reply was scheduled with: this handle itself for segment 0."""
         return self
 
     return {
-        "turn": property(turn),
+        "reply_handle": property(reply_handle),
         "playout_started": property(playout_started),
+        "response_interrupted": property(response_interrupted),
         "segment_index": property(segment_index),
         "segment_break": property(segment_break),
     }

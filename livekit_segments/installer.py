@@ -22,9 +22,16 @@ from packaging.version import InvalidVersion, Version
 import livekit.agents as agents
 from livekit.agents.ipc import job_proc_executor
 from livekit.agents.utils import aio
-from livekit.agents.voice import agent_activity, events, generation, speech_handle
+from livekit.agents.voice import (
+    agent_activity,
+    agent_session,
+    events,
+    generation,
+    io,
+    speech_handle,
+)
 
-from . import handle_state, job_process, pipeline_hooks, segment_break
+from . import handle_state, job_process, pipeline_hooks, segment_break, state_label
 
 __all__ = [
     "SUPPORTED_VERSIONS",
@@ -177,6 +184,17 @@ def _plan() -> list[_Patch]:
         _Patch(agent_activity, "perform_text_forwarding", hooks.wrap_perform_text_forwarding),
         _Patch(generation, "perform_audio_forwarding", hooks.wrap_perform_audio_forwarding),
         _Patch(generation, "perform_text_forwarding", hooks.wrap_perform_text_forwarding),
+        # every interruption: the open segment handle ends within the call
+        _Patch(speech_handle.SpeechHandle, "_cancel", hooks.wrap_speech_handle_cancel),
+        # an interruption inside a sink's first-frame report: that segment did start
+        _Patch(io.AudioOutput, "on_playback_started", handle_state.wrap_on_playback_started),
+        # the "thinking" label between responses (state_label)
+        _Patch(
+            agent_session.AgentSession,
+            "_update_agent_state",
+            state_label.wrap_update_agent_state,
+        ),
+        _Patch(agent_session.AgentSession, "agent_state", state_label.wrap_agent_state),
         # job processes import this package and install() before the user's prewarm
         _Patch(
             job_proc_executor.ProcJobExecutor,
@@ -189,7 +207,8 @@ def _plan() -> list[_Patch]:
         _Patch(speech_handle.SpeechHandle, name, prop)
         for name, prop in handle_state.handle_properties().items()
     ]
-    return wrapped + props
+    label = [_Patch(agent_session.AgentSession, state_label.LABEL_ATTR, False)]
+    return wrapped + props + label
 
 
 def _apply(plan: list[_Patch]) -> None:
@@ -319,6 +338,31 @@ def seam_report() -> list[tuple[str, bool]]:
         )
     for attr in handle_state.handle_properties():
         need(f"SpeechHandle.{attr} not already defined", lambda a: not hasattr(sh, a), attr)
+    session_cls = agent_session.AgentSession
+    need(
+        "AgentSession.agent_state returns self._agent_state",
+        lambda: (
+            isinstance(inspect.getattr_static(session_cls, "agent_state"), property)
+            and _returns_only(session_cls, "agent_state", ("_agent_state",))
+        ),
+    )
+    need(
+        "AgentSession._update_agent_state(state, *, otel_context=..., start_time=...)",
+        _has_params,
+        getattr(session_cls, "_update_agent_state", None),
+        "otel_context",
+        "start_time",
+    )
+    need(
+        f"AgentSession.{state_label.LABEL_ATTR} not already defined",
+        lambda: not hasattr(session_cls, state_label.LABEL_ATTR),
+    )
+    need(
+        "AudioOutput.on_playback_started(*, created_at=...)",
+        _has_params,
+        getattr(io.AudioOutput, "on_playback_started", None),
+        "created_at",
+    )
     need(
         "ProcJobExecutor(*, initialize_process_fnc=...)",
         _has_params,

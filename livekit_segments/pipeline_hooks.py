@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 
 from livekit.agents import FlushSentinel
 from livekit.agents.voice import agent_activity as _activity_mod, generation as _generation_mod
-from livekit.agents.voice.events import SpeechCreatedEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
 
+from . import state_label
 from .handle_state import (
     HandleState,
     SegmentSpeechHandle,
@@ -43,6 +43,7 @@ from .handle_state import (
     watch_done,
 )
 from .segment_break import SegmentBreak
+from .segment_events import SegmentCreatedEvent
 
 logger = logging.getLogger("livekit.segments")
 
@@ -240,26 +241,27 @@ def wrap_perform_llm_inference(original: F) -> F:
     return perform_llm_inference  # type: ignore[return-value]
 
 
-def _announce(turn: SpeechHandle, handle: SpeechHandle, ts: HandleState) -> None:
+def _announce(turn: SpeechHandle, handle: SpeechHandle, ts: HandleState, index: int) -> None:
     session = ts.session
-    if session is not None:
-        session.emit(
-            "speech_created",
-            SpeechCreatedEvent(speech_handle=handle, user_initiated=False, source="generate_reply"),
-        )
-        return
-    activity = _activity_mod._AgentActivityContextVar.get(None)
-    if activity is None:
-        logger.warning(
-            "segment handle opened outside an agent activity; speech_created not emitted",
-            extra={"speech_id": handle.id, "turn_speech_id": turn.id},
-        )
-        return
+    if session is None:
+        activity = _activity_mod._AgentActivityContextVar.get(None)
+        if activity is None:
+            logger.warning(
+                "segment handle opened outside an agent activity; speech_created not emitted",
+                extra={"speech_id": handle.id, "turn_speech_id": turn.id},
+            )
+            return
+        session = ts.session = activity.session
     # segments only come from pipeline replies, whose handles are all "generate_reply"
-    ts.session = activity.session
-    activity.session.emit(
+    session.emit(
         "speech_created",
-        SpeechCreatedEvent(speech_handle=handle, user_initiated=False, source="generate_reply"),
+        SegmentCreatedEvent(
+            speech_handle=handle,
+            user_initiated=False,
+            source="generate_reply",
+            segment_index=index,
+            reply_id=turn._id,
+        ),
     )
 
 
@@ -282,10 +284,24 @@ def _settle(turn: SpeechHandle, ts: HandleState | None) -> None:
 
 
 def _on_interrupted(turn: SpeechHandle) -> None:
-    ts = peek_state(turn)
-    _settle(turn, ts)
-    if ts is not None:
-        _unthink(ts)
+    # upstream's own end of the reply drops the "thinking" label (state_label)
+    _settle(turn, peek_state(turn))
+
+
+def wrap_speech_handle_cancel(original: F) -> F:
+    """`SpeechHandle._cancel`, which every interruption goes through: the turn's open segment
+    handle ends within the call (``interrupt()`` or ``session.interrupt()`` has returned with
+    it done), not one event-loop step later in a done callback."""
+
+    @functools.wraps(original)
+    def _cancel(self: SpeechHandle, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        st = peek_state(self)
+        if st is not None and st.open_handle is not None:
+            _settle(self, st)
+        return result
+
+    return _cancel  # type: ignore[return-value]
 
 
 def _watch_interrupt(turn: SpeechHandle, ts: HandleState) -> None:
@@ -329,6 +345,7 @@ def _route(
             # a generation's responses end with it: a tool step's text plays under the turn
             finish_segment(open_handle, interrupted=False)
             target_st = ts
+            ts.response_over = False
         else:
             target_st = open_handle._lk_segment_state
     elif not ts.forwarded_any:
@@ -341,6 +358,8 @@ def _route(
         newest_st = ts.newest or state_of(turn)
         if newest_st.frame_out is not None or not newest_st.settled:
             cancel_playout(newest_st)
+        # the response before this one has played out
+        ts.response_over = True
         seg = SegmentSpeechHandle(turn=turn, index=ts.next_index, segment_break=brk)
         ts.next_index += 1
         if ts.watched is not tracker:
@@ -358,7 +377,7 @@ def _route(
             # when it starts: the turn starts thinking only once every segment it started
             # has returned, and this one has not
             target_st.on_playout = ts.speak
-        _announce(turn, seg, ts)
+        _announce(turn, seg, ts, ts.next_index - 1)
     ts.forwarded_any = True
     return target_st
 
@@ -375,16 +394,15 @@ def _update(turn: SpeechHandle, tracker: GenerationTracker, ts: HandleState | No
         if activity is None:
             return
         ts.session = activity.session
+    if not ts.response_over and ts.next_index == 1 and not turn.interrupted:
+        # the reply handle's own response is over once it is closed and has played out
+        j = tracker.returned
+        if j >= 0 and tracker.last_of_response(j) == j:
+            ts.response_over = True
     if ts.thinking:
-        if ts.thinking_tracker is tracker and tracker.ended:
-            last = tracker.segments - 1 if tracker.cut is None else tracker.cut
-            if tracker.returned >= last:
-                if tracker.functions:
-                    # upstream's tool step keeps "thinking" and ends the agent's speech
-                    ts.thinking = False
-                else:
-                    _unthink(ts)  # no next response: the reply ends
-        return
+        if state_label.is_on(ts.session):
+            return  # still between two responses
+        ts.thinking = False  # upstream changed the state meanwhile: the label is over
     j = tracker.returned
     # segment j played out, its response is closed by a break, and the model has not yet
     # started the next one: nothing plays until it does
@@ -393,14 +411,10 @@ def _update(turn: SpeechHandle, tracker: GenerationTracker, ts: HandleState | No
     if turn.interrupted or tracker.last_of_response(j) != j:
         return
     session = ts.session
-    if session.agent_state != "speaking" or not (
-        hasattr(session, "_agent_state") and hasattr(session, "_update_agent_state")
-    ):
+    if session.agent_state != "speaking":
         return
     ts.thinking = True
-    ts.thinking_tracker = tracker
-    _watch_interrupt(turn, ts)
-    ts.session._update_agent_state("thinking")
+    state_label.enter(session)
 
 
 def _speak(turn: SpeechHandle, ts: HandleState, started_at: float) -> None:
@@ -408,23 +422,11 @@ def _speak(turn: SpeechHandle, ts: HandleState, started_at: float) -> None:
     if not ts.thinking:
         return
     ts.thinking = False
-    if ts.session.agent_state == "thinking":
-        ts.session._update_agent_state(
-            "speaking",
-            start_time=started_at,
-            otel_context=getattr(turn, "_agent_turn_context", None),
-        )
-
-
-def _unthink(ts: HandleState) -> None:
-    """No response follows (the model ended, the turn was interrupted): back to "speaking"
-    without an event, so that upstream's end of the reply runs as after any spoken reply and
-    sets the state it always sets."""
-    if not ts.thinking:
-        return
-    ts.thinking = False
-    if ts.session.agent_state == "thinking":
-        ts.session._agent_state = "speaking"
+    state_label.leave(
+        ts.session,
+        start_time=started_at,
+        otel_context=getattr(turn, "_agent_turn_context", None),
+    )
 
 
 def _after_segment(turn: SpeechHandle, ts: HandleState, tracker: GenerationTracker) -> None:
@@ -509,7 +511,7 @@ def wrap_perform_audio_forwarding(original: F) -> F:
         if st is not None and fwd.task is _task_of_loop(_running_loop()):
             st.audio_seen = True
             if not st.settled:
-                if st.fut is None and st.on_playout is None:
+                if st.views is None and st.on_playout is None:
                     # nobody waits yet: the sink's report is read from out when asked, at
                     # the latest when the segment returns (forward_generation's wrapper)
                     st.frame_out = out

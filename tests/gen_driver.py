@@ -49,12 +49,10 @@ async def lookup() -> str:
 
 
 def turn_of(handle: SpeechHandle) -> SpeechHandle:
-    """A segment handle's turn (public ``turn`` at runtime, ``_turn`` natively today)."""
-    for attr in ("turn", "_turn"):
-        t = getattr(handle, attr, None)
-        if isinstance(t, SpeechHandle):
-            return t
-    return handle
+    """The handle a segment handle's reply was scheduled with (public in both forms)."""
+    t = handle.reply_handle  # type: ignore[attr-defined]
+    assert isinstance(t, SpeechHandle)
+    return t
 
 
 class _VirtualTimeSelector:
@@ -482,7 +480,7 @@ class Run:
         assert self.in_start is not None
         for h in self.all_handles():
             fut = h.playout_started
-            if id(h) not in self.resolved_at_start and fut.done() and not fut.cancelled():
+            if id(h) not in self.resolved_at_start and fut.done() and fut.result() is not None:
                 self.resolved_at_start[id(h)] = self.in_start
         if not self.interrupt_before_session:
             self.playback_interrupt(n)
@@ -587,7 +585,7 @@ class Run:
                 "pending"
                 if not h.playout_started.done()
                 else "cancelled"
-                if h.playout_started.cancelled()
+                if h.playout_started.result() is None
                 else h.playout_started.result()
                 if self.sink is not None
                 else "resolved",  # text only: a wall-clock time

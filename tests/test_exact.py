@@ -232,7 +232,7 @@ async def test_interrupt_from_speech_created_plays_nothing_of_that_segment(via: 
     assert [h.segment_index for h in t.handles] == [0, 1]
     assert t.sink is not None and len(t.sink.segments) == 1  # not one frame of "B."
     assert b.interrupted and b.done()
-    assert b.playout_started.cancelled()
+    assert b.playout_started.result() is None
     assert turn.interrupted
     assert t.assistant_texts() == [("A.", True)]
 
@@ -304,12 +304,12 @@ async def test_public_surface_of_turn_and_segment_handles() -> None:
     turn = await t.run()
     await t.close()
     seg = t.handles[1]
-    assert turn.turn is turn and seg.turn is turn
+    assert turn.reply_handle is turn and seg.reply_handle is turn
     assert (turn.segment_index, seg.segment_index) == (0, 1)
     assert (turn.segment_break, seg.segment_break) == (None, brk)
     assert isinstance(seg.playout_started, asyncio.Future)
     assert isinstance(seg, SpeechHandle)
-    assert SpeechHandle.create().turn is not None
+    assert SpeechHandle.create().reply_handle is not None
 
 
 def test_segment_break_is_immutable_and_compares_by_identity() -> None:
@@ -370,7 +370,7 @@ async def test_tts_failure_then_tool_step_plays_the_follow_up_under_the_turn() -
     await t.close()
     assert [h.segment_index for h in t.handles] == [0, 1]
     b = t.handles[1]
-    assert b.done() and b.playout_started.cancelled()
+    assert b.done() and b.playout_started.result() is None
     assert turn.num_steps == 2
     # the response of "b" ended with its generation: the follow-up plays under the turn
     assert started[-1] == (len(t.sink.segments) - 1, True)
@@ -381,6 +381,11 @@ async def test_tts_failure_then_tool_step_plays_the_follow_up_under_the_turn() -
 
 def states(t: Turn) -> list[str]:
     return [ev.new_state for ev in t.rec.of("agent_state_changed")]
+
+
+def shown(t: Turn) -> str:
+    """The state a frontend shows: the last agent_state_changed event's."""
+    return states(t)[-1]
 
 
 async def test_agent_thinks_between_responses_while_the_model_works() -> None:
@@ -410,7 +415,8 @@ async def test_agent_thinks_between_responses_while_the_model_works() -> None:
     await sink.when(lambda: len(sink.segments) == 2 and sink.segments[1].finished)
     await run_ready()
     # the acknowledgement has played, the model is still producing the answer
-    assert t.session.agent_state == "thinking"
+    assert shown(t) == "thinking"
+    assert t.session.agent_state == "speaking"  # what the session reacts on: upstream's
     assert t.session._agent_speaking_span is None  # one agent_speaking span per period
     speaking_at: list[float] = []
     t.session.on(
@@ -433,7 +439,7 @@ async def test_end_of_turn_state_after_thinking_between_responses(end: str) -> N
     assert t.sink is not None and t.session is not None
     await t.sink.when(lambda: bool(t.sink.segments) and t.sink.segments[0].finished)
     await run_ready()
-    assert t.session.agent_state == "thinking"
+    assert shown(t) == "thinking"
     if end == "interrupted":
         turn.interrupt()
     more.set_result(None)
@@ -460,7 +466,7 @@ async def test_agent_state_with_a_tool_step_after_a_break() -> None:
     assert t.sink is not None and t.session is not None
     await t.sink.when(lambda: bool(t.sink.segments) and t.sink.segments[0].finished)
     await run_ready()
-    assert t.session.agent_state == "thinking"
+    assert shown(t) == "thinking"
     more.set_result(None)
     await turn
     await t.close()

@@ -170,7 +170,7 @@ def check(case: Case, note: Callable[[str], None] = lambda _: None) -> list[str]
             in_turn = [
                 h.playout_started.result()
                 for h in run.handles_of(t)
-                if h.playout_started.done() and not h.playout_started.cancelled()
+                if h.playout_started.done() and h.playout_started.result() is not None
             ]
             if any(a >= b for a, b in zip(in_turn, in_turn[1:], strict=False)):
                 bad.append(f"{name}: turn {t}: resolved values not strictly increasing: {in_turn}")
@@ -179,7 +179,7 @@ def check(case: Case, note: Callable[[str], None] = lambda _: None) -> list[str]
             values += in_turn
         for h in run.all_handles():
             fut = h.playout_started
-            if fut.done() and not fut.cancelled():
+            if fut.done() and fut.result() is not None:
                 if run.sink is not None:
                     at = run.resolved_at_start.get(id(h))
                     if at is None:
@@ -226,8 +226,8 @@ def check(case: Case, note: Callable[[str], None] = lambda _: None) -> list[str]
             bad.append(f"interrupted from speech_created, yet the sink got: {leaked}")
         for t in p.sc_recorded:
             h = p.segments[t][-1] if p.segments[t] else None
-            if h is not None and not h.playout_started.cancelled():
-                bad.append(f"{h.id} interrupted from speech_created, playout_started not cancelled")
+            if h is not None and h.playout_started.result() is not None:
+                bad.append(f"{h.id} interrupted from speech_created, playout_started not None")
     return bad
 
 

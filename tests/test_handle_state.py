@@ -26,7 +26,7 @@ async def test_a_first_frame_after_the_turn_ended_does_not_resolve_playout_start
     turn._mark_done()
     resolve_playout(st, 123.0)
     assert st.settled and st.started is None
-    assert turn.playout_started.cancelled()
+    assert turn.playout_started.result() is None
 
 
 async def test_waiting_on_playout_started_cancels_it_when_the_turn_ends_unplayed() -> None:
@@ -37,7 +37,7 @@ async def test_waiting_on_playout_started_cancels_it_when_the_turn_ends_unplayed
     after: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     asyncio.get_running_loop().call_soon(after.set_result, None)  # runs after them (FIFO)
     await after
-    assert fut.cancelled()
+    assert fut.result() is None
 
 
 async def test_a_turn_that_resolved_first_keeps_its_time() -> None:

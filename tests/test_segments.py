@@ -81,6 +81,16 @@ class Turn:
         assert self.session is not None
         await self.session.aclose()
 
+    def handle_created(self, n: int) -> asyncio.Future[SpeechHandle]:
+        """The reply's n-th handle, once announced."""
+        assert self.turn is not None
+        return self.turn.handle_created(n)
+
+    async def turn_result(self) -> Any:
+        """Wait until the reply and every handle it opened are done."""
+        assert self.turn is not None
+        return await self.turn.result()
+
     async def play_until(self, k: int) -> None:
         """Play segments 0..k-1 out in full (manual finish), then wait for segment k to start."""
         assert self.sink is not None
@@ -342,7 +352,7 @@ async def test_break_only_reply() -> None:
     turn = await t.run()
     await t.close()
     assert t.handles == [turn]
-    assert turn.playout_started.cancelled()
+    assert turn.playout_started.result() is None
     assert t.assistant_texts() == []
 
 
@@ -359,7 +369,7 @@ async def test_interrupt_before_the_first_frame() -> None:
 
     assert t.handles == [turn]
     assert turn.interrupted
-    assert turn.playout_started.cancelled()
+    assert turn.playout_started.result() is None
 
 
 async def test_interrupt_during_segment_zero() -> None:
@@ -590,7 +600,7 @@ async def test_tts_error_cancels_the_unplayed_segment() -> None:
     # no handle ever plays after the failure; any opened for it is cancelled and done
     for h in handles[1:]:
         assert h.done()
-        assert h.playout_started.cancelled()
+        assert h.playout_started.result() is None
     assert len(handles) <= 2
     assert t.assistant_texts()[0][0].startswith("One.")
 
@@ -603,7 +613,7 @@ async def test_silent_segment_is_cancelled_and_the_next_still_signals() -> None:
     await t.run()
     await t.close()
     first, second, third = t.handles
-    assert second.playout_started.cancelled()
+    assert second.playout_started.result() is None
     assert second.done()
     assert third.playout_started.result() == t.sink.segments[1].started_at
     assert_strictly_increasing([first.playout_started.result(), third.playout_started.result()])
@@ -649,7 +659,7 @@ async def test_handles_without_segments_have_the_defaults() -> None:
     assert not handle.playout_started.done()
     handle._mark_done()
     await handle
-    assert handle.playout_started.cancelled()
+    assert handle.playout_started.result() is None
 
 
 async def test_user_barge_in_during_a_later_segment() -> None:

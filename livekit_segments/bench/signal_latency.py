@@ -57,9 +57,8 @@ class _Watch:
         self.tasks.append(asyncio.create_task(self._await_handle(len(self.handles) - 1, handle)))
 
     async def _await_handle(self, index: int, handle: SpeechHandle) -> None:
-        try:
-            value = await playout_started(handle)
-        except asyncio.CancelledError:
+        value = await playout_started(handle)
+        if value is None:
             self.cancelled += 1
             return
         self.woke[index] = (value, time.perf_counter())

@@ -37,7 +37,7 @@ class SegmentRow:
     playout_started: float | None = None
     """None when it did not resolve; see `playout_state`."""
     playout_state: str = "no handle"
-    """``"resolved"``, ``"cancelled"``, ``"pending"`` or ``"no handle"``."""
+    """``"resolved"``, ``"never played"``, ``"pending"``, ``"cancelled"`` or ``"no handle"``."""
     sink_started: float | None = None
     """When the sink started playing the segment's first frame."""
     sink_ended: float | None = None
@@ -168,18 +168,21 @@ def _check_handle(
                 f"(audible gaps: frames arrived late)"
             )
 
-    # playout_started: resolved with exactly the sink's timestamp, or cancelled if unplayed
-    fut: asyncio.Future[float] = livekit_segments.playout_started(handle)
+    # playout_started: resolved with exactly the sink's timestamp, or None if unplayed
+    fut: asyncio.Future[float | None] = livekit_segments.playout_started(handle)
+    started = fut.result() if fut.done() and not fut.cancelled() else None
     if not fut.done():
         row.playout_state = "pending"
         problems.append(f"{label}: playout_started still pending")
     elif fut.cancelled():
         row.playout_state = "cancelled"
+        problems.append(f"{label}: playout_started was cancelled (it never should be)")
+    elif started is None:
+        row.playout_state = "never played"
         if played:
-            problems.append(f"{label}: playout_started cancelled although the sink played it")
+            problems.append(f"{label}: playout_started says never played, but the sink played it")
     else:
         row.playout_state = "resolved"
-        started = fut.result()
         row.playout_started = started - t0
         if seg is None or seg.started_at is None:
             problems.append(f"{label}: playout_started resolved but the sink never played it")
