@@ -297,7 +297,7 @@ class DiffRun(Run):
         crash = None
         try:
             self.run()
-        except Exception as e:
+        except (Exception, asyncio.CancelledError) as e:  # a crash is an observable too
             crash = f"{type(e).__name__}: {self.ids(str(e))}"
         end: dict[str, Any] = {
             "crash": crash,
@@ -361,7 +361,7 @@ def main(argv: list[str]) -> int:
                 result = record(
                     parse_case(text), eager="eager" in modes, listener="listener" in modes
                 )
-            except Exception:
+            except (Exception, asyncio.CancelledError):
                 result = {"obs": [], "end": {"harness_error": traceback.format_exc()}}
             out.write(json.dumps({"i": i, **result}, default=repr) + "\n")
     return 0
