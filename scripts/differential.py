@@ -224,6 +224,18 @@ def main() -> int:
         help=f"hide known differences to explore (never in CI): {', '.join(MASKS)}",
     )
     args = parser.parse_args()
+    for flag, python in (
+        ("--runtime-python", args.runtime_python),
+        ("--native-python", args.native_python),
+    ):
+        if not Path(python).exists():
+            raise SystemExit(
+                f"differential: {python} does not exist: run scripts/setup (it makes .venv and "
+                f".venv-native), or pass {flag}"
+            )
+    unknown = [name for name in args.ignore.split(",") if name and name not in MASKS]
+    if unknown:
+        raise SystemExit(f"differential: --ignore knows {', '.join(MASKS)}, not {unknown}")
     masks = [MASKS[name] for name in args.ignore.split(",") if name]
     seed = args.seed
     if seed is None:
