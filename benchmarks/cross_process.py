@@ -311,7 +311,7 @@ class Pair:
 def _cannot_run(python: str, error: WorkerError) -> str:
     return (
         f"{OPTION} {python} cannot run the bench worker ({error}); give a python with "
-        f"livekit-agents and this checkout installed, {FIX}"
+        f"livekit-agents installed (the workers import this clone's code), {FIX}"
     )
 
 
@@ -332,7 +332,7 @@ def _check(upstream: dict[str, Any], native: dict[str, Any], native_python: str)
         if native[key] != upstream[key]:
             raise UsageError(
                 f"{where} has {what} {native[key]}, this python {upstream[key]}: the two "
-                f"forms must differ in nothing else (install this checkout in both venvs)"
+                f"forms must differ in nothing else (install the same releases in both venvs)"
             )
 
 

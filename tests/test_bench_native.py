@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -300,3 +301,25 @@ def test_b7n_judges_the_native_form_against_upstream_in_instructions() -> None:
     assert result.rows[0].upstream == "8,300,000" and result.rows[0].patch == "8,350,000"
     assert result.rows[3].patch == "84,000"
     assert [j.verdict for j in result.judged] == ["met"] * 3
+
+
+def test_workers_import_this_clone_from_any_folder(tmp_path: Path) -> None:
+    """A worker (B7's, or B1n's pair) runs ``python -c``: whatever its working directory, it
+    imports the benchmarks and livekit_segments of the clone the parent runs from."""
+    from benchmarks import process_setup
+
+    env = process_setup.worker_env(PYTHONHASHSEED="0")
+    assert env["PYTHONHASHSEED"] == "0"
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(process_setup.REPO_ROOT)
+    code = (
+        "import benchmarks, livekit_segments; print(benchmarks.__file__, livekit_segments.__file__)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    root = process_setup.REPO_ROOT
+    assert done.stdout.split() == [
+        str(root / "benchmarks" / "__init__.py"),
+        str(root / "livekit_segments" / "__init__.py"),
+    ]
