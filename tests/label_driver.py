@@ -111,7 +111,8 @@ class LabelCase:
     pause: bool  # resume_false_interruption: a barge-in pauses (True) or interrupts
     turns: tuple[tuple[tuple[Item, ...], ...], ...]  # per user turn, one script per LLM call
     # the driver's pick at each point: an index (modulo the enabled actions), or an action's
-    # name, taken at the first point it is enabled (progress actions until then)
+    # name, taken at the first point it is enabled (progress actions until then); "a+b" is a,
+    # then b
     choices: tuple[int | str, ...]
     interrupt_kind: str = "turn"  # the app's interrupt: "turn" handle or "session"
 
@@ -298,6 +299,13 @@ def _vad_event(kind: vad.VADEventType, *, speech: float, speaking: bool) -> vad.
     )
 
 
+def _split(choice: int | str) -> list[int | str]:
+    if isinstance(choice, int):
+        return [choice]
+    first, *rest = choice.split("+")
+    return [first, *rest]
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -320,6 +328,8 @@ class LabelRun:
         self.segment_handles = 0
         self.point = 0
         self.picks = 0
+        # "a+b": a, then b at the next point it can be taken
+        self.choices = [c for choice in case.choices for c in _split(choice)]
         self.user_speaking = False
         self.interrupted_turns: set[int] = set()
         self.cur_turn = 0
@@ -358,7 +368,11 @@ class LabelRun:
         session.on(
             "conversation_item_added",
             lambda ev: self.record(
-                "item", ev.item.role, ev.item.text_content, getattr(ev.item, "interrupted", None)
+                "item",
+                ev.item.type,
+                getattr(ev.item, "role", None),
+                getattr(ev.item, "text_content", None),
+                getattr(ev.item, "interrupted", None),
             ),
         )
 
@@ -421,8 +435,8 @@ class LabelRun:
 
     def pick(self, acts: list[str]) -> str:
         i = self.picks
-        if i < len(self.case.choices):
-            choice = self.case.choices[i]
+        if i < len(self.choices):
+            choice = self.choices[i]
             if isinstance(choice, int):
                 self.picks += 1
                 return acts[choice % len(acts)]

@@ -163,7 +163,11 @@ def _turn(draw: st.DrawFn) -> tuple[tuple[Item, ...], ...]:
 _CHOICE = st.sampled_from(
     [
         *range(6),
-        *(GAP_PREFIX + a for a in (USER_START,) * 4 + (USER_FINAL, ELAPSE_ACT, INTERRUPT) * 2),
+        *(GAP_PREFIX + a for a in (USER_START,) * 2 + (USER_FINAL, ELAPSE_ACT, INTERRUPT) * 2),
+        # a barge-in in the gap (paused, or interrupting when the case does not pause)
+        *[f"{GAP_PREFIX}{USER_START}+{USER_ACTIVE}"] * 2,
+        f"{GAP_PREFIX}{USER_START}+{USER_ACTIVE}+{USER_END}+{ELAPSE_ACT}",  # resumed
+        f"{GAP_PREFIX}{USER_START}+{USER_ACTIVE}+{USER_FINAL}",  # a real interruption
         USER_ACTIVE,
         USER_ACTIVE,
         USER_END,
@@ -205,8 +209,9 @@ def test_label_changes_no_reaction(case: LabelCase) -> None:
 
 # ---------------------------------------------------------------- the named flows
 #
-# Each is one fixed case whose run is checked to do what its name says (so the generated
-# suite's coverage of these never depends on the seed), then checked like every other case.
+# Each is one fixed case: its actions, and the reactions upstream shows in the plain run, are
+# checked to be what its name says (so the generated suite's coverage of these never depends
+# on the seed); then it is checked like every other case.
 
 
 def _acts_on_label(run: LabelRun) -> list[str]:
@@ -216,36 +221,42 @@ def _acts_on_label(run: LabelRun) -> list[str]:
 A, B = Say("Hello. "), Say("the answer ")
 GAP_REPLY = ((A, Break(), Gap(), B),)  # one response, a break, the model waits, the next one
 
-NAMED: dict[str, tuple[LabelCase, list[str]]] = {
+NAMED: dict[str, tuple[LabelCase, list[str], list[str]]] = {
     # the user speaks in the gap, keeps speaking (a barge-in would pause), stops, and the
     # false-interruption timer resumes
     "user speech in the gap, false interruption resumed": (
         LabelCase("auto", "auto", True, (GAP_REPLY,), (USER_START, USER_ACTIVE, USER_END)),
         [USER_START, USER_ACTIVE],
+        ["pause", "false_interruption"],
     ),
     # a barge-in in the gap with pausing off: upstream interrupts the reply
     "barge-in in the gap, no pause": (
         LabelCase("auto", "auto", False, (GAP_REPLY,), (USER_START, USER_ACTIVE)),
         [USER_START, USER_ACTIVE],
+        ["interrupted"],
     ),
     # a pause in the gap, then a final transcript: the paused reply is interrupted
     "false interruption in the gap, then transcribed": (
         LabelCase("auto", "auto", True, (GAP_REPLY,), (USER_START, USER_ACTIVE, USER_FINAL)),
         [USER_START, USER_ACTIVE],
+        ["pause", "interrupted"],
     ),
     # a pause in the gap, the user stops, the model goes on while paused, the timer resumes
     "false interruption in the gap, next response while paused": (
         LabelCase("auto", "auto", True, (GAP_REPLY,), (USER_START, USER_ACTIVE, USER_END, RELEASE)),
         [USER_START, USER_ACTIVE],
+        ["pause", "false_interruption"],
     ),
     # the app interrupts while the label is on
     "interruption while thinking": (
         LabelCase("auto", "auto", True, (GAP_REPLY,), (INTERRUPT,)),
         [INTERRUPT],
+        ["interrupted"],
     ),
     "session interruption while thinking": (
         LabelCase("auto", "auto", True, (GAP_REPLY,), (INTERRUPT,), interrupt_kind="session"),
         [INTERRUPT],
+        ["interrupted"],
     ),
     # a tool call after a break: the reply's end-of-speech step, the tool, the follow-up
     "tool call after a break": (
@@ -257,33 +268,40 @@ NAMED: dict[str, tuple[LabelCase, list[str]]] = {
             (ELAPSE_ACT, RELEASE),
         ),
         [ELAPSE_ACT],
+        ["tool_ran", "tools_executed"],
     ),
     # a trailing break with nothing after it: the model ends while the label is on
     "trailing break with nothing after it": (
         LabelCase("auto", "auto", True, (((A, Break(), Gap()),),), (ELAPSE_ACT, RELEASE)),
         [ELAPSE_ACT, RELEASE],
+        [],
     ),
     # manual playout: the next response is held before it starts, the user speaks meanwhile
     "user speech while the next response waits to start": (
         LabelCase("manual", "manual", True, (GAP_REPLY,), (START, FINISH, USER_START, RELEASE)),
         [USER_START],
+        [],
     ),
     # the user starts in the gap and is still speaking when the next response forwards
     # (upstream reconciles the playout pause before forwarding)
     "user still speaking when the next response starts": (
         LabelCase("auto", "auto", True, (GAP_REPLY,), (USER_START, RELEASE, USER_END)),
         [USER_START],
+        [],
     ),
 }
 
 
 @pytest.mark.parametrize("name", list(NAMED))
 def test_named_flow(name: str) -> None:
-    case, on_label = NAMED[name]
+    case, on_label, reactions = NAMED[name]
     runs = run_both(case)
     acted = _acts_on_label(runs[0])
     missing = [a for a in on_label if a not in acted]
     assert not missing, f"{name}: {missing} not taken while the label was on ({runs[0].acts})"
+    kinds = {entry[0] for entry in runs[1].log}
+    absent = [r for r in reactions if r not in kinds]
+    assert not absent, f"{name}: the session never reacted with {absent}: {runs[1].log}"
     bad = check(case, runs=runs)
     assert not bad, "\n".join([name, repr(case), *bad])
 
