@@ -7,7 +7,8 @@ interruption, and the driver's picks among the actions it can take at each idle 
 model goes on, the sink starts or finishes a segment, the user starts speaking, keeps speaking
 (a VAD inference with enough speech to interrupt), stops, or is transcribed (a final
 transcript), the virtual time moves on to upstream's next timer (the false-interruption
-timeout), or the app interrupts.
+timeout), or the app interrupts or queues a ``say()``. A case may run without an audio
+output (text only).
 
 `LabelRun` runs it once with `SegmentBreak`s and once with a plain `FlushSentinel` in their
 place, each on its own virtual-time loop, driving upstream's own entry points (the activity's
@@ -96,7 +97,7 @@ Item = Say | Break | Gap | Call
 # the driver's actions
 RELEASE, START, FINISH = "release", "start", "finish"
 USER_START, USER_ACTIVE, USER_END, USER_FINAL = "user_start", "user_active", "user_end", "final"
-ELAPSE_ACT, INTERRUPT = "elapse", "interrupt"
+ELAPSE_ACT, INTERRUPT, SAY = "elapse", "interrupt", "say"
 # a pick "gap:<action>" waits for a gap (`LabelRun.in_gap`) before it takes the action
 GAP_PREFIX = "gap:"
 # when the case's picks are used up: progress first (the user stops, the sink plays, then the
@@ -115,6 +116,7 @@ class LabelCase:
     # then b
     choices: tuple[int | str, ...]
     interrupt_kind: str = "turn"  # the app's interrupt: "turn" handle or "session"
+    audio: bool = True  # False: the session has no audio output (text only)
 
 
 # ---------------------------------------------------------------- fakes
@@ -332,6 +334,7 @@ class LabelRun:
         self.choices = [c for choice in case.choices for c in _split(choice)]
         self.user_speaking = False
         self.interrupted_turns: set[int] = set()
+        self.said: set[int] = set()  # turns in which the app queued a say()
         self.cur_turn = 0
         self.loop_errors: list[dict[str, Any]] = []
         self.leftover: list[str] = []
@@ -431,6 +434,8 @@ class LabelRun:
             acts.append(ELAPSE_ACT)
         if self.cur_turn not in self.interrupted_turns and not turn.done():
             acts.append(INTERRUPT)
+        if self.cur_turn not in self.said:
+            acts.append(SAY)
         return acts
 
     def pick(self, acts: list[str]) -> str:
@@ -494,11 +499,15 @@ class LabelRun:
             )
         elif act == ELAPSE_ACT:
             await asyncio.sleep(ELAPSE)
+        elif act == SAY:
+            # the app queues a say() behind the reply (it plays once the reply is over)
+            self.said.add(self.cur_turn)
+            session.say(f"by the way {self.cur_turn}. ")
         elif act == INTERRUPT:
             self.interrupted_turns.add(self.cur_turn)
             if self.case.interrupt_kind == "session":
                 fut = session.interrupt()
-                fut.add_done_callback(lambda f: f.exception())
+                fut.add_done_callback(lambda f: f.cancelled() or f.exception())
             else:
                 turn.interrupt()
 
@@ -554,7 +563,8 @@ class LabelRun:
             },
             aec_warmup_duration=None,
         )
-        session.output.audio = self.sink
+        if self.case.audio:
+            session.output.audio = self.sink
         session.output.transcription = RecordingTextOutput()
         self.session = session
         self._attach(session)

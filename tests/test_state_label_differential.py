@@ -5,7 +5,7 @@ Each case (tests/label_driver.py) runs twice in this process, on a virtual clock
 `SegmentBreak`s, and with a plain `FlushSentinel` in their place. The driver takes the same
 actions in both at the same points: the model goes on after a gap, the sink plays, the user
 starts, keeps (a VAD inference long enough to interrupt) and stops speaking or is transcribed,
-upstream's false-interruption timer fires, the app interrupts. Asserted:
+upstream's false-interruption timer fires, the app interrupts or queues a ``say()``. Asserted:
 
 - the session's reactions are identical: every sink call (frames, flush, clear, pause, resume,
   start, finish, with virtual times), every interruption and its moment, upstream's
@@ -39,6 +39,7 @@ from .label_driver import (
     GAP_PREFIX,
     INTERRUPT,
     RELEASE,
+    SAY,
     START,
     USER_ACTIVE,
     USER_END,
@@ -121,6 +122,8 @@ def check(
         note("with breaks")
     else:
         note("without breaks")
+    if not case.audio:
+        note("text only")
     if any(e[0] == "pause" for e in p.log):
         note("false-interruption pause")
     if any(e[0] == "false_interruption" and e[1] for e in p.log):
@@ -168,6 +171,7 @@ _CHOICE = st.sampled_from(
         *[f"{GAP_PREFIX}{USER_START}+{USER_ACTIVE}"] * 2,
         f"{GAP_PREFIX}{USER_START}+{USER_ACTIVE}+{USER_END}+{ELAPSE_ACT}",  # resumed
         f"{GAP_PREFIX}{USER_START}+{USER_ACTIVE}+{USER_FINAL}",  # a real interruption
+        GAP_PREFIX + SAY,  # the app queues a say() in the gap
         USER_ACTIVE,
         USER_ACTIVE,
         USER_END,
@@ -186,6 +190,7 @@ def label_cases(draw: st.DrawFn) -> LabelCase:
         turns=tuple(draw(st.lists(_turn(), min_size=1, max_size=2))),
         choices=tuple(draw(st.lists(_CHOICE, max_size=24))),
         interrupt_kind=draw(st.sampled_from(["turn", "session"])),
+        audio=draw(st.sampled_from([True] * 7 + [False])),
     )
 
 
@@ -252,6 +257,12 @@ NAMED: dict[str, tuple[LabelCase, list[str], list[str]]] = {
         LabelCase("auto", "auto", True, (GAP_REPLY,), (INTERRUPT,)),
         [INTERRUPT],
         ["interrupted"],
+    ),
+    # the app queues a say() in the gap: it plays once the reply is over
+    "say queued while thinking": (
+        LabelCase("auto", "auto", True, (GAP_REPLY,), (GAP_PREFIX + SAY,)),
+        [SAY],
+        [],
     ),
     "session interruption while thinking": (
         LabelCase("auto", "auto", True, (GAP_REPLY,), (INTERRUPT,), interrupt_kind="session"),
