@@ -109,6 +109,12 @@ def check(
             "the patched run's state events are not the plain run's plus the label's:\n"
             f"  patched: {p.states}\n  plain:   {u.states}"
         )
+    elif case.audio:
+        # the label leaves ("speaking" again) at the next response's first frame
+        started = {e[-1][0] for e in p.log if e[0] == "start"}
+        for point, _, new in label:
+            if new == "speaking" and point not in started:
+                bad.append(f"the label left at point {point}, where no segment started playing")
     if u.segment_handles:
         bad.append("the plain run announced segment handles")
 
