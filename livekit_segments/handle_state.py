@@ -121,7 +121,11 @@ def watch_done(handle: SpeechHandle, st: HandleState) -> None:
     if not st.done_watched:
         st.done_watched = True
         st.unwatched = None
-        handle.add_done_callback(_on_handle_done)
+        if handle._done_fut.done():
+            # what the callback would do, now: no running loop is needed after the fact
+            _on_handle_done(handle)
+        else:
+            handle.add_done_callback(_on_handle_done)
 
 
 def _on_handle_done(handle: SpeechHandle) -> None:

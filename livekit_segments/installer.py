@@ -183,6 +183,8 @@ def _plan() -> list[_Patch]:
         _Patch(generation, "perform_text_forwarding", hooks.wrap_perform_text_forwarding),
         # every interruption: the open segment handle ends within the call
         _Patch(speech_handle.SpeechHandle, "_cancel", hooks.wrap_speech_handle_cancel),
+        # a handle's end settles its playout_started before its done callbacks run
+        _Patch(speech_handle.SpeechHandle, "_mark_done", hooks.wrap_speech_handle_mark_done),
         # an interruption inside a sink's first-frame report: that segment did start
         _Patch(io.AudioOutput, "on_playback_started", handle_state.wrap_on_playback_started),
         # the "thinking" label between responses (state_label)

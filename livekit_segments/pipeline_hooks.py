@@ -304,6 +304,25 @@ def wrap_speech_handle_cancel(original: F) -> F:
     return _cancel  # type: ignore[return-value]
 
 
+def wrap_speech_handle_mark_done(original: F) -> F:
+    """`SpeechHandle._mark_done`: settle what the handle's end settles (its open segment
+    handle, its `playout_started`) before the handle is done, so that whoever waits on the
+    handle, or registered a done callback on it, finds them settled."""
+
+    @functools.wraps(original)
+    def _mark_done(self: SpeechHandle, *args: Any, **kwargs: Any) -> Any:
+        st = peek_state(self)
+        if st is not None and not self._done_fut.done():
+            open_handle = st.open_handle
+            if open_handle is not None:
+                finish_segment(open_handle, interrupted=self._interrupt_fut.done())
+            if st.frame_out is not None or not st.settled:
+                cancel_playout(st)
+        return original(self, *args, **kwargs)
+
+    return _mark_done  # type: ignore[return-value]
+
+
 def _watch_interrupt(turn: SpeechHandle, ts: HandleState) -> None:
     if not ts.watching:
         ts.watching = True

@@ -425,3 +425,46 @@ async def test_interrupt_inside_the_first_frames_playback_started_resolves_it(
     assert await seg.playout_started == started
     await t.turn_result()
     await t.close()
+
+
+async def test_playout_started_is_settled_before_the_handles_done_callbacks() -> None:
+    t = two_responses(start="manual")
+    handle = await t.start()
+    assert t.sink is not None
+    seen: list[bool] = []
+    # registered before anyone read playout_started: it runs before any callback the
+    # package could register afterwards
+    handle.add_done_callback(lambda _: seen.append(view.done()))
+    view = handle.playout_started
+
+    async def await_then_look() -> bool:
+        await handle
+        return view.done()
+
+    waiter = asyncio.ensure_future(await_then_look())
+    await t.sink.segment_captured(0)
+    handle.interrupt()  # before its first frame: it never plays
+    await play_the_rest(t)
+    assert seen == [True] and await waiter
+    assert view.result() is None
+    await t.close()
+
+
+def test_playout_started_of_a_finished_handle_needs_no_running_loop() -> None:
+    async def reply() -> tuple[SpeechHandle, float]:
+        t = Turn([["Hello there."]])
+        handle = await t.start()
+        await handle  # nobody read playout_started while it ran
+        await t.close()
+        assert t.sink is not None
+        return handle, t.sink.segments[0].started_at or 0.0
+
+    handle, started = asyncio.run(reply())
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        fut = handle.playout_started  # no loop is running
+        assert fut.done() and fut.result() == started
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
