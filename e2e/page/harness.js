@@ -1,0 +1,93 @@
+// The page of scripts/heard-e2e: the agent's audio arrives over a WebSocket, goes into a
+// MediaStreamTrack, crosses real WebRTC (Opus, NetEq) between two peer connections whose
+// packets pass through the harness's UDP relay, and plays to the default output device
+// through an audio element, as livekit-client plays a remote track by default.
+const params = new URLSearchParams(location.search);
+const relayA = Number(params.get('relayA')); // where pcA sends (it believes pcB is there)
+const relayB = Number(params.get('relayB')); // where pcB sends
+const state = (window.harness = { phase: 'starting', errors: [] });
+const log = (...a) => console.log('[page]', ...a);
+
+function munge(sdp) {
+  // no candidates of its own reach the other side: each peer only learns the relay
+  return sdp
+    .split('\r\n')
+    .filter((l) => !l.startsWith('a=candidate') && !l.startsWith('a=end-of-candidates'))
+    .join('\r\n');
+}
+
+function relayCandidate(port) {
+  return { candidate: `candidate:1 1 udp 2130706431 127.0.0.1 ${port} typ host`, sdpMid: '0', sdpMLineIndex: 0 };
+}
+
+async function main() {
+  const ws = new WebSocket(`ws://${location.host}/ws`);
+  ws.binaryType = 'arraybuffer';
+  await new Promise((res, rej) => { ws.onopen = res; ws.onerror = rej; });
+
+  // sending side: the agent's frames (24 kHz s16 mono) -> worklet -> track
+  const sendCtx = new AudioContext({ sampleRate: 24000 });
+  await sendCtx.audioWorklet.addModule('feeder-worklet.js');
+  const feeder = new AudioWorkletNode(sendCtx, 'feeder', { outputChannelCount: [1] });
+  const dest = sendCtx.createMediaStreamDestination();
+  dest.channelCount = 1;
+  feeder.connect(dest);
+  await sendCtx.resume();
+
+  const pcA = new RTCPeerConnection();
+  const pcB = new RTCPeerConnection();
+  window.pcs = { pcA, pcB };
+  pcA.addTrack(dest.stream.getAudioTracks()[0], dest.stream);
+
+  const received = new Promise((resolve) => {
+    pcB.ontrack = (ev) => resolve(ev.track);
+  });
+  const offer = await pcA.createOffer();
+  await pcA.setLocalDescription(offer);
+  await pcB.setRemoteDescription({ type: 'offer', sdp: munge(offer.sdp) });
+  const answer = await pcB.createAnswer();
+  await pcB.setLocalDescription(answer);
+  await pcA.setRemoteDescription({ type: 'answer', sdp: munge(answer.sdp) });
+  await pcA.addIceCandidate(relayCandidate(relayA));
+  await pcB.addIceCandidate(relayCandidate(relayB));
+
+  const track = await received;
+  const audio = new Audio();
+  audio.srcObject = new MediaStream([track]);
+  await audio.play();
+  window.remoteTrack = track;
+  window.remoteAudio = audio;
+
+  await new Promise((resolve, reject) => {
+    const check = () => {
+      if (pcB.connectionState === 'connected') resolve();
+      if (pcB.connectionState === 'failed') reject(new Error('peer connection failed'));
+    };
+    pcB.onconnectionstatechange = check;
+    check();
+  });
+
+  // the companion (if the harness has one) plugs in here
+  if (window.startCompanion) await window.startCompanion({ ws, track, audio, pcB });
+
+  ws.onmessage = (e) => {
+    if (typeof e.data === 'string') {
+      const msg = JSON.parse(e.data);
+      if (window.onHarnessMessage) window.onHarnessMessage(msg);
+      return;
+    }
+    const s16 = new Int16Array(e.data);
+    const f32 = new Float32Array(s16.length);
+    for (let i = 0; i < s16.length; i++) f32[i] = s16[i] / 32768;
+    feeder.port.postMessage(f32, [f32.buffer]);
+  };
+  state.phase = 'ready';
+  ws.send(JSON.stringify({ type: 'ready', outputLatency: sendCtx.outputLatency }));
+  log('ready');
+}
+
+main().catch((e) => {
+  state.phase = 'failed';
+  state.errors.push(String(e && e.stack || e));
+  console.error('[page] failed', e);
+});
