@@ -52,7 +52,9 @@ class PulseServer:
         """Start the daemon and wait until its socket answers."""
         exe = shutil.which("pulseaudio")
         if exe is None:
-            raise RuntimeError("pulseaudio is not installed: run scripts/setup (it apt-installs it)")
+            raise RuntimeError(
+                "pulseaudio is not installed: run scripts/setup (it apt-installs it)"
+            )
         self._proc = subprocess.Popen(
             [
                 exe,
