@@ -132,10 +132,12 @@ class UdpRelay:
         if at is None:
             return
         out = self._b if forward else self._a  # pcA's packets leave from pcB's side
+        if out.peer is None:
+            return  # the other side has not spoken yet: nowhere to deliver (ICE retries)
         loop = asyncio.get_running_loop()
-        loop.call_later(max(at - now, 0.0), self._send, out, data)
+        loop.call_later(max(at - now, 0.0), self._send, out, out.peer, data)
 
     @staticmethod
-    def _send(out: _Side, data: bytes) -> None:
-        if out.transport is not None and out.peer is not None:
-            out.transport.sendto(data, out.peer)
+    def _send(out: _Side, peer: tuple[str, int], data: bytes) -> None:
+        if out.transport is not None and not out.transport.is_closing():
+            out.transport.sendto(data, peer)

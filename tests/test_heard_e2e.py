@@ -1,0 +1,212 @@
+"""The analysis side of ``scripts/heard-e2e`` (e2e/): profiles, the impaired path, finding
+responses in a recording. The browser run itself is CI's short profile (scripts/test)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import numpy as np
+import pytest
+
+from e2e import truth
+from e2e.profile import ProfileError, Stage, parse_profile, stage_at
+from e2e.relay import PathModel, UdpRelay, is_rtp_or_rtcp
+from e2e.run import after_change
+
+RTP = bytes([0x80, 111]) + bytes(30)
+STUN = bytes([0x00, 0x01]) + bytes(30)
+
+
+# -- profiles
+
+
+def test_profile_single_and_steps() -> None:
+    assert parse_profile("60:10:0") == (Stage(60, 10, 0, 0),)
+    stages = parse_profile("60:10:0,200:10:0.5@20")
+    assert stages == (Stage(60, 10, 0, 0), Stage(200, 10, 0.5, 20))
+    assert stage_at(stages, 19.99).delay_ms == 60
+    assert stage_at(stages, 20).delay_ms == 200
+    assert [s.label() for s in stages] == ["60:10:0", "200:10:0.5@20"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ("60:10", "DELAY_MS:JITTER_MS:LOSS_PCT"),
+        ("60:10:0,200:10:0", "needs '@SECONDS'"),
+        ("60:10:0@5", "first profile entry starts at 0"),
+        ("60:10:0,200:10:0@20,100:0:0@10", "must start after 20"),
+        ("60:10:101", "over 100"),
+        ("", "DELAY_MS"),
+    ],
+)
+def test_profile_errors_name_the_fix(spec: str, needle: str) -> None:
+    with pytest.raises(ProfileError, match=needle):
+        parse_profile(spec)
+
+
+def test_after_change_counts_responses_since_the_last_change() -> None:
+    stages = parse_profile("60:10:0,200:10:0@10,100:0:0@20")
+    starts = [0.5, 5.0, 9.9, 10.0, None, 12.0, 15.0, 21.0, 22.0]
+    assert after_change(stages, starts) == [None, None, None, 1, None, 2, 3, 1, 2]
+
+
+# -- the impaired path, on a virtual clock
+
+
+def test_path_delays_jitters_and_reorders_deterministically() -> None:
+    stages = parse_profile("60:10:0")
+    a = PathModel(stages, start=0.0, seed=7)
+    b = PathModel(stages, start=0.0, seed=7)
+    times_a = [a.release_at(i * 0.02, RTP, forward=True) for i in range(500)]
+    times_a += [a.release_at(10 + i * 0.005, RTP, forward=True) for i in range(100)]
+    times_b = [b.release_at(i * 0.02, RTP, forward=True) for i in range(500)]
+    times_b += [b.release_at(10 + i * 0.005, RTP, forward=True) for i in range(100)]
+    assert times_a == times_b  # the seed decides everything
+    delays = [t - i * 0.02 for i, t in enumerate(times_a[:500]) if t is not None]
+    assert min(delays) >= 0.050 and max(delays) <= 0.070
+    assert abs(np.mean(delays) - 0.060) < 0.002
+    assert a.forward.reordered > 0  # ±10 ms on packets 5 ms apart: some overtake
+
+
+def test_path_loss_hits_media_only_and_back_path_has_base_delay() -> None:
+    m = PathModel(parse_profile("20:0:50"), start=0.0, seed=3)
+    media = [m.release_at(0.0, RTP, forward=True) for _ in range(1000)]
+    control = [m.release_at(0.0, STUN, forward=True) for _ in range(100)]
+    assert 400 < media.count(None) < 600
+    assert None not in control  # ICE and DTLS are never dropped
+    assert m.release_at(1.0, RTP, forward=False) == pytest.approx(1.02)
+    assert m.back.dropped == 0
+
+
+def test_path_follows_a_step_change() -> None:
+    m = PathModel(parse_profile("60:0:0,200:0:0@20"), start=100.0)
+    assert m.release_at(119.0, RTP, forward=True) == pytest.approx(119.06)
+    assert m.release_at(120.0, RTP, forward=True) == pytest.approx(120.2)
+
+
+def test_rtp_demultiplexing() -> None:
+    assert is_rtp_or_rtcp(RTP)
+    assert not is_rtp_or_rtcp(STUN)
+    assert not is_rtp_or_rtcp(bytes([22, 0xFE]))  # DTLS
+    assert not is_rtp_or_rtcp(b"")
+
+
+async def test_relay_forwards_both_ways_between_learned_peers() -> None:
+    loop = asyncio.get_running_loop()
+    relay = UdpRelay(PathModel(parse_profile("0:0:0"), start=0.0), clock=loop.time)
+    await relay.start()
+    got: dict[str, asyncio.Future[bytes]] = {"a": loop.create_future(), "b": loop.create_future()}
+
+    class Peer(asyncio.DatagramProtocol):
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            if not got[self.name].done():
+                got[self.name].set_result(data)
+
+    ta, _ = await loop.create_datagram_endpoint(lambda: Peer("a"), local_addr=("127.0.0.1", 0))
+    tb, _ = await loop.create_datagram_endpoint(lambda: Peer("b"), local_addr=("127.0.0.1", 0))
+    try:
+        # a peer's address is learned from what it sends: pcA's first packet finds nobody
+        # on the other side yet (ICE retransmits), pcB's then reaches pcA, and pcA's next
+        # one reaches pcB
+        ta.sendto(STUN + b"lost", ("127.0.0.1", relay.port_a))
+        while relay._a.peer is None:  # the relay has taken it (yields to the loop only)
+            await asyncio.sleep(0)
+        tb.sendto(STUN + b"from-b", ("127.0.0.1", relay.port_b))
+        assert (await asyncio.wait_for(got["a"], 5)).endswith(b"from-b")
+        ta.sendto(RTP + b"from-a", ("127.0.0.1", relay.port_a))
+        assert (await asyncio.wait_for(got["b"], 5)).endswith(b"from-a")
+        assert relay.model.forward.forwarded == 2 and relay.model.back.forwarded == 1
+    finally:
+        ta.close()
+        tb.close()
+        relay.close()
+
+
+def test_relay_ports_are_loopback() -> None:
+    async def ports() -> tuple[int, int]:
+        relay = UdpRelay(PathModel(parse_profile("0:0:0"), start=0.0), clock=lambda: 0.0)
+        await relay.start()
+        try:
+            assert relay._a.transport is not None
+            assert relay._a.transport.get_extra_info("sockname")[0] == "127.0.0.1"
+            return relay.port_a, relay.port_b
+        finally:
+            relay.close()
+
+    a, b = asyncio.run(ports())
+    assert a != b
+    for port in (a, b):  # closed again
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", port))
+
+
+# -- finding a response in a recording (synthetic audio)
+
+RATE = 48000
+
+
+def _speechlike(seconds: float, seed: int) -> np.ndarray:
+    """A voiced buzz with a wandering pitch and a syllable envelope, like espeak's output."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    f0 = 120 + 20 * np.sin(2 * np.pi * 1.3 * t + rng.uniform(0, 6))
+    phase = 2 * np.pi * np.cumsum(f0) / RATE
+    x = sum(np.sin(k * phase) / k for k in range(1, 12))
+    env = 0.3 + 0.25 * np.sin(2 * np.pi * 4 * t + rng.uniform(0, 6))
+    return np.asarray(x * env / 3, dtype=np.float64)
+
+
+def test_first_audible_and_onset() -> None:
+    x = np.zeros(RATE)
+    x[1000] = 0.005  # below the -40 dBFS threshold
+    x[2000:2100] = 0.5
+    x[2300:2400] = 0.5  # 200 samples after: not a new onset at 200 ms gaps
+    x[30000:30100] = 0.5  # after 0.58 s of silence: an onset
+    assert truth.first_audible(x) == 2000
+    assert truth.first_audible(np.zeros(10)) is None
+    assert truth.onset_after(x, 0, RATE) == 2000
+    assert truth.onset_after(x, 2200, RATE) == 30000
+    assert truth.onset_after(x, 30001, RATE) is None
+
+
+@pytest.mark.parametrize("lag_ms", [17.0, 66.0, 180.25, 420.0])
+def test_locate_finds_the_lag_through_noise_and_gain(lag_ms: float) -> None:
+    ref = _speechlike(0.5, seed=1)
+    lag = int(round(lag_ms * RATE / 1000))
+    rec = np.random.default_rng(2).normal(0, 0.002, 2 * RATE)
+    pos = 10000 + lag
+    rec[pos : pos + len(ref)] += 0.6 * ref  # the codec and the mixer change the level
+    found = truth.locate(ref[: int(0.3 * RATE)], rec, 10000, RATE, rate=RATE)
+    assert found is not None
+    assert found.lag_samples == lag
+    assert found.score > 0.9
+
+
+def test_locate_finds_a_response_that_follows_another_with_no_silence() -> None:
+    first, second = _speechlike(1.0, seed=3), _speechlike(1.0, seed=4)
+    sent = np.concatenate([first, second])
+    lag = 8123
+    rec = np.zeros(len(sent) + RATE)
+    rec[lag : lag + len(sent)] = sent
+    found = truth.locate(second[: int(0.3 * RATE)], rec, len(first), RATE // 2, rate=RATE)
+    assert found is not None and found.lag_samples == lag
+    # no onset marks the second one: the energy never drops between them
+    assert truth.onset_after(rec, lag + len(first) - 100, RATE) is None
+
+
+def test_locate_refuses_silence_and_short_recordings() -> None:
+    assert truth.locate(np.zeros(100), np.ones(1000), 0, 500, rate=RATE) is None
+    assert truth.locate(np.ones(2000), np.ones(1000), 0, 500, rate=RATE) is None
+
+
+def test_resample_keeps_timing() -> None:
+    x = np.zeros(24000)
+    x[12000] = 1.0
+    y = truth.resample(x, 24000, 48000)
+    assert len(y) == 48000
+    assert int(np.argmax(y)) == 24000
