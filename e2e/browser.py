@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from pathlib import Path
 
-__all__ = ["Browser"]
+__all__ = ["Browser", "cpu_by_thread_name", "thread_cpu"]
 
 HERE = Path(__file__).parent
 
@@ -40,6 +41,11 @@ class Browser:
         log.close()
 
     @property
+    def pid(self) -> int | None:
+        """The driver's process id (Chromium runs below it)."""
+        return None if self._proc is None else self._proc.pid
+
+    @property
     def exited(self) -> int | None:
         """The driver's exit code, or None while it runs."""
         return None if self._proc is None else self._proc.returncode
@@ -56,3 +62,53 @@ class Browser:
         except asyncio.TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def thread_cpu(root: int) -> dict[tuple[int, int], tuple[str, float]]:
+    """CPU seconds so far of every thread of ``root`` and its descendants, by (pid, tid),
+    with the thread's name (Chromium names its threads: ``AudioWorklet``, ``AudioOutputDevice``,
+    ``CrRendererMain``...)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[tuple[int, int], tuple[str, float]] = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        todo += _children(pid)
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            out[(pid, int(task.name))] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def cpu_by_thread_name(
+    before: dict[tuple[int, int], tuple[str, float]],
+    after: dict[tuple[int, int], tuple[str, float]],
+    seconds: float,
+) -> dict[str, float]:
+    """Percent of one core per thread name between two `thread_cpu` snapshots; threads
+    that share a name are summed, the name then carries their count (``name x2``)."""
+    used: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for key, (name, cpu) in after.items():
+        used[name] = used.get(name, 0.0) + cpu - before.get(key, (name, 0.0))[1]
+        count[name] = count.get(name, 0) + 1
+    return {
+        (name if count[name] == 1 else f"{name} x{count[name]}"): round(100 * u / seconds, 2)
+        for name, u in sorted(used.items(), key=lambda kv: -kv[1])
+        if u > 0
+    }

@@ -33,6 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 USER_IDENTITY = "user"
 AGENT_IDENTITY = "agent"
 _MEASURED_WAIT_S = 8.0  # for the last reports after the session ended
+_START_TIMEOUT_S = 20.0
+_SYNC = "lkseg.playout.sync"
+_STARTUP_SYNCS = 4  # the companion's start-up exchanges (docs/client-playout.md)
 
 
 class _LocalParticipant:
@@ -143,6 +146,8 @@ class AgentSide:
         self._fired_at: dict[int, float] = {}
         self._measured: dict[int, asyncio.Future[Any]] = {}
         self.page_stats: dict[str, Any] = {}
+        self.server: PageServer | None = None
+        self.failed: str | None = None
 
     @property
     def static(self) -> dict[str, Path]:
@@ -155,18 +160,35 @@ class AgentSide:
     def connect(self, server: PageServer) -> None:
         """Take RPC calls from the page."""
         self.rpc = RpcStandIn(self.room, server)
+        self.server = server
 
         def on_message(msg: dict[str, Any]) -> None:
             if msg.get("type") == "stats":
                 self.page_stats = msg.get("stats", {})
+            elif msg.get("type") == "companion-failed":
+                self.failed = str(msg.get("error"))
             elif self.rpc is not None:
                 self.rpc.on_message(msg)
 
         server.on_message = on_message
 
-    def on_session_started(self, session: Any) -> None:
-        """``client_playout.enable`` on the started session."""
+    async def on_session_started(self, session: Any) -> None:
+        """``client_playout.enable`` on the started session, then start the companion and
+        wait until it has said hello and done its start-up clock exchanges."""
         self.cp = self.cp_module.enable(session, self.room, participant_identity=USER_IDENTITY)
+        assert self.server is not None and self.rpc is not None
+        await self.server.send_json({"type": "start-companion"})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _START_TIMEOUT_S
+        while self.rpc.calls_by_method.get(_SYNC, 0) < _STARTUP_SYNCS:
+            if self.failed is not None:
+                raise RuntimeError(f"the companion failed to start in the page: {self.failed}")
+            if loop.time() > deadline:
+                raise RuntimeError(
+                    f"the companion did not say hello and sync within {_START_TIMEOUT_S:.0f} s "
+                    f"(calls so far: {self.rpc.calls_by_method}; errors: {self.rpc.errors})"
+                )
+            await asyncio.sleep(0.05)
 
     def on_response(self, rec: ResponseRecord) -> None:
         """Ask for both signals of a response as soon as it exists."""

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import truth
 from .agent_session import SAMPLE_RATE, AgentRun, ResponseRecord, run_agent
-from .browser import Browser
+from .browser import Browser, cpu_by_thread_name, thread_cpu
 from .plugin import AgentSide, load_agent_side
 from .profile import ProfileError, Stage, parse_profile, stage_at
 from .recorder import RATE, PulseServer, Recorder, Recording
@@ -172,6 +172,8 @@ async def _run(opts: Options) -> dict[str, Any]:
             return t < last_change or len(after) < opts.after_change
 
         model.start = origin = time.time()
+        assert browser.pid is not None
+        cpu_before = thread_cpu(browser.pid)
         run = await run_agent(
             server.send_pcm,
             keep_going=keep_going,
@@ -179,6 +181,7 @@ async def _run(opts: Options) -> dict[str, Any]:
             on_response=agent_side.on_response if agent_side else None,
         )
         await asyncio.sleep(_TAIL_S)
+        cpu = cpu_by_thread_name(cpu_before, thread_cpu(browser.pid), time.time() - origin)
         if agent_side is not None:
             await agent_side.finish(run)
     finally:
@@ -202,7 +205,9 @@ async def _run(opts: Options) -> dict[str, Any]:
             w.setsampwidth(2)
             w.setframerate(RATE)
             w.writeframes(recording.pcm)
-    return analyse(opts, run, recording, origin, model, server, agent_side)
+    result = analyse(opts, run, recording, origin, model, server, agent_side)
+    result["chromium_cpu_pct_of_core"] = cpu
+    return result
 
 
 def analyse(

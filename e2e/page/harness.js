@@ -67,13 +67,22 @@ async function main() {
     check();
   });
 
-  // the companion (if the harness has one) plugs in here
-  if (window.startCompanion) await window.startCompanion({ ws, track, audio, pcB });
+  // the client companion, when the harness runs with it: loaded now, started when the
+  // harness says the agent side is listening (as when a user joins an agent's room)
+  let startCompanion = null;
+  if (params.get('companion') === '1') {
+    ({ startCompanion } = await import('./companion.js'));
+  }
 
   ws.onmessage = (e) => {
     if (typeof e.data === 'string') {
       const msg = JSON.parse(e.data);
-      if (window.onHarnessMessage) window.onHarnessMessage(msg);
+      if (msg.type === 'start-companion') {
+        startCompanion({ ws, track, audio, pcB }).catch((err) => {
+          state.errors.push(String(err));
+          ws.send(JSON.stringify({ type: 'companion-failed', error: String(err && err.stack || err) }));
+        });
+      } else if (window.onHarnessMessage) window.onHarnessMessage(msg);
       return;
     }
     const s16 = new Int16Array(e.data);
