@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,10 +59,12 @@ class _LocalParticipant:
         self.handlers.pop(method, None)
 
 
-class FakeRoom:
-    """What ``client_playout.enable`` needs of an ``rtc.Room``: its local participant."""
+class FakeRoom(rtc.EventEmitter[str]):
+    """What ``client_playout.enable`` needs of an ``rtc.Room``: its local participant and
+    its events (none fire here: the user never leaves during a run)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.local_participant = _LocalParticipant()
         self.name = "heard-e2e"
 
@@ -261,7 +264,8 @@ class AgentSide:
 
 def load_agent_side() -> AgentSide:
     """The built companion and the agent-side module, or an error naming what is missing."""
-    dist = ROOT / "client" / "dist"
+    # HEARD_E2E_CLIENT_DIST: try a companion built elsewhere (e.g. a work in progress)
+    dist = Path(os.environ.get("HEARD_E2E_CLIENT_DIST", ROOT / "client" / "dist"))
     if not dist.is_dir():
         raise RuntimeError(
             "the client companion is not built (client/dist is missing): run scripts/setup, "

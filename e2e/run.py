@@ -39,6 +39,7 @@ from .server import PageServer
 __all__ = ["main"]
 
 logger = logging.getLogger("heard-e2e")
+_ONSET_SEARCH = int(0.03 * RATE)  # how far from the correlation's lag an onset may lie
 _TAIL_S = 2.0  # after the last response: its audio plays out and reports arrive
 
 
@@ -222,7 +223,14 @@ def analyse(
     """Locate every response in the recording and compare the agent side's times with it."""
     sent = run.sink.recording
     t0 = sent.runs[0].start if sent.runs else origin
-    agent = np.frombuffer(sent.render(t0), "<i2").astype(np.float64) / 32768
+    pcm = sent.render(t0)
+    if opts.wav is not None:  # what the agent sent, beside what the device played
+        with wave.open(str(opts.wav.with_suffix(".sent.wav")), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(SAMPLE_RATE)
+            w.writeframes(pcm)
+    agent = np.frombuffer(pcm, "<i2").astype(np.float64) / 32768
     agent48 = truth.resample(agent, SAMPLE_RATE, RATE)
     rec = np.frombuffer(recording.pcm, "<i2").astype(np.float64) / 32768
     window = int(truth.WINDOW_S * RATE)
@@ -290,14 +298,21 @@ def analyse(
             truth_fine_score=round(fine.score, 3) if fine is not None else None,
         )
         t_truth = s + lag
-        # cross-check where the response starts after silence: its energy onset in the
-        # recording (the detector's threshold crossing, which Opus can move by a few ms)
+        # where the response starts after silence, the truth is its onset in the recording,
+        # mapped back by first_audible_offset (the definition itself); the correlation only
+        # finds it. NetEq may stretch the audio right after an onset, so the lag of the
+        # waveform a few ms later can differ; the difference is kept as a check
         if truth.onset_after(agent, a0 + fa, SAMPLE_RATE) == a0 + fa:
             near = expected + int(round(lag * RATE))
-            onset = truth.onset_after(rec, max(near - 3 * span, 0), RATE)
-            if onset is not None and abs(onset - near) <= 3 * span:
+            onset = truth.onset_after(rec, max(near - _ONSET_SEARCH, 0), RATE)
+            if onset is not None and abs(onset - near) <= _ONSET_SEARCH:
                 t_onset = recording.time_of(onset) - offset
-                row["onset_minus_truth_ms"] = round((t_onset - t_truth) * 1000, 2)
+                row["correlation_minus_onset_ms"] = round((t_truth - t_onset) * 1000, 2)
+                row["truth_by"] = "onset"
+                row["truth_path_ms"] = round((t_onset - s) * 1000, 2)
+                t_truth = t_onset
+            else:
+                problems.append(f"response {i} starts after silence but has no onset near it")
         if agent_side is not None:
             got = agent_side.result(r)
             row["how"] = got.how
@@ -315,6 +330,8 @@ def analyse(
         "problems": problems,
         "responses": rows,
         "recording": {
+            "start": recording.start,
+            "sent_start": t0,
             "seconds": round(len(rec) / RATE, 2),
             "clock_bound_ms": round(recording.clock_bound_ms, 3),
             "fragments": recording.fragments,

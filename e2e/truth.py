@@ -8,13 +8,13 @@ where sound becomes audible, so it is mapped through the response's first audibl
 (a sample is audible at amplitude >= `THRESHOLD`).
 
 Where in the recording a response's first audible sample is: the harness cross-correlates
-the agent's own audio from that sample on (`WINDOW_S`) with the recording, searching lags
-in ``[0, MAX_LAG_S]``. This finds the response even when it follows the previous one with
-no silence between them, where an energy onset does not exist. Two passes: the waveform
-over `WINDOW_S` and the whole lag range, then over `FINE_WINDOW_S` within `FINE_RANGE_S` of
-that, which gives the lag at the onset itself. Where the response does
-start after silence (>= `GAP_S`), the energy onset in the recording is computed as well
-and reported beside it as a cross-check.
+the agent's own audio from that sample on with the recording, searching lags in
+``[0, MAX_LAG_S]``: the waveform over `WINDOW_S`, then over `FINE_WINDOW_S` within
+`FINE_RANGE_S` of that. Where the response starts after silence (>= `GAP_S`), the onset in
+the recording near that lag (the first audible sample after the silence) is the truth: it is
+where the user starts hearing it, even when NetEq stretches the audio right after it. Where
+the response follows the previous one with no silence between them, no onset exists, and
+the correlation's lag at the start of the response is the truth.
 """
 
 from __future__ import annotations
