@@ -4,14 +4,17 @@
 share a server) with one null sink, ``rec``, as the default output. `Recorder` reads the
 sink's monitor with ``parec`` and places every sample on the ``time.time()`` clock.
 
-Placing samples: a null sink has no hardware clock; it consumes what clients wrote on a
-system-clock timer and copies it to its monitor at that moment, which is the moment the
-"device" plays it. ``parec`` delivers the monitor in small fragments (``--latency-msec``).
-Each fragment is stamped on arrival, which is never before its last sample was consumed.
-So ``arrival - samples_so_far / rate`` is an upper bound of the recording's start for
-every fragment, and the smallest of these bounds is the tightest. What remains is how
-soon a fragment can reach us after its last sample: at least zero, at most the fragment
-latency plus scheduling; `Recorder.clock_bound_ms` reports the spread as an error bound.
+Placing samples: a null sink has no hardware clock. On a system-clock timer it renders one
+block (its configured latency: here 5 ms, the latency parec asks for) of what its clients
+wrote and copies it to its monitor at that moment. PulseAudio's own latency accounting, which
+is what Chromium's output timestamps are built on, counts the block's first sample as playing
+at the render time and the rest one by one after it (the sink's latency is the rendered part
+not yet played). The harness uses that same model: ``parec`` is read in block-sized pieces,
+each stamped on arrival, which is never before its block was rendered. So for every piece
+that is exactly one block, ``arrival - (samples before it) / rate`` is an upper bound of the
+recording's start, and the smallest of these bounds is the tightest. What remains is how
+soon a block reaches us after it was rendered (scheduling), at least zero;
+`Recording.clock_bound_ms` reports the spread of the best bounds as its size.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["RATE", "PulseServer", "Recorder", "Recording"]
+__all__ = ["RATE", "PulseServer", "Recorder", "Recording", "block_bounds"]
 
 RATE = 48000
 _FRAGMENT_MS = 5
@@ -106,6 +110,9 @@ class Recording:
     clock_bound_ms: float
     """How far ``start`` may be late: the spread of the per-fragment bounds near the best."""
     fragments: int
+    """How many block-sized reads the start was estimated from."""
+    block_ms: float = 0.0
+    """The null sink's block: a real device would play it out over this long."""
 
     def time_of(self, sample: float) -> float:
         """The ``time.time()`` at which ``sample`` played."""
@@ -120,7 +127,8 @@ class Recorder:
     _proc: subprocess.Popen[bytes] | None = None
     _thread: threading.Thread | None = None
     _chunks: list[bytes] = field(default_factory=list)
-    _bounds: list[float] = field(default_factory=list)
+    _reads: list[tuple[float, int, int]] = field(default_factory=list)
+    """(arrival, first sample, end sample) of every read."""
 
     def start(self) -> None:
         """Start ``parec`` on ``rec.monitor``."""
@@ -153,9 +161,8 @@ class Recorder:
             if not data:
                 return
             self._chunks.append(data)
+            self._reads.append((now, total // 2, (total + len(data)) // 2))
             total += len(data)
-            # the last sample in hand was consumed no later than now
-            self._bounds.append(now - (total // 2) / RATE)
 
     def stop(self) -> Recording:
         """Stop recording and return what was recorded."""
@@ -168,12 +175,27 @@ class Recorder:
         pcm = b"".join(self._chunks)
         if len(pcm) % 2:
             pcm = pcm[:-1]
-        if not self._bounds:
+        block, bounds = block_bounds(self._reads)
+        if not bounds:
             err = self._proc.stderr.read().decode() if self._proc.stderr else ""
-            raise RuntimeError(f"parec recorded nothing: {err.strip()}")
-        bounds = sorted(self._bounds)
-        # the bound that the best tenth of fragments reach: how much the fit could move
+            raise RuntimeError(f"parec recorded nothing usable: {err.strip()}")
+        bounds.sort()
+        # the bound that the best tenth of blocks reach: how much the estimate could move
         spread = bounds[max(len(bounds) // 10, 0)] - bounds[0]
         return Recording(
-            pcm=pcm, start=bounds[0], clock_bound_ms=spread * 1000, fragments=len(bounds)
+            pcm=pcm,
+            start=bounds[0],
+            clock_bound_ms=spread * 1000,
+            fragments=len(bounds),
+            block_ms=block * 1000 / RATE,
         )
+
+
+def block_bounds(reads: list[tuple[float, int, int]]) -> tuple[int, list[float]]:
+    """The sink's block (the most common read size, in samples) and, for every read of
+    exactly one block, the upper bound ``arrival - first_sample / RATE`` of the start."""
+    sizes = Counter(end - first for _, first, end in reads if end > first)
+    if not sizes:
+        return 0, []
+    block = sizes.most_common(1)[0][0]
+    return block, [t - first / RATE for t, first, end in reads if end - first == block]

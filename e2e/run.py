@@ -334,7 +334,8 @@ def analyse(
             "sent_start": t0,
             "seconds": round(len(rec) / RATE, 2),
             "clock_bound_ms": round(recording.clock_bound_ms, 3),
-            "fragments": recording.fragments,
+            "blocks_used": recording.fragments,
+            "sink_block_ms": recording.block_ms,
         },
         "path": {
             "forward": vars(model.forward),

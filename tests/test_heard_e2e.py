@@ -210,3 +210,69 @@ def test_resample_keeps_timing() -> None:
     y = truth.resample(x, 24000, 48000)
     assert len(y) == 48000
     assert int(np.argmax(y)) == 24000
+
+
+def test_recording_start_from_block_sized_reads() -> None:
+    from e2e.recorder import RATE as REC_RATE, block_bounds
+
+    start, block = 1000.0, 240
+    reads = []
+    for k in range(50):  # block k renders at start + k*5 ms and reaches us 0..3 ms later
+        delay = 0.003 * ((k * 7) % 4) / 3
+        reads.append((start + k * block / REC_RATE + delay, k * block, (k + 1) * block))
+    reads.append((start + 0.5, 12000, 12013))  # an odd piece: not a block, not used
+    found, bounds = block_bounds(reads)
+    assert found == block and len(bounds) == 50
+    assert min(bounds) == pytest.approx(start)  # the promptest block gives the start
+    assert all(b >= start - 1e-9 for b in bounds)  # each is an upper bound
+
+
+# -- B8 from the runs' JSON
+
+
+def _run(errors: list[tuple[float | None, float | None]], *, companion: bool = True) -> dict:
+    responses = [
+        {
+            "first_of_session": i == 0,
+            "after_change": None,
+            "measured_error_ms": m,
+            "fired_error_ms": f,
+            "how": "predicted" if f is not None else "unavailable",
+        }
+        for i, (m, f) in enumerate(errors)
+    ]
+    return {
+        "profile": "60:10:0",
+        "companion": companion,
+        "completed": True,
+        "responses": responses,
+        "companion_stats": {"rpc_bytes": {"hello": 150, "sync": 600, "report": 200}},
+        "chromium_cpu_pct_of_core": {
+            "Realtime AudioW x2" if companion else "Realtime AudioW": 3.0 if companion else 2.5
+        },
+    }
+
+
+def test_b8_judges_p95_with_the_bench_statistics() -> None:
+    from e2e.bench import judge
+
+    good = [
+        _run([(1.0, -40.0)] + [(((-1) ** k) * 2.0, ((-1) ** k) * 8.0) for k in range(11)])
+        for _ in range(6)
+    ]
+    base = [_run([], companion=False) for _ in range(6)]
+    b8 = judge(good + base)
+    verdicts = {row["figure"]: row["verdict"] for row in b8["targets"]}
+    assert verdicts["measured device time vs recording"] == "met"  # |2| ms, n=72
+    assert verdicts["fired-at time vs recording, after the first response"] == "met"
+    # six sessions cannot bound a p95 of first responses (59 needed), and 40 ms is over
+    assert verdicts["fired-at time vs recording, first response of a session"] == "inconclusive"
+    assert verdicts["companion's audio processing in Chromium"] == "met"  # 0.5 % of a core
+    assert (
+        verdicts["RPC payload bytes per response (requests + replies, incl. clock sync)"] == "met"
+    )
+
+    bad = [_run([(9.0, 30.0)] * 12) for _ in range(6)]
+    verdicts = {row["figure"]: row["verdict"] for row in judge(bad + base)["targets"]}
+    assert verdicts["measured device time vs recording"] == "missed"
+    assert verdicts["fired-at time vs recording, after the first response"] == "missed"
