@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -78,27 +78,24 @@ class TrimmedEspeak(EspeakSynth):
 
 
 class TappedRecording(PlayoutRecording):
-    """A `PlayoutRecording` that also sends each frame out at the moment it starts playing."""
+    """A `PlayoutRecording` that also hands each frame on, with the time it starts playing.
 
-    def __init__(self, sample_rate: int, num_channels: int, send: Callable[[bytes], None]):
+    The frame goes out at once (the source accepts it up to 200 ms ahead); the page plays
+    it at its time, plus a constant lead. Audio cut by ``clear_buffer`` is recalled.
+    """
+
+    def __init__(self, sample_rate: int, num_channels: int, out: FrameOut) -> None:
         super().__init__(sample_rate, num_channels)
-        self._send = send
-        self._pending: list[tuple[float, asyncio.TimerHandle]] = []
+        self._out = out
 
     def add(self, start: float, frame: rtc.AudioFrame) -> float:
         placed = super().add(start, frame)
-        loop = asyncio.get_running_loop()
-        pcm = frame.data.tobytes()
-        handle = loop.call_at(loop.time() + (placed - time.time()), self._send, pcm)
-        self._pending = [(t, h) for t, h in self._pending if t > time.time() - 1]
-        self._pending.append((placed, handle))
+        self._out.send_frame(placed, frame.data.tobytes())
         return placed
 
     def cut(self, at: float) -> None:
         super().cut(at)
-        for t, handle in self._pending:
-            if t >= at:
-                handle.cancel()  # cleared from the queue: never reaches the network
+        self._out.send_clear(at)
 
 
 @dataclass
@@ -127,12 +124,22 @@ class AgentRun:
     errors: list[str]
 
 
+class FrameOut(Protocol):
+    """Where the agent's audio goes (the page server)."""
+
+    def send_frame(self, start: float, pcm: bytes) -> None:
+        """A frame that starts playing at ``start`` (``time.time()`` clock)."""
+
+    def send_clear(self, at: float) -> None:
+        """Audio from ``at`` on was cleared from the source: it never plays."""
+
+
 OnResponse = Callable[[ResponseRecord], None]
 """Called for each response as it is created (the agent-side plug-in hooks in here)."""
 
 
 async def run_agent(
-    send: Callable[[bytes], None],
+    out: FrameOut,
     *,
     keep_going: Callable[[float, list[ResponseRecord]], bool],
     on_started: Callable[[Any], Any] | None = None,
@@ -141,7 +148,7 @@ async def run_agent(
     """Run turns until ``keep_going(seconds_since_start, responses)`` says stop.
 
     Args:
-        send: receives each frame's PCM when the source starts playing it.
+        out: receives each frame, with the time the source starts playing it.
         keep_going: asked before each turn.
         on_started: called with the started session (the agent side plugs in here); may
             return an awaitable.
@@ -152,7 +159,7 @@ async def run_agent(
     if espeak is None:
         raise RuntimeError("espeak-ng is not installed: run scripts/setup (it apt-installs it)")
     sink = RealtimeAudioSink(sample_rate=SAMPLE_RATE, queue_size_ms=QUEUE_SIZE_MS)
-    sink.recording = TappedRecording(SAMPLE_RATE, 1, send)
+    sink.recording = TappedRecording(SAMPLE_RATE, 1, out)
     responses: list[ResponseRecord] = []
     errors: list[str] = []
     session = offline_session(sample_rate=SAMPLE_RATE, audio=sink)

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -40,7 +41,8 @@ __all__ = ["main"]
 
 logger = logging.getLogger("heard-e2e")
 _ONSET_SEARCH = int(0.03 * RATE)  # how far from the correlation's lag an onset may lie
-_TAIL_S = 2.0  # after the last response: its audio plays out and reports arrive
+_TAIL_S = 2.0
+_NICE = -10  # after the last response: its audio plays out and reports arrive
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Options:
     min_responses: int = 8
     after_change: int = 4
     companion: bool = True
+    niceness: int = 0
     log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="heard-e2e-")))
 
 
@@ -176,7 +179,7 @@ async def _run(opts: Options) -> dict[str, Any]:
         assert browser.pid is not None
         cpu_before = thread_cpu(browser.pid)
         run = await run_agent(
-            server.send_pcm,
+            server,
             keep_going=keep_going,
             on_started=agent_side.on_session_started if agent_side else None,
             on_response=agent_side.on_response if agent_side else None,
@@ -342,10 +345,21 @@ def analyse(
             "back": vars(model.back),
         },
         "audio_bytes_to_page": server.sent_bytes,
+        "feeder_late_ms": server.feeder_late_ms,
+        "load_average": list(os.getloadavg()),
+        "niceness": opts.niceness,
     }
     if agent_side is not None:
         out["companion_stats"] = agent_side.stats()
     return out
+
+
+def _raise_priority() -> int:
+    """Raise this process's priority (nice -10) where allowed; the niceness in force."""
+    try:
+        return os.nice(_NICE - os.nice(0)) if os.nice(0) > _NICE else os.nice(0)
+    except PermissionError:
+        return os.nice(0)
 
 
 def _fmt(v: float | None) -> str:
@@ -356,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the harness; see the module doc."""
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     opts = _parse(sys.argv[1:] if argv is None else argv)
+    # audio is real time: on a shared, loaded machine a starved audio thread adds delay that
+    # no device would (a stall's backlog then plays late for seconds). Everything the run
+    # starts (PulseAudio, parec, Chromium) inherits this priority.
+    opts.niceness = _raise_priority()
     try:
         result = asyncio.run(_run(opts))
     except RuntimeError as e:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,9 @@ class PageServer:
         self._ws: web.WebSocketResponse | None = None
         self._runner: web.AppRunner | None = None
         self.sent_bytes = 0
+        self.feeder_late_ms = 0.0
+        """Audio that reached the page's feeder after its time (main thread too late)."""
+        self._sends: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Listen on a free port of 127.0.0.1."""
@@ -66,16 +70,29 @@ class PageServer:
             data = json.loads(msg.data)
             if data.get("type") == "ready" and self.ready is not None and not self.ready.done():
                 self.ready.set_result(data)
+            elif data.get("type") == "feeder":
+                self.feeder_late_ms = float(data["lateMs"])
             elif self.on_message is not None:
                 self.on_message(data)
         return ws
 
-    def send_pcm(self, pcm: bytes) -> None:
-        """Send audio to the page now (it plays as soon as it arrives)."""
+    def send_frame(self, start: float, pcm: bytes) -> None:
+        """Send a frame of s16 mono audio that starts playing at ``start`` (``time.time()``)."""
         if self._ws is None or self._ws.closed:
             return
         self.sent_bytes += len(pcm)
-        asyncio.get_running_loop().create_task(self._ws.send_bytes(pcm))
+        self._spawn(self._ws.send_bytes(struct.pack("<d", start) + pcm))
+
+    def send_clear(self, at: float) -> None:
+        """Recall the audio from ``at`` on."""
+        if self._ws is not None and not self._ws.closed:
+            self._spawn(self._ws.send_str(json.dumps({"type": "clear", "at": at})))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        # sends keep their order: aiohttp writes each message whole, in call order
+        task = asyncio.get_running_loop().create_task(coro)
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
 
     async def send_json(self, data: dict[str, Any]) -> None:
         """Send a JSON message to the page."""

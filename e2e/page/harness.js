@@ -5,6 +5,8 @@
 const params = new URLSearchParams(location.search);
 const relayA = Number(params.get('relayA')); // where pcA sends (it believes pcB is there)
 const relayB = Number(params.get('relayB')); // where pcB sends
+const LEAD_S = 0.1; // constant: part of the path delay the companion measures
+const MAX_DRIFT_S = 0.02;
 const state = (window.harness = { phase: 'starting', errors: [] });
 const log = (...a) => console.log('[page]', ...a);
 
@@ -29,6 +31,14 @@ async function main() {
   const sendCtx = new AudioContext({ sampleRate: 24000 });
   await sendCtx.audioWorklet.addModule('feeder-worklet.js');
   const feeder = new AudioWorkletNode(sendCtx, 'feeder', { outputChannelCount: [1] });
+  // audio that reached the feeder after its time (a main thread late by more than LEAD_S)
+  state.feederLateMs = 0;
+  feeder.port.onmessage = (e) => {
+    state.feederLateMs = e.data.lateMs;
+    if (ws.readyState === WebSocket.OPEN) {
+      ws.send(JSON.stringify({ type: 'feeder', lateMs: e.data.lateMs }));
+    }
+  };
   const dest = sendCtx.createMediaStreamDestination();
   dest.channelCount = 1;
   feeder.connect(dest);
@@ -77,7 +87,9 @@ async function main() {
   ws.onmessage = (e) => {
     if (typeof e.data === 'string') {
       const msg = JSON.parse(e.data);
-      if (msg.type === 'start-companion') {
+      if (msg.type === 'clear') {
+        if (anchor !== null) feeder.port.postMessage({ clearFrom: Math.round((msg.at + LEAD_S + anchor) * sr) });
+      } else if (msg.type === 'start-companion') {
         startCompanion({ ws, track, audio, pcB }).catch((err) => {
           state.errors.push(String(err));
           ws.send(JSON.stringify({ type: 'companion-failed', error: String(err && err.stack || err) }));
@@ -85,11 +97,39 @@ async function main() {
       } else if (window.onHarnessMessage) window.onHarnessMessage(msg);
       return;
     }
-    const s16 = new Int16Array(e.data);
+    schedule(new DataView(e.data).getFloat64(0, true), new Int16Array(e.data, 8));
+  };
+
+  // Each frame carries the agent-clock time (time.time(), the same system clock as
+  // Date.now()) at which the agent's source starts playing it. It enters the track LEAD_S
+  // later, at a context frame fixed by one anchor (context time <-> wall time), so frames
+  // stay contiguous and a main thread that is late by less than LEAD_S moves nothing.
+  // The anchor is re-taken at the start of a run of audio if the two clocks drifted apart.
+  let anchor = null; // context seconds minus wall seconds
+  let prevEndWall = -1;
+  let prevEndFrame = -1;
+  const sr = sendCtx.sampleRate;
+  function wallNow() {
+    const ts = sendCtx.getOutputTimestamp();
+    if (ts.contextTime > 0) return [ts.contextTime, (performance.timeOrigin + ts.performanceTime) / 1000];
+    return [sendCtx.currentTime, Date.now() / 1000];
+  }
+  function schedule(startWall, s16) {
     const f32 = new Float32Array(s16.length);
     for (let i = 0; i < s16.length; i++) f32[i] = s16[i] / 32768;
-    feeder.port.postMessage(f32, [f32.buffer]);
-  };
+    let at;
+    if (prevEndFrame >= 0 && Math.abs(startWall - prevEndWall) < 0.001) {
+      at = prevEndFrame; // continues the previous frame: no rounding gap
+    } else {
+      const [ctxT, wallT] = wallNow();
+      const fresh = ctxT - wallT;
+      if (anchor === null || Math.abs(fresh - anchor) > MAX_DRIFT_S) anchor = fresh;
+      at = Math.round((startWall + LEAD_S + anchor) * sr);
+    }
+    prevEndWall = startWall + f32.length / sr;
+    prevEndFrame = at + f32.length;
+    feeder.port.postMessage({ at, data: f32 }, [f32.buffer]);
+  }
   state.phase = 'ready';
   ws.send(JSON.stringify({ type: 'ready', outputLatency: sendCtx.outputLatency }));
   log('ready');
