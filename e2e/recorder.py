@@ -19,8 +19,10 @@ soon a block reaches us after it was rendered (scheduling), at least zero;
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -29,10 +31,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["RATE", "PulseServer", "Recorder", "Recording", "block_bounds"]
+__all__ = ["RATE", "PulseServer", "Recorder", "Recording", "block_bounds", "die_with_parent"]
 
 RATE = 48000
 _FRAGMENT_MS = 5
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """For ``preexec_fn``: the child gets SIGTERM when the harness dies, however it dies."""
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class PulseServer:
@@ -74,6 +82,7 @@ class PulseServer:
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -147,6 +156,7 @@ class Recorder:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             bufsize=0,
+            preexec_fn=die_with_parent,
         )
         self._thread = threading.Thread(target=self._read, name="heard-e2e-parec", daemon=True)
         self._thread.start()

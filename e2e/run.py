@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -128,6 +129,10 @@ def after_change(stages: tuple[Stage, ...], starts: list[float | None]) -> list[
 
 
 async def _run(opts: Options) -> dict[str, Any]:
+    # SIGTERM (a CI timeout, `kill`) cancels the run, so everything below is cleaned up
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     pulse = PulseServer()
     recorder: Recorder | None = None
     server: PageServer | None = None
@@ -136,6 +141,7 @@ async def _run(opts: Options) -> dict[str, Any]:
     agent_side: AgentSide | None = None
     recording: Recording | None = None
     origin = time.time()
+    boosted = 0
     model = PathModel(opts.profile, start=origin, seed=opts.seed)
     try:
         pulse.start()
@@ -162,6 +168,7 @@ async def _run(opts: Options) -> dict[str, Any]:
                 f"the page did not get ready within 60 s; see {opts.log_dir / 'browser.log'}"
             ) from None
         logger.info("page ready: %s", page)
+        boosted = browser.boost(opts.niceness)
         if agent_side is not None:
             agent_side.connect(server)
 
@@ -175,13 +182,19 @@ async def _run(opts: Options) -> dict[str, Any]:
             after = [r for r in responses if r.created_at >= last_change]
             return t < last_change or len(after) < opts.after_change
 
+        async def started(session: Any) -> None:
+            nonlocal boosted
+            if agent_side is not None:
+                await agent_side.on_session_started(session)
+            boosted += browser.boost(opts.niceness)  # the companion's threads too
+
         model.start = origin = time.time()
         assert browser.pid is not None
         cpu_before = thread_cpu(browser.pid)
         run = await run_agent(
             server,
             keep_going=keep_going,
-            on_started=agent_side.on_session_started if agent_side else None,
+            on_started=started,
             on_response=agent_side.on_response if agent_side else None,
         )
         await asyncio.sleep(_TAIL_S)
@@ -211,6 +224,7 @@ async def _run(opts: Options) -> dict[str, Any]:
             w.writeframes(recording.pcm)
     result = analyse(opts, run, recording, origin, model, server, agent_side)
     result["chromium_cpu_pct_of_core"] = cpu
+    result["threads_raised_to_niceness"] = boosted
     return result
 
 
@@ -379,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:
         print(f"heard-e2e: {e}", file=sys.stderr)
         return 1
+    except asyncio.CancelledError:
+        print("heard-e2e: stopped (SIGTERM)", file=sys.stderr)
+        return 143
     opts.json_path.parent.mkdir(parents=True, exist_ok=True)
     opts.json_path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"heard-e2e: profile {opts.spec}, {len(result['responses'])} responses")
