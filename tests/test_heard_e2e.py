@@ -276,3 +276,84 @@ def test_b8_judges_p95_with_the_bench_statistics() -> None:
     verdicts = {row["figure"]: row["verdict"] for row in judge(bad + base)["targets"]}
     assert verdicts["measured device time vs recording"] == "missed"
     assert verdicts["fired-at time vs recording, after the first response"] == "missed"
+
+
+# -- the whole analysis on a synthetic session: known path, known agent-side errors
+
+
+def test_analyse_maps_the_recording_to_the_agent_clock() -> None:
+    from types import SimpleNamespace
+
+    from e2e.agent_session import SAMPLE_RATE, AgentRun, ResponseRecord
+    from e2e.plugin import AgentResult
+    from e2e.recorder import RATE as REC_RATE, Recording
+    from e2e.run import Options, analyse
+    from livekit import rtc
+    from livekit_segments.demo.agent import Response
+    from livekit_segments.demo.realtime_sink import PlayoutRecording
+
+    t0 = 1_000_000.0
+    path = 0.1834  # what the "network + jitter buffer + device" took
+    sent = PlayoutRecording(SAMPLE_RATE, 1)
+
+    def speech(seconds: float, seed: int, lead_ms: float) -> np.ndarray:
+        x = np.concatenate([np.zeros(int(lead_ms * REC_RATE / 1000)), _speechlike(seconds, seed)])
+        return np.asarray(truth.resample(x, REC_RATE, SAMPLE_RATE) * 32767 * 0.8, dtype=np.int16)
+
+    def play(at: float, pcm: np.ndarray) -> None:
+        for k in range(0, len(pcm), 480):  # 20 ms frames, back to back
+            chunk = pcm[k : k + 480]
+            frame = rtc.AudioFrame(chunk.tobytes(), SAMPLE_RATE, 1, len(chunk))
+            sent.add(at + k / SAMPLE_RATE, frame)
+
+    a = speech(1.0, 5, lead_ms=7.0)  # response 0: after silence, 7 ms of leading TTS silence
+    b = speech(0.8, 6, lead_ms=0.0)  # response 1: right after response 0, no silence
+    starts = [t0 + 0.5, t0 + 0.5 + len(a) / SAMPLE_RATE]
+    play(starts[0], a)
+    play(starts[1], b)
+    # the device: the same audio, later by `path`, quieter, with noise, at 48 kHz
+    rec_start = t0 + 0.1
+    agent48 = truth.resample(
+        np.frombuffer(sent.render(rec_start), "<i2").astype(np.float64), SAMPLE_RATE, REC_RATE
+    )
+    shift = int(round(path * REC_RATE))
+    rec = np.random.default_rng(9).normal(0, 20, len(agent48) + shift + REC_RATE)
+    rec[shift : shift + len(agent48)] += 0.7 * agent48
+    recording = Recording(
+        pcm=np.clip(rec, -32768, 32767).astype("<i2").tobytes(),
+        start=rec_start,
+        clock_bound_ms=0.1,
+        fragments=100,
+    )
+    responses = [
+        ResponseRecord(i, Response(f"r{i}", "x", 0.0), handle=None, created_at=s - t0)  # type: ignore[arg-type]
+        for i, s in enumerate(starts)
+    ]
+    for r, s in zip(responses, starts, strict=True):
+        r.sink_started = r.playout_started = s
+    run = AgentRun(t0, t0 + 5, responses, SimpleNamespace(recording=sent), [])  # type: ignore[arg-type]
+
+    class Side:  # the agent side said: measured 2 ms late, fired 9 ms early
+        def result(self, rec: ResponseRecord) -> AgentResult:
+            assert rec.sink_started is not None
+            at = rec.sink_started + path
+            return AgentResult("predicted", fired_at=at - 0.009, measured_at=at + 0.002)
+
+        def stats(self) -> dict[str, object]:
+            return {}
+
+    opts = Options(profile=parse_profile("60:10:0,200:10:0@1"), spec="x", json_path=None)  # type: ignore[arg-type]
+    server = SimpleNamespace(sent_bytes=0, feeder_late_ms=0.0)
+    model = PathModel(opts.profile, start=t0)
+    out = analyse(opts, run, recording, t0, model, server, Side())  # type: ignore[arg-type]
+    r0, r1 = out["responses"]
+    assert out["completed"], out["problems"]
+    assert r0["truth_by"] == "onset" and r1["truth_by"] in ("fine", "coarse")
+    # 7 ms of leading silence, and the buzz needs 4 samples (48 kHz) to reach -40 dBFS
+    assert r0["first_audible_offset_ms"] == pytest.approx(7.0 + 4 / 48, abs=0.1)
+    for r in (r0, r1):  # the truth is the path, to a sample or two
+        assert r["truth_path_ms"] == pytest.approx(path * 1000, abs=0.1)
+        assert r["measured_error_ms"] == pytest.approx(2.0, abs=0.1)
+        assert r["fired_error_ms"] == pytest.approx(-9.0, abs=0.1)
+    assert r0["first_of_session"] and not r1["first_of_session"]
+    assert (r0["after_change"], r1["after_change"]) == (None, 1)  # r1 starts after 1 s
