@@ -258,12 +258,13 @@ def analyse(
     rows: list[dict[str, Any]] = []
     problems = list(run.errors)
     for i, r in enumerate(run.responses):
+        t_rel = rel[i]
         row: dict[str, Any] = {
             "index": i,
             "id": r.response.id,
             "first_of_session": i == 0,
             "after_change": changes[i],
-            "stage": stage_at(opts.profile, rel[i]).label() if rel[i] is not None else None,
+            "stage": stage_at(opts.profile, t_rel).label() if t_rel is not None else None,
             "start_s": rel[i],
             "measured_error_ms": None,
             "fired_error_ms": None,

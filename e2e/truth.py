@@ -85,7 +85,8 @@ def resample(x: Floats, src: int, dst: int) -> Floats:
     if src == dst:
         return x
     n = int(round(len(x) * dst / src))
-    return np.interp(np.arange(n) * (src / dst), np.arange(len(x)), x)
+    out: Floats = np.interp(np.arange(n) * (src / dst), np.arange(len(x)), x)
+    return out
 
 
 @dataclass(frozen=True)
