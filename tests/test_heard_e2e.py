@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -357,3 +358,16 @@ def test_analyse_maps_the_recording_to_the_agent_clock() -> None:
         assert r["fired_error_ms"] == pytest.approx(-9.0, abs=0.1)
     assert r0["first_of_session"] and not r1["first_of_session"]
     assert (r0["after_change"], r1["after_change"]) == (None, 1)  # r1 starts after 1 s
+
+
+def test_b8_section_replaces_itself_in_benchmarks_md(tmp_path: Path) -> None:
+    from e2e.bench import write_record
+
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n\nB1 ...\n")
+    first = "<!-- b8-record commit=a -->\nold\n<!-- /b8-record -->\n"
+    write_record(doc, first)
+    assert doc.read_text() == "# Benchmarks\n\nB1 ...\n\n" + first
+    second = "<!-- b8-record commit=b -->\nnew\n<!-- /b8-record -->\n"
+    write_record(doc, second)
+    assert doc.read_text() == "# Benchmarks\n\nB1 ...\n\n" + second
