@@ -361,6 +361,9 @@ def analyse(
         },
         "audio_bytes_to_page": server.sent_bytes,
         "feeder_late_ms": server.feeder_late_ms,
+        "feeder_reanchors": [
+            {"at_s": round(at - origin, 3), "drift_ms": round(ms, 2)} for at, ms in server.reanchors
+        ],
         "load_average": list(os.getloadavg()),
         "niceness": opts.niceness,
     }

@@ -36,6 +36,8 @@ class PageServer:
         self.feeder_late_ms = 0.0
         """Audio that reached the page's feeder after its time (main thread too late)."""
         self._sends: set[asyncio.Task[None]] = set()
+        self.reanchors: list[tuple[float, float]] = []
+        """(agent time, ms): where the page re-took its context/wall anchor, and the drift."""
 
     async def start(self) -> None:
         """Listen on a free port of 127.0.0.1."""
@@ -70,6 +72,8 @@ class PageServer:
             data = json.loads(msg.data)
             if data.get("type") == "ready" and self.ready is not None and not self.ready.done():
                 self.ready.set_result(data)
+            elif data.get("type") == "reanchor":
+                self.reanchors.append((float(data["at"]), float(data["driftMs"])))
             elif data.get("type") == "feeder":
                 self.feeder_late_ms = float(data["lateMs"])
             elif self.on_message is not None:

@@ -344,7 +344,7 @@ def test_analyse_maps_the_recording_to_the_agent_clock() -> None:
             return {}
 
     opts = Options(profile=parse_profile("60:10:0,200:10:0@1"), spec="x", json_path=None)  # type: ignore[arg-type]
-    server = SimpleNamespace(sent_bytes=0, feeder_late_ms=0.0)
+    server = SimpleNamespace(sent_bytes=0, feeder_late_ms=0.0, reanchors=[])
     model = PathModel(opts.profile, start=t0)
     out = analyse(opts, run, recording, t0, model, server, Side())  # type: ignore[arg-type]
     r0, r1 = out["responses"]

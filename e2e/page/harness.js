@@ -123,7 +123,10 @@ async function main() {
     } else {
       const [ctxT, wallT] = wallNow();
       const fresh = ctxT - wallT;
-      if (anchor === null || Math.abs(fresh - anchor) > MAX_DRIFT_S) anchor = fresh;
+      if (anchor === null || Math.abs(fresh - anchor) > MAX_DRIFT_S) {
+        if (anchor !== null) ws.send(JSON.stringify({ type: 'reanchor', driftMs: 1000 * (fresh - anchor), at: startWall }));
+        anchor = fresh;
+      }
       at = Math.round((startWall + LEAD_S + anchor) * sr);
     }
     prevEndWall = startWall + f32.length / sr;
