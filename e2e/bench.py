@@ -57,7 +57,7 @@ def _abs(values: list[float]) -> list[float]:
 
 
 def _p95(samples: list[float], what: str) -> Estimate:
-    return quantile_estimate(samples, 95.0, f"p95 of |{what}| (ms)")
+    return quantile_estimate(samples, 95.0, f"p95 of abs({what}) in ms")  # no "|": a table
 
 
 def _row(name: str, target: str, limit: float, est: Estimate, extra: str = "") -> dict[str, Any]:
@@ -250,9 +250,13 @@ _END = "<!-- /b8-record -->"
 
 def record_section(b8: dict[str, Any], command: str) -> str:
     """B8's section for BENCHMARKS.md, between markers, naming the commit it measured."""
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    # the commit the sessions ran on (they say it), else the one checked out now
+    ran = {r.get("commit") for r in b8.get("runs", [])}
+    commit = ran.pop() if len(ran) == 1 and None not in ran else ""
+    if not commit:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
     loads = [r["load_average"][0] for r in b8.get("runs", []) if r.get("load_average")]
     load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-"
     return (

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -365,11 +366,24 @@ def analyse(
             {"at_s": round(at - origin, 3), "drift_ms": round(ms, 2)} for at, ms in server.reanchors
         ],
         "load_average": list(os.getloadavg()),
+        "commit": _commit(),
         "niceness": opts.niceness,
     }
     if agent_side is not None:
         out["companion_stats"] = agent_side.stats()
     return out
+
+
+def _commit() -> str | None:
+    """The checked-out commit (with ``+dirty`` when files differ from it), if in git."""
+    root = Path(__file__).resolve().parent.parent
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False
+    )
+    if head.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=root, check=False).returncode
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def _raise_priority() -> int:
