@@ -1,0 +1,280 @@
+"""Where the companion (client/) and the agent side (`livekit_segments.client_playout`) plug
+into the harness, with a stand-in for LiveKit RPC between them.
+
+The stand-in: the page's fake Room sends ``{"type": "rpc", "id", "method", "payload"}`` over
+the harness WebSocket; `RpcStandIn` calls the handler that ``client_playout.enable``
+registered on the fake ``room.local_participant`` with an ``rtc.RpcInvocationData`` (caller
+identity ``user``, the participant the session talks to) and sends back
+``{"type": "rpc-reply", "id", "payload"}`` or ``{..., "error": {"code", "message"}}``.
+The payloads are exactly the protocol's; only the carrier differs (see docs/heard-e2e.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from livekit import rtc
+
+if TYPE_CHECKING:
+    from .agent_session import AgentRun, ResponseRecord
+    from .server import PageServer
+
+__all__ = ["AgentResult", "AgentSide", "FakeRoom", "RpcStandIn", "load_agent_side"]
+
+logger = logging.getLogger("heard-e2e")
+ROOT = Path(__file__).resolve().parent.parent
+USER_IDENTITY = "user"
+AGENT_IDENTITY = "agent"
+_MEASURED_WAIT_S = 8.0  # for the last reports after the session ended
+_START_TIMEOUT_S = 20.0
+_SYNC = "lkseg.playout.sync"
+_STARTUP_SYNCS = 4  # the companion's start-up exchanges (docs/client-playout.md)
+
+
+class _LocalParticipant:
+    def __init__(self) -> None:
+        self.identity = AGENT_IDENTITY
+        self.handlers: dict[str, Callable[[rtc.RpcInvocationData], Any]] = {}
+
+    def register_rpc_method(self, method_name: str, handler: Any = None) -> Any:
+        if handler is None:
+
+            def deco(fn: Any) -> Any:
+                self.handlers[method_name] = fn
+                return fn
+
+            return deco
+        self.handlers[method_name] = handler
+        return handler
+
+    def unregister_rpc_method(self, method: str) -> None:
+        self.handlers.pop(method, None)
+
+
+class FakeRoom(rtc.EventEmitter[str]):
+    """What ``client_playout.enable`` needs of an ``rtc.Room``: its local participant and
+    its events (none fire here: the user never leaves during a run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local_participant = _LocalParticipant()
+        self.name = "heard-e2e"
+
+
+@dataclass
+class RpcStandIn:
+    """Carries RPC calls from the page to the registered handlers; counts their bytes."""
+
+    room: FakeRoom
+    server: PageServer
+    bytes_by_method: dict[str, int] = field(default_factory=dict)
+    calls_by_method: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def on_message(self, msg: dict[str, Any]) -> None:
+        if msg.get("type") != "rpc":
+            return
+        task = asyncio.get_running_loop().create_task(self._call(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, msg: dict[str, Any]) -> None:
+        method, payload = str(msg["method"]), str(msg["payload"])
+        handler = self.room.local_participant.handlers.get(method)
+        reply: dict[str, Any] = {"type": "rpc-reply", "id": msg["id"]}
+        if handler is None:
+            reply["error"] = {"code": 1400, "message": "Method not supported at destination"}
+        else:
+            data = rtc.RpcInvocationData(
+                request_id=str(msg["id"]),
+                caller_identity=USER_IDENTITY,
+                payload=payload,
+                response_timeout=10.0,
+                method=method,
+            )
+            try:
+                res = handler(data)
+                if inspect.isawaitable(res):
+                    res = await res
+                reply["payload"] = res if isinstance(res, str) else ""
+            except rtc.RpcError as e:
+                reply["error"] = {"code": e.code, "message": e.message}
+            except Exception as e:  # an RPC handler's crash is an application error in LiveKit
+                self.errors.append(f"{method}: {e!r}")
+                reply["error"] = {"code": 1500, "message": "Application error in method handler"}
+        size = len(payload.encode()) + len(str(reply.get("payload", "")).encode())
+        self.bytes_by_method[method] = self.bytes_by_method.get(method, 0) + size
+        self.calls_by_method[method] = self.calls_by_method.get(method, 0) + 1
+        try:
+            await self.server.send_json(reply)
+        except RuntimeError:
+            pass  # the page has gone: the caller's call times out, as over LiveKit
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@dataclass
+class AgentResult:
+    """What the agent side said about one response (``time.time()`` clock)."""
+
+    how: str
+    fired_at: float | None
+    """When ``heard()`` actually resolved (the moment the app's task would start)."""
+    measured_at: float | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class AgentSide:
+    """The agent-side module and the companion, wired through the stand-in."""
+
+    def __init__(self, client_dist: Path, client_playout: Any) -> None:
+        self.client_dist = client_dist
+        self.cp_module = client_playout
+        self.room = FakeRoom()
+        self.rpc: RpcStandIn | None = None
+        self.cp: Any = None
+        self._fired: dict[int, asyncio.Future[Any]] = {}
+        self._fired_at: dict[int, float] = {}
+        self._measured: dict[int, asyncio.Future[Any]] = {}
+        self.page_stats: dict[str, Any] = {}
+        self.server: PageServer | None = None
+        self.failed: str | None = None
+
+    @property
+    def static(self) -> dict[str, Path]:
+        """Extra static roots for the page server."""
+        return {
+            "/client/": self.client_dist,
+            "/node_modules/": Path(__file__).parent / "node_modules",
+        }
+
+    def connect(self, server: PageServer) -> None:
+        """Take RPC calls from the page."""
+        self.rpc = RpcStandIn(self.room, server)
+        self.server = server
+
+        def on_message(msg: dict[str, Any]) -> None:
+            if msg.get("type") == "stats":
+                self.page_stats = msg.get("stats", {})
+            elif msg.get("type") == "companion-failed":
+                self.failed = str(msg.get("error"))
+            elif self.rpc is not None:
+                self.rpc.on_message(msg)
+
+        server.on_message = on_message
+
+    async def on_session_started(self, session: Any) -> None:
+        """``client_playout.enable`` on the started session, then start the companion and
+        wait until it has said hello and done its start-up clock exchanges."""
+        self.cp = self.cp_module.enable(session, self.room, participant_identity=USER_IDENTITY)
+        assert self.server is not None and self.rpc is not None
+        await self.server.send_json({"type": "start-companion"})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _START_TIMEOUT_S
+        while self.rpc.calls_by_method.get(_SYNC, 0) < _STARTUP_SYNCS:
+            if self.failed is not None:
+                raise RuntimeError(f"the companion failed to start in the page: {self.failed}")
+            if loop.time() > deadline:
+                raise RuntimeError(
+                    f"the companion did not say hello and sync within {_START_TIMEOUT_S:.0f} s "
+                    f"(calls so far: {self.rpc.calls_by_method}; errors: {self.rpc.errors})"
+                )
+            await asyncio.sleep(0.05)
+
+    def on_response(self, rec: ResponseRecord) -> None:
+        """Ask for both signals of a response as soon as it exists."""
+        fired = self.cp_module.heard(rec.handle)
+        self._fired[rec.index] = fired
+
+        def stamp(_: asyncio.Future[Any], i: int = rec.index) -> None:
+            self._fired_at[i] = time.time()
+
+        fired.add_done_callback(stamp)
+        self._measured[rec.index] = self.cp_module.heard_measured(rec.handle)
+
+    async def finish(self, run: AgentRun) -> None:
+        """Wait (bounded) for the measurements still on their way."""
+        pending = [f for f in self._measured.values() if not f.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=_MEASURED_WAIT_S)
+
+    def result(self, rec: ResponseRecord) -> AgentResult:
+        """Both signals of ``rec``, as far as they resolved."""
+        fired = self._fired.get(rec.index)
+        measured = self._measured.get(rec.index)
+        how = "unavailable"
+        fired_at = None
+        extra: dict[str, Any] = {}
+        if fired is not None and fired.done() and not fired.cancelled() and not fired.exception():
+            heard = fired.result()
+            how = heard.how
+            if heard.at is not None:
+                fired_at = self._fired_at.get(rec.index)
+                extra["predicted_at_error_ms"] = None  # filled by the caller with truth
+                extra["predicted_at"] = heard.at
+            if heard.path_delay is not None:
+                extra["predicted_path_ms"] = round(heard.path_delay * 1000, 2)
+        measured_at = None
+        if (
+            measured is not None
+            and measured.done()
+            and not measured.cancelled()
+            and not measured.exception()
+        ):
+            m = measured.result()
+            extra["measured_how"] = m.how
+            if m.how == "measured" and m.at is not None:
+                measured_at = m.at
+                extra["measured_from_s"] = m.measured_from
+        else:
+            extra["measured_how"] = "pending"
+        return AgentResult(how=how, fired_at=fired_at, measured_at=measured_at, extra=extra)
+
+    def stats(self) -> dict[str, Any]:
+        """RPC bytes and calls per method, and what the page measured of the companion."""
+        rpc = self.rpc
+        return {
+            "rpc_bytes": dict(rpc.bytes_by_method) if rpc else {},
+            "rpc_calls": dict(rpc.calls_by_method) if rpc else {},
+            "rpc_handler_errors": list(rpc.errors) if rpc else [],
+            "page": self.page_stats,
+        }
+
+    async def aclose(self) -> None:
+        """Close the agent side and the stand-in."""
+        if self.cp is not None:
+            res = self.cp.aclose()
+            if inspect.isawaitable(res):
+                await res
+        if self.rpc is not None:
+            await self.rpc.aclose()
+
+
+def load_agent_side() -> AgentSide:
+    """The built companion and the agent-side module, or an error naming what is missing."""
+    # HEARD_E2E_CLIENT_DIST: try a companion built elsewhere (e.g. a work in progress)
+    dist = Path(os.environ.get("HEARD_E2E_CLIENT_DIST", ROOT / "client" / "dist"))
+    if not dist.is_dir():
+        raise RuntimeError(
+            "the client companion is not built (client/dist is missing): run scripts/setup, "
+            "or pass --no-companion to run the path without it"
+        )
+    try:
+        from livekit_segments import client_playout
+    except ImportError as e:
+        raise RuntimeError(
+            f"livekit_segments.client_playout is missing ({e}); pass --no-companion"
+        ) from e
+    return AgentSide(dist, client_playout)

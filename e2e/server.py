@@ -1,0 +1,112 @@
+"""The local web side of the harness: serves the page and carries one WebSocket to it.
+
+The WebSocket carries the agent's audio frames to the page (binary, s16 mono) and JSON
+messages both ways (the page's readiness, and the stand-in for LiveKit RPC).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import struct
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+__all__ = ["PageServer"]
+
+logger = logging.getLogger("heard-e2e")
+PAGE_DIR = Path(__file__).parent / "page"
+
+
+class PageServer:
+    """An HTTP server on 127.0.0.1 for the page, plus extra static roots (the companion)."""
+
+    def __init__(self, static: dict[str, Path] | None = None) -> None:
+        self.static = {"/": PAGE_DIR, **(static or {})}
+        self.port = 0
+        self.ready: asyncio.Future[dict[str, Any]] | None = None
+        self.on_message: Callable[[dict[str, Any]], None] | None = None
+        self._ws: web.WebSocketResponse | None = None
+        self._runner: web.AppRunner | None = None
+        self.sent_bytes = 0
+        self.feeder_late_ms = 0.0
+        """Audio that reached the page's feeder after its time (main thread too late)."""
+        self._sends: set[asyncio.Task[None]] = set()
+        self.reanchors: list[tuple[float, float]] = []
+        """(agent time, ms): where the page re-took its context/wall anchor, and the drift."""
+
+    async def start(self) -> None:
+        """Listen on a free port of 127.0.0.1."""
+        self.ready = asyncio.get_running_loop().create_future()
+        app = web.Application()
+        app.router.add_get("/ws", self._websocket)
+        for prefix, root in sorted(self.static.items(), key=lambda kv: -len(kv[0])):
+            if prefix == "/":
+                app.router.add_get("/", self._index)
+            app.router.add_static(prefix, root, follow_symlinks=False)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+
+    async def _index(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(PAGE_DIR / "index.html")
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=1 << 20)
+        await ws.prepare(request)
+        if self._ws is not None:
+            await ws.close(message=b"one page at a time")
+            return ws
+        self._ws = ws
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            data = json.loads(msg.data)
+            if data.get("type") == "ready" and self.ready is not None and not self.ready.done():
+                self.ready.set_result(data)
+            elif data.get("type") == "reanchor":
+                self.reanchors.append((float(data["at"]), float(data["driftMs"])))
+            elif data.get("type") == "feeder":
+                self.feeder_late_ms = float(data["lateMs"])
+            elif self.on_message is not None:
+                self.on_message(data)
+        return ws
+
+    def send_frame(self, start: float, pcm: bytes) -> None:
+        """Send a frame of s16 mono audio that starts playing at ``start`` (``time.time()``)."""
+        if self._ws is None or self._ws.closed:
+            return
+        self.sent_bytes += len(pcm)
+        self._spawn(self._ws.send_bytes(struct.pack("<d", start) + pcm))
+
+    def send_clear(self, at: float) -> None:
+        """Recall the audio from ``at`` on."""
+        if self._ws is not None and not self._ws.closed:
+            self._spawn(self._ws.send_str(json.dumps({"type": "clear", "at": at})))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        # sends keep their order: aiohttp writes each message whole, in call order
+        task = asyncio.get_running_loop().create_task(coro)
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def send_json(self, data: dict[str, Any]) -> None:
+        """Send a JSON message to the page."""
+        if self._ws is None or self._ws.closed:
+            raise RuntimeError("the page is not connected")
+        await self._ws.send_str(json.dumps(data))
+
+    async def stop(self) -> None:
+        """Close the WebSocket and the server."""
+        if self._ws is not None:
+            await self._ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()

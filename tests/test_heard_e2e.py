@@ -1,0 +1,373 @@
+"""The analysis side of ``scripts/heard-e2e`` (e2e/): profiles, the impaired path, finding
+responses in a recording. The browser run itself is CI's short profile (scripts/test)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from e2e import truth
+from e2e.profile import ProfileError, Stage, parse_profile, stage_at
+from e2e.relay import PathModel, UdpRelay, is_rtp_or_rtcp
+from e2e.run import after_change
+
+RTP = bytes([0x80, 111]) + bytes(30)
+STUN = bytes([0x00, 0x01]) + bytes(30)
+
+
+# -- profiles
+
+
+def test_profile_single_and_steps() -> None:
+    assert parse_profile("60:10:0") == (Stage(60, 10, 0, 0),)
+    stages = parse_profile("60:10:0,200:10:0.5@20")
+    assert stages == (Stage(60, 10, 0, 0), Stage(200, 10, 0.5, 20))
+    assert stage_at(stages, 19.99).delay_ms == 60
+    assert stage_at(stages, 20).delay_ms == 200
+    assert [s.label() for s in stages] == ["60:10:0", "200:10:0.5@20"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ("60:10", "DELAY_MS:JITTER_MS:LOSS_PCT"),
+        ("60:10:0,200:10:0", "needs '@SECONDS'"),
+        ("60:10:0@5", "first profile entry starts at 0"),
+        ("60:10:0,200:10:0@20,100:0:0@10", "must start after 20"),
+        ("60:10:101", "over 100"),
+        ("", "DELAY_MS"),
+    ],
+)
+def test_profile_errors_name_the_fix(spec: str, needle: str) -> None:
+    with pytest.raises(ProfileError, match=needle):
+        parse_profile(spec)
+
+
+def test_after_change_counts_responses_since_the_last_change() -> None:
+    stages = parse_profile("60:10:0,200:10:0@10,100:0:0@20")
+    starts = [0.5, 5.0, 9.9, 10.0, None, 12.0, 15.0, 21.0, 22.0]
+    assert after_change(stages, starts) == [None, None, None, 1, None, 2, 3, 1, 2]
+
+
+# -- the impaired path, on a virtual clock
+
+
+def test_path_delays_jitters_and_reorders_deterministically() -> None:
+    stages = parse_profile("60:10:0")
+    a = PathModel(stages, start=0.0, seed=7)
+    b = PathModel(stages, start=0.0, seed=7)
+    times_a = [a.release_at(i * 0.02, RTP, forward=True) for i in range(500)]
+    times_a += [a.release_at(10 + i * 0.005, RTP, forward=True) for i in range(100)]
+    times_b = [b.release_at(i * 0.02, RTP, forward=True) for i in range(500)]
+    times_b += [b.release_at(10 + i * 0.005, RTP, forward=True) for i in range(100)]
+    assert times_a == times_b  # the seed decides everything
+    delays = [t - i * 0.02 for i, t in enumerate(times_a[:500]) if t is not None]
+    assert min(delays) >= 0.050 and max(delays) <= 0.070
+    assert abs(np.mean(delays) - 0.060) < 0.002
+    assert a.forward.reordered > 0  # ±10 ms on packets 5 ms apart: some overtake
+
+
+def test_path_loss_hits_media_only_and_back_path_has_base_delay() -> None:
+    m = PathModel(parse_profile("20:0:50"), start=0.0, seed=3)
+    media = [m.release_at(0.0, RTP, forward=True) for _ in range(1000)]
+    control = [m.release_at(0.0, STUN, forward=True) for _ in range(100)]
+    assert 400 < media.count(None) < 600
+    assert None not in control  # ICE and DTLS are never dropped
+    assert m.release_at(1.0, RTP, forward=False) == pytest.approx(1.02)
+    assert m.back.dropped == 0
+
+
+def test_path_follows_a_step_change() -> None:
+    m = PathModel(parse_profile("60:0:0,200:0:0@20"), start=100.0)
+    assert m.release_at(119.0, RTP, forward=True) == pytest.approx(119.06)
+    assert m.release_at(120.0, RTP, forward=True) == pytest.approx(120.2)
+
+
+def test_rtp_demultiplexing() -> None:
+    assert is_rtp_or_rtcp(RTP)
+    assert not is_rtp_or_rtcp(STUN)
+    assert not is_rtp_or_rtcp(bytes([22, 0xFE]))  # DTLS
+    assert not is_rtp_or_rtcp(b"")
+
+
+async def test_relay_forwards_both_ways_between_learned_peers() -> None:
+    loop = asyncio.get_running_loop()
+    relay = UdpRelay(PathModel(parse_profile("0:0:0"), start=0.0), clock=loop.time)
+    await relay.start()
+    got: dict[str, asyncio.Future[bytes]] = {"a": loop.create_future(), "b": loop.create_future()}
+
+    class Peer(asyncio.DatagramProtocol):
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            if not got[self.name].done():
+                got[self.name].set_result(data)
+
+    ta, _ = await loop.create_datagram_endpoint(lambda: Peer("a"), local_addr=("127.0.0.1", 0))
+    tb, _ = await loop.create_datagram_endpoint(lambda: Peer("b"), local_addr=("127.0.0.1", 0))
+    try:
+        # a peer's address is learned from what it sends: pcA's first packet finds nobody
+        # on the other side yet (ICE retransmits), pcB's then reaches pcA, and pcA's next
+        # one reaches pcB
+        ta.sendto(STUN + b"lost", ("127.0.0.1", relay.port_a))
+        while relay._a.peer is None:  # the relay has taken it (yields to the loop only)
+            await asyncio.sleep(0)
+        tb.sendto(STUN + b"from-b", ("127.0.0.1", relay.port_b))
+        assert (await asyncio.wait_for(got["a"], 5)).endswith(b"from-b")
+        ta.sendto(RTP + b"from-a", ("127.0.0.1", relay.port_a))
+        assert (await asyncio.wait_for(got["b"], 5)).endswith(b"from-a")
+        assert relay.model.forward.forwarded == 2 and relay.model.back.forwarded == 1
+    finally:
+        ta.close()
+        tb.close()
+        relay.close()
+
+
+def test_relay_ports_are_loopback() -> None:
+    async def ports() -> tuple[int, int]:
+        relay = UdpRelay(PathModel(parse_profile("0:0:0"), start=0.0), clock=lambda: 0.0)
+        await relay.start()
+        try:
+            assert relay._a.transport is not None
+            assert relay._a.transport.get_extra_info("sockname")[0] == "127.0.0.1"
+            return relay.port_a, relay.port_b
+        finally:
+            relay.close()
+
+    a, b = asyncio.run(ports())
+    assert a != b
+    for port in (a, b):  # closed again
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", port))
+
+
+# -- finding a response in a recording (synthetic audio)
+
+RATE = 48000
+
+
+def _speechlike(seconds: float, seed: int) -> np.ndarray:
+    """A voiced buzz with a wandering pitch and a syllable envelope, like espeak's output."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    f0 = 120 + 20 * np.sin(2 * np.pi * 1.3 * t + rng.uniform(0, 6))
+    phase = 2 * np.pi * np.cumsum(f0) / RATE
+    x = sum(np.sin(k * phase) / k for k in range(1, 12))
+    env = 0.3 + 0.25 * np.sin(2 * np.pi * 4 * t + rng.uniform(0, 6))
+    return np.asarray(x * env / 3, dtype=np.float64)
+
+
+def test_first_audible_and_onset() -> None:
+    x = np.zeros(RATE)
+    x[1000] = 0.005  # below the -40 dBFS threshold
+    x[2000:2100] = 0.5
+    x[2300:2400] = 0.5  # 200 samples after: not a new onset at 200 ms gaps
+    x[30000:30100] = 0.5  # after 0.58 s of silence: an onset
+    assert truth.first_audible(x) == 2000
+    assert truth.first_audible(np.zeros(10)) is None
+    assert truth.onset_after(x, 0, RATE) == 2000
+    assert truth.onset_after(x, 2200, RATE) == 30000
+    assert truth.onset_after(x, 30001, RATE) is None
+
+
+@pytest.mark.parametrize("lag_ms", [17.0, 66.0, 180.25, 420.0])
+def test_locate_finds_the_lag_through_noise_and_gain(lag_ms: float) -> None:
+    ref = _speechlike(0.5, seed=1)
+    lag = int(round(lag_ms * RATE / 1000))
+    rec = np.random.default_rng(2).normal(0, 0.002, 2 * RATE)
+    pos = 10000 + lag
+    rec[pos : pos + len(ref)] += 0.6 * ref  # the codec and the mixer change the level
+    found = truth.locate(ref[: int(0.3 * RATE)], rec, 10000, RATE, rate=RATE)
+    assert found is not None
+    assert found.lag_samples == lag
+    assert found.score > 0.9
+
+
+def test_locate_finds_a_response_that_follows_another_with_no_silence() -> None:
+    first, second = _speechlike(1.0, seed=3), _speechlike(1.0, seed=4)
+    sent = np.concatenate([first, second])
+    lag = 8123
+    rec = np.zeros(len(sent) + RATE)
+    rec[lag : lag + len(sent)] = sent
+    found = truth.locate(second[: int(0.3 * RATE)], rec, len(first), RATE // 2, rate=RATE)
+    assert found is not None and found.lag_samples == lag
+    # no onset marks the second one: the energy never drops between them
+    assert truth.onset_after(rec, lag + len(first) - 100, RATE) is None
+
+
+def test_locate_refuses_silence_and_short_recordings() -> None:
+    assert truth.locate(np.zeros(100), np.ones(1000), 0, 500, rate=RATE) is None
+    assert truth.locate(np.ones(2000), np.ones(1000), 0, 500, rate=RATE) is None
+
+
+def test_resample_keeps_timing() -> None:
+    x = np.zeros(24000)
+    x[12000] = 1.0
+    y = truth.resample(x, 24000, 48000)
+    assert len(y) == 48000
+    assert int(np.argmax(y)) == 24000
+
+
+def test_recording_start_from_block_sized_reads() -> None:
+    from e2e.recorder import RATE as REC_RATE, block_bounds
+
+    start, block = 1000.0, 240
+    reads = []
+    for k in range(50):  # block k renders at start + k*5 ms and reaches us 0..3 ms later
+        delay = 0.003 * ((k * 7) % 4) / 3
+        reads.append((start + k * block / REC_RATE + delay, k * block, (k + 1) * block))
+    reads.append((start + 0.5, 12000, 12013))  # an odd piece: not a block, not used
+    found, bounds = block_bounds(reads)
+    assert found == block and len(bounds) == 50
+    assert min(bounds) == pytest.approx(start)  # the promptest block gives the start
+    assert all(b >= start - 1e-9 for b in bounds)  # each is an upper bound
+
+
+# -- B8 from the runs' JSON
+
+
+def _run(errors: list[tuple[float | None, float | None]], *, companion: bool = True) -> dict:
+    responses = [
+        {
+            "first_of_session": i == 0,
+            "after_change": None,
+            "measured_error_ms": m,
+            "fired_error_ms": f,
+            "how": "predicted" if f is not None else "unavailable",
+        }
+        for i, (m, f) in enumerate(errors)
+    ]
+    return {
+        "profile": "60:10:0",
+        "companion": companion,
+        "completed": True,
+        "responses": responses,
+        "companion_stats": {"rpc_bytes": {"hello": 150, "sync": 600, "report": 200}},
+        "chromium_cpu_pct_of_core": {
+            "Realtime AudioW x2" if companion else "Realtime AudioW": 3.0 if companion else 2.5
+        },
+    }
+
+
+def test_b8_judges_p95_with_the_bench_statistics() -> None:
+    from e2e.bench import judge
+
+    good = [
+        _run([(1.0, -40.0)] + [(((-1) ** k) * 2.0, ((-1) ** k) * 8.0) for k in range(11)])
+        for _ in range(6)
+    ]
+    base = [_run([], companion=False) for _ in range(6)]
+    b8 = judge(good + base)
+    verdicts = {row["figure"]: row["verdict"] for row in b8["targets"]}
+    assert verdicts["measured device time vs recording"] == "met"  # |2| ms, n=72
+    assert verdicts["fired-at time vs recording, after the first response"] == "met"
+    # six sessions cannot bound a p95 of first responses (59 needed), and 40 ms is over
+    assert verdicts["fired-at time vs recording, first response of a session"] == "inconclusive"
+    assert verdicts["companion's audio processing in Chromium"] == "met"  # 0.5 % of a core
+    assert (
+        verdicts["RPC payload bytes per response (requests + replies, incl. clock sync)"] == "met"
+    )
+
+    bad = [_run([(9.0, 30.0)] * 12) for _ in range(6)]
+    verdicts = {row["figure"]: row["verdict"] for row in judge(bad + base)["targets"]}
+    assert verdicts["measured device time vs recording"] == "missed"
+    assert verdicts["fired-at time vs recording, after the first response"] == "missed"
+
+
+# -- the whole analysis on a synthetic session: known path, known agent-side errors
+
+
+def test_analyse_maps_the_recording_to_the_agent_clock() -> None:
+    from types import SimpleNamespace
+
+    from e2e.agent_session import SAMPLE_RATE, AgentRun, ResponseRecord
+    from e2e.plugin import AgentResult
+    from e2e.recorder import RATE as REC_RATE, Recording
+    from e2e.run import Options, analyse
+    from livekit import rtc
+    from livekit_segments.demo.agent import Response
+    from livekit_segments.demo.realtime_sink import PlayoutRecording
+
+    t0 = 1_000_000.0
+    path = 0.1834  # what the "network + jitter buffer + device" took
+    sent = PlayoutRecording(SAMPLE_RATE, 1)
+
+    def speech(seconds: float, seed: int, lead_ms: float) -> np.ndarray:
+        x = np.concatenate([np.zeros(int(lead_ms * REC_RATE / 1000)), _speechlike(seconds, seed)])
+        return np.asarray(truth.resample(x, REC_RATE, SAMPLE_RATE) * 32767 * 0.8, dtype=np.int16)
+
+    def play(at: float, pcm: np.ndarray) -> None:
+        for k in range(0, len(pcm), 480):  # 20 ms frames, back to back
+            chunk = pcm[k : k + 480]
+            frame = rtc.AudioFrame(chunk.tobytes(), SAMPLE_RATE, 1, len(chunk))
+            sent.add(at + k / SAMPLE_RATE, frame)
+
+    a = speech(1.0, 5, lead_ms=7.0)  # response 0: after silence, 7 ms of leading TTS silence
+    b = speech(0.8, 6, lead_ms=0.0)  # response 1: right after response 0, no silence
+    starts = [t0 + 0.5, t0 + 0.5 + len(a) / SAMPLE_RATE]
+    play(starts[0], a)
+    play(starts[1], b)
+    # the device: the same audio, later by `path`, quieter, with noise, at 48 kHz
+    rec_start = t0 + 0.1
+    agent48 = truth.resample(
+        np.frombuffer(sent.render(rec_start), "<i2").astype(np.float64), SAMPLE_RATE, REC_RATE
+    )
+    shift = int(round(path * REC_RATE))
+    rec = np.random.default_rng(9).normal(0, 20, len(agent48) + shift + REC_RATE)
+    rec[shift : shift + len(agent48)] += 0.7 * agent48
+    recording = Recording(
+        pcm=np.clip(rec, -32768, 32767).astype("<i2").tobytes(),
+        start=rec_start,
+        clock_bound_ms=0.1,
+        fragments=100,
+    )
+    responses = [
+        ResponseRecord(i, Response(f"r{i}", "x", 0.0), handle=None, created_at=s - t0)  # type: ignore[arg-type]
+        for i, s in enumerate(starts)
+    ]
+    for r, s in zip(responses, starts, strict=True):
+        r.sink_started = r.playout_started = s
+    run = AgentRun(t0, t0 + 5, responses, SimpleNamespace(recording=sent), [])  # type: ignore[arg-type]
+
+    class Side:  # the agent side said: measured 2 ms late, fired 9 ms early
+        def result(self, rec: ResponseRecord) -> AgentResult:
+            assert rec.sink_started is not None
+            at = rec.sink_started + path
+            return AgentResult("predicted", fired_at=at - 0.009, measured_at=at + 0.002)
+
+        def stats(self) -> dict[str, object]:
+            return {}
+
+    opts = Options(profile=parse_profile("60:10:0,200:10:0@1"), spec="x", json_path=None)  # type: ignore[arg-type]
+    server = SimpleNamespace(sent_bytes=0, feeder_late_ms=0.0, reanchors=[])
+    model = PathModel(opts.profile, start=t0)
+    out = analyse(opts, run, recording, t0, model, server, Side())  # type: ignore[arg-type]
+    r0, r1 = out["responses"]
+    assert out["completed"], out["problems"]
+    assert r0["truth_by"] == "onset" and r1["truth_by"] in ("fine", "coarse")
+    # 7 ms of leading silence, and the buzz needs 4 samples (48 kHz) to reach -40 dBFS
+    assert r0["first_audible_offset_ms"] == pytest.approx(7.0 + 4 / 48, abs=0.1)
+    for r in (r0, r1):  # the truth is the path, to a sample or two
+        assert r["truth_path_ms"] == pytest.approx(path * 1000, abs=0.1)
+        assert r["measured_error_ms"] == pytest.approx(2.0, abs=0.1)
+        assert r["fired_error_ms"] == pytest.approx(-9.0, abs=0.1)
+    assert r0["first_of_session"] and not r1["first_of_session"]
+    assert (r0["after_change"], r1["after_change"]) == (None, 1)  # r1 starts after 1 s
+
+
+def test_b8_section_replaces_itself_in_benchmarks_md(tmp_path: Path) -> None:
+    from e2e.bench import write_record
+
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n\nB1 ...\n")
+    first = "<!-- b8-record commit=a -->\nold\n<!-- /b8-record -->\n"
+    write_record(doc, first)
+    assert doc.read_text() == "# Benchmarks\n\nB1 ...\n\n" + first
+    second = "<!-- b8-record commit=b -->\nnew\n<!-- /b8-record -->\n"
+    write_record(doc, second)
+    assert doc.read_text() == "# Benchmarks\n\nB1 ...\n\n" + second
