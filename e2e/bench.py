@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from livekit_segments.bench.stats import (
+from benchmarks.stats import (
     Estimate,
     median_difference_estimate,
     quantile_estimate,
