@@ -55,6 +55,9 @@ class HandleState:
     frame_out: Any = None
     # called once playout_started resolves (segment handles: the agent speaks again)
     on_playout: Callable[[float], None] | None = None
+    # on_playout of a segment interrupted inside its first frame's report, for upstream's
+    # own listener of that report to run (the first-frame signal calls it)
+    on_playout_deferred: Callable[[float], None] | None = None
     # set once audio forwarding started for this handle: text then no longer counts
     audio_seen = False
     # False while no done callback cancels playout (and ends the open segment handle)
@@ -255,7 +258,12 @@ class _FirstFrameSignal(asyncio.Future):  # type: ignore[type-arg]
     def set_result(self, result: float) -> None:
         _future_set_result(self, result)
         self._replaced.set_result(result)
-        resolve_playout(self._st, result)
+        st = self._st
+        resolve_playout(st, result)
+        deferred = st.on_playout_deferred
+        if deferred is not None:
+            st.on_playout_deferred = None
+            deferred(result)
 
     def set_exception(self, exception: type | BaseException) -> None:
         _future_set_exception(self, exception)
@@ -406,7 +414,10 @@ def finish_segment(handle: SegmentSpeechHandle, *, interrupted: bool) -> None:
     st = handle._lk_segment_state
     if interrupted and reporting_playback and st.audio_seen and not st.settled:
         # interrupted from inside the sink's report of this segment's first frame (its audio
-        # is the only audio the sink can be starting): it did start playing
+        # is the only audio the sink can be starting): it did start playing. What its start
+        # does besides (the agent speaks again) waits for upstream's own listener, later in
+        # the same report, as it would without the interruption
+        st.on_playout_deferred, st.on_playout = st.on_playout, None
         sync_playout(st)
         resolve_playout(st, reporting_playback[-1])
     if st.frame_out is not None or not st.settled:  # (cancel_playout's checks, inlined)

@@ -418,6 +418,9 @@ def _update(turn: SpeechHandle, tracker: GenerationTracker, ts: HandleState | No
         j = tracker.returned
         if j >= 0 and tracker.last_of_response(j) == j:
             ts.response_over = True
+            # its response is over: the reply handle can no longer start playing
+            if ts.frame_out is not None or not ts.settled:
+                cancel_playout(ts)
     if ts.thinking:
         if state_label.is_on(ts.session):
             return  # still between two responses
@@ -482,6 +485,10 @@ def wrap_forward_generation(original: F) -> F:
                 brk = tracker.breaks.pop(j, None) if tracker.breaks else None
                 if brk is None and ts.open_handle is None:
                     ts.forwarded_any = True  # the common case of _route: the turn plays it
+                    if ts.response_over:
+                        # a tool step's follow-up plays under the reply handle: its own
+                        # response goes on
+                        ts.response_over = False
                 else:
                     target_st = _route(turn, ts, tracker, j, brk)
                     # announcing the segment may have run an app callback that interrupted it
@@ -507,6 +514,9 @@ def wrap_forward_generation(original: F) -> F:
                 # a first frame reported from now on is not this segment's
                 sync_playout(target_st)
                 target_st.frame_out = None
+            if not target_st.settled and turn._interrupt_fut.done():
+                # interrupted: nothing after this segment plays, so its handle never starts
+                cancel_playout(target_st)
             if tracker is not None:
                 tracker.returned = j
                 if getattr(kwargs.get("tts_data"), "error", None) is not None:

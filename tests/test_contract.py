@@ -468,3 +468,26 @@ def test_playout_started_of_a_finished_handle_needs_no_running_loop() -> None:
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+
+
+async def test_a_tool_follow_up_under_the_reply_handle_reopens_its_response() -> None:
+    @function_tool
+    async def lookup() -> str:
+        """Look the answer up."""
+        return "42"
+
+    t = Turn(
+        [["Let me check.", SegmentBreak(id="x"), ToolCall("lookup")], ["It is 42, and more."]],
+        tools=[lookup],
+        finish="manual",
+    )
+    turn = await t.start()
+    assert t.sink is not None
+    await t.sink.segment_started(0)
+    t.sink.finish_playback()  # the first response played out; the trailing break closed it
+    await t.sink.segment_started(1)  # the follow-up plays under the reply handle
+    assert t.handles == [turn]
+    turn.interrupt()
+    await turn
+    await t.close()
+    assert livekit_segments.response_interrupted(turn) is True
