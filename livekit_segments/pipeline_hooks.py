@@ -100,6 +100,7 @@ class GenerationTracker:
         # segment counts at which a response was closed (a break, or the model's end)
         self.bounds: list[int] | tuple[()] = ()
         self.held: list[str] | None = None  # whitespace after a break, until more is said
+        self.end_bound = -1  # the bound the model's end added, if it added one
 
     def receive(self, value: Any) -> None:
         """The text channel's ``send_nowait`` while `llm_node` runs: pass each item on, and
@@ -162,7 +163,8 @@ class GenerationTracker:
 
     def end(self) -> None:
         self.ended = True
-        self._close()
+        if self._close():
+            self.end_bound = self.segments  # this response was closed by the model's end
         self._wake()
 
     def _close(self) -> bool:
@@ -364,7 +366,6 @@ def _route(
             # a generation's responses end with it: a tool step's text plays under the turn
             finish_segment(open_handle, interrupted=False)
             target_st = ts
-            ts.response_over = False
         else:
             target_st = open_handle._lk_segment_state
     elif not ts.forwarded_any:
@@ -414,9 +415,10 @@ def _update(turn: SpeechHandle, tracker: GenerationTracker, ts: HandleState | No
             return
         ts.session = activity.session
     if not ts.response_over and ts.next_index == 1 and not turn.interrupted:
-        # the reply handle's own response is over once it is closed and has played out
+        # the reply handle's first response is over once a break closed it and it has played
+        # out (the model's end closes the whole reply, which is the handle's own meaning)
         j = tracker.returned
-        if j >= 0 and tracker.last_of_response(j) == j:
+        if j >= 0 and tracker.last_of_response(j) == j and tracker.end_bound != j + 1:
             ts.response_over = True
             # its response is over: the reply handle can no longer start playing
             if ts.frame_out is not None or not ts.settled:
@@ -485,10 +487,6 @@ def wrap_forward_generation(original: F) -> F:
                 brk = tracker.breaks.pop(j, None) if tracker.breaks else None
                 if brk is None and ts.open_handle is None:
                     ts.forwarded_any = True  # the common case of _route: the turn plays it
-                    if ts.response_over:
-                        # a tool step's follow-up plays under the reply handle: its own
-                        # response goes on
-                        ts.response_over = False
                 else:
                     target_st = _route(turn, ts, tracker, j, brk)
                     # announcing the segment may have run an app callback that interrupted it

@@ -470,7 +470,7 @@ def test_playout_started_of_a_finished_handle_needs_no_running_loop() -> None:
         loop.close()
 
 
-async def test_a_tool_follow_up_under_the_reply_handle_reopens_its_response() -> None:
+async def test_the_first_response_stays_over_when_a_tool_follow_up_plays_under_it() -> None:
     @function_tool
     async def lookup() -> str:
         """Look the answer up."""
@@ -487,6 +487,29 @@ async def test_a_tool_follow_up_under_the_reply_handle_reopens_its_response() ->
     t.sink.finish_playback()  # the first response played out; the trailing break closed it
     await t.sink.segment_started(1)  # the follow-up plays under the reply handle
     assert t.handles == [turn]
+    turn.interrupt()
+    await turn
+    await t.close()
+    # the first response ("Let me check.", closed by its break) played to its end
+    assert turn.interrupted and livekit_segments.response_interrupted(turn) is False
+
+
+async def test_the_model_ending_does_not_end_the_reply_handles_response() -> None:
+    @function_tool
+    async def lookup() -> str:
+        """Look the answer up."""
+        return "42"
+
+    t = Turn(
+        [[SegmentBreak(id="lead"), "Let me check.", ToolCall("lookup")], ["It is 42, and more."]],
+        tools=[lookup],
+        finish="manual",
+    )
+    turn = await t.start()
+    assert t.sink is not None
+    await t.sink.segment_started(0)
+    t.sink.finish_playback()  # played, and the model ended this generation (no break)
+    await t.sink.segment_started(1)  # the follow-up: the same response, no break came
     turn.interrupt()
     await turn
     await t.close()
