@@ -512,10 +512,11 @@ def wrap_forward_generation(original: F) -> F:
                 # a first frame reported from now on is not this segment's
                 sync_playout(target_st)
                 target_st.frame_out = None
-            if not target_st.settled and turn._interrupt_fut.done():
-                # interrupted: nothing after this segment plays, so its handle never starts
-                cancel_playout(target_st)
             if tracker is not None:
+                if tracker.has_breaks and not target_st.settled and turn._interrupt_fut.done():
+                    # interrupted: nothing after this segment plays, so its handle never
+                    # starts (without breaks, as upstream: the handle's end settles it)
+                    cancel_playout(target_st)
                 tracker.returned = j
                 if getattr(kwargs.get("tts_data"), "error", None) is not None:
                     # upstream starts no segment after a failed synthesis (1.8 on; before, the
