@@ -449,9 +449,9 @@ def handle_properties() -> dict[str, Any]:
 
     def response_interrupted(self: SpeechHandle) -> bool:
         """Whether this handle's own response was cut: a segment handle's `interrupted`;
-        for the reply handle, True only if the interruption came before its own response
-        (segment 0) was over, that is closed by a `SegmentBreak` or the model's end and
-        played out."""
+        for the reply handle, True only if the interruption came before its first response
+        (segment 0) was over, that is closed by a `SegmentBreak` and played out, or followed
+        by a segment handle (the model's end does not end it; once over, it stays over)."""
         if not self.interrupted:
             return False
         st = peek_state(self)
