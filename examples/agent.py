@@ -81,9 +81,8 @@ class AckThenAnswer(Agent):
 
 async def on_response_playing(handle: SpeechHandle) -> None:
     """The app's background work, started exactly when a response becomes audible."""
-    try:
-        started_at = await livekit_segments.playout_started(handle)
-    except asyncio.CancelledError:
+    started_at = await livekit_segments.playout_started(handle)
+    if started_at is None:
         return  # this response never played (interrupted before its first frame)
     brk = livekit_segments.segment_break(handle)
     logger.info(

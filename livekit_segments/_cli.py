@@ -13,9 +13,9 @@ import importlib.util
 import logging
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar, overload
 
 __all__ = [
     "EXIT_INTERRUPTED",
@@ -23,6 +23,7 @@ __all__ = [
     "ArgumentParser",
     "UsageError",
     "check_livekit_agents",
+    "install_extra_hint",
     "install_quietly",
     "output_path",
     "plural",
@@ -30,6 +31,8 @@ __all__ = [
     "require_module",
     "run_command",
 ]
+
+_N = TypeVar("_N")
 
 EXIT_USAGE = 2
 """Exit code of an expected failure (argparse uses it for bad arguments too)."""
@@ -42,10 +45,43 @@ class UsageError(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line naming the option and where help is."""
+    """argparse, but a bad argument is one line naming the option and where help is.
+
+    An unknown option after a subcommand is reported by that subcommand's parser, so the
+    line points at its help (``livekit-segments demo --help``), not the top-level one.
+    """
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    @overload
+    def parse_args(
+        self, args: Iterable[str] | None = None, namespace: None = None
+    ) -> argparse.Namespace: ...
+    @overload
+    def parse_args(self, args: Iterable[str] | None, namespace: _N) -> _N: ...
+    @overload
+    def parse_args(self, *, namespace: _N) -> _N: ...
+    def parse_args(self, args: Iterable[str] | None = None, namespace: Any = None) -> Any:
+        """`argparse.ArgumentParser.parse_args`; unknown arguments go to the subcommand's
+        `error`."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            # argparse's own wording; it would come from the top-level parser
+            self._innermost(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _innermost(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The parser of the subcommand ``parsed`` chose (this one without a subcommand)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and action.dest != argparse.SUPPRESS:
+                chosen = getattr(parsed, action.dest, None)
+                sub = action.choices.get(chosen) if isinstance(chosen, str) else None
+                if isinstance(sub, ArgumentParser):
+                    return sub._innermost(parsed)
+                if isinstance(sub, argparse.ArgumentParser):
+                    return sub
+        return self
 
 
 def plural(n: int, singular: str, plural_form: str | None = None) -> str:
@@ -91,6 +127,11 @@ def _first_file(folder: Path) -> Path:
     return folder
 
 
+def install_extra_hint(extra: str = "demo") -> str:
+    """How to install an extra, both ways: from PyPI, and from a clone (not on PyPI yet)."""
+    return f"pip install 'livekit-segments[{extra}]' (from a clone: pip install '.[{extra}]')"
+
+
 def require_module(module: str, why: str, extra: str = "demo") -> None:
     """Raise `UsageError` unless ``module`` can be imported (an optional dependency)."""
     try:
@@ -98,7 +139,7 @@ def require_module(module: str, why: str, extra: str = "demo") -> None:
     except (ImportError, ValueError):
         found = False
     if not found:
-        raise UsageError(f"{why} needs {module}: pip install 'livekit-segments[{extra}]'")
+        raise UsageError(f"{why} needs {module}: {install_extra_hint(extra)}")
 
 
 def check_livekit_agents(*, force: bool) -> None:

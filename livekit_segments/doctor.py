@@ -23,6 +23,14 @@ __all__ = ["Diagnosis", "add_parser", "diagnose", "report"]
 EXIT_OK = 0
 EXIT_NOT_INSTALLABLE = 1
 
+# plain text: --help prints it as it is (the module docstring is for the API docs)
+_DESCRIPTION = """\
+Checks whether livekit_segments.install() can patch the livekit-agents installed here,
+without patching anything. Prints the livekit-agents version, whether it is in
+SUPPORTED_VERSIONS, whether it has native segment support, and every internal install()
+checks, OK or MISSING. Exits 0 when install() would succeed without force, 1 otherwise.
+"""
+
 
 @dataclasses.dataclass(frozen=True)
 class Diagnosis:
@@ -120,7 +128,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "doctor",
         help="check whether install() can patch the installed livekit-agents (patches nothing)",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_DESCRIPTION,
     )
     parser.set_defaults(func=_command)
     return parser

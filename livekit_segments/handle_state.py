@@ -368,6 +368,30 @@ class SegmentSpeechHandle(SpeechHandle):
     )
 
 
+# the created_at of each playback-started report a sink is emitting right now (innermost
+# last): an interruption from inside that emit comes after the first frame was reported,
+# whether or not upstream's own listener has run yet (listener order is arbitrary before
+# livekit rtc 1.1.20)
+reporting_playback: list[float] = []
+
+
+def wrap_on_playback_started(original: Callable[..., None]) -> Callable[..., None]:
+    """`AudioOutput.on_playback_started`, which sinks call for a segment's first frame."""
+
+    def on_playback_started(self: Any, *args: Any, created_at: float, **kwargs: Any) -> None:
+        reporting_playback.append(created_at)
+        try:
+            original(self, *args, created_at=created_at, **kwargs)
+        finally:
+            reporting_playback.pop()
+
+    on_playback_started.__doc__ = original.__doc__
+    on_playback_started.__name__ = original.__name__
+    on_playback_started.__qualname__ = original.__qualname__
+    on_playback_started.__wrapped__ = original  # type: ignore[attr-defined]
+    return on_playback_started
+
+
 def finish_segment(handle: SegmentSpeechHandle, *, interrupted: bool) -> None:
     """End a segment handle: interrupted or played out, then done; its turn's open no more."""
     turn_st: HandleState | None = getattr(handle._lk_turn, _STATE_ATTR, None)
@@ -376,6 +400,11 @@ def finish_segment(handle: SegmentSpeechHandle, *, interrupted: bool) -> None:
     # cancelled first, so nobody who awaits the handle sees it pending; also when the
     # handle was already marked done elsewhere (upstream's interruption timeout)
     st = handle._lk_segment_state
+    if interrupted and reporting_playback and st.audio_seen and not st.settled:
+        # interrupted from inside the sink's report of this segment's first frame (its audio
+        # is the only audio the sink can be starting): it did start playing
+        sync_playout(st)
+        resolve_playout(st, reporting_playback[-1])
     if st.frame_out is not None or not st.settled:  # (cancel_playout's checks, inlined)
         cancel_playout(st)
     if handle._done_fut.done():  # handle.done()'s own body, a Python call less

@@ -22,7 +22,14 @@ from packaging.version import InvalidVersion, Version
 import livekit.agents as agents
 from livekit.agents.ipc import job_proc_executor
 from livekit.agents.utils import aio
-from livekit.agents.voice import agent_activity, agent_session, events, generation, speech_handle
+from livekit.agents.voice import (
+    agent_activity,
+    agent_session,
+    events,
+    generation,
+    io,
+    speech_handle,
+)
 
 from . import handle_state, job_process, pipeline_hooks, segment_break, state_label
 
@@ -179,6 +186,8 @@ def _plan() -> list[_Patch]:
         _Patch(generation, "perform_text_forwarding", hooks.wrap_perform_text_forwarding),
         # every interruption: the open segment handle ends within the call
         _Patch(speech_handle.SpeechHandle, "_cancel", hooks.wrap_speech_handle_cancel),
+        # an interruption inside a sink's first-frame report: that segment did start
+        _Patch(io.AudioOutput, "on_playback_started", handle_state.wrap_on_playback_started),
         # the "thinking" label between responses (state_label)
         _Patch(
             agent_session.AgentSession,
@@ -347,6 +356,12 @@ def seam_report() -> list[tuple[str, bool]]:
     need(
         f"AgentSession.{state_label.LABEL_ATTR} not already defined",
         lambda: not hasattr(session_cls, state_label.LABEL_ATTR),
+    )
+    need(
+        "AudioOutput.on_playback_started(*, created_at=...)",
+        _has_params,
+        getattr(io.AudioOutput, "on_playback_started", None),
+        "created_at",
     )
     need(
         "ProcJobExecutor(*, initialize_process_fnc=...)",

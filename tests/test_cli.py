@@ -59,6 +59,19 @@ def test_a_bad_number_names_the_option(value: str, capsys: pytest.CaptureFixture
     assert line.endswith("(see livekit-segments demo --help)")
 
 
+@pytest.mark.parametrize("command", ["demo", "doctor"])
+def test_an_unknown_option_points_at_the_subcommand_help(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run([command, "--bogus"], capsys)
+
+    assert code == 2 and out == ""
+    assert one_line(err) == (
+        f"livekit-segments {command}: error: unrecognized arguments: --bogus "
+        f"(see livekit-segments {command} --help)"
+    )
+
+
 def test_bench_argument_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(["bench", "--only", "B9"], capsys)
     assert code == 2 and out == ""
@@ -113,6 +126,43 @@ def test_bench_refuses_a_directory_before_measuring(
     assert f"--json {tmp_path}: is a directory" in one_line(err)
 
 
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("x.txt", "matplotlib cannot write .txt files; use .png, .svg or .pdf (formats: "),
+        ("noext", "no extension to pick the format from; name the file e.g. {dir}/noext.png"),
+    ],
+    ids=["txt", "no-extension"],
+)
+def test_demo_refuses_a_plot_name_matplotlib_cannot_write_before_running(
+    name: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "out"
+    code, out, err = run([*DEMO, "--plot", str(folder / name)], capsys)
+
+    assert code == 2 and out == ""
+    line = one_line(err)
+    assert line.startswith(f"livekit-segments demo: error: --plot {folder / name}: ")
+    assert says.format(dir=folder) in line
+    assert "png, ps, raw, rgba, svg" in line  # matplotlib's own list
+    assert not folder.exists()  # refused before anything was made
+
+
+@pytest.mark.parametrize("name", ["turn.mp3", "turn"])
+def test_demo_refuses_a_wav_name_that_is_not_wav_before_running(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "out"
+    code, out, err = run([*DEMO, "--wav", str(folder / name)], capsys)
+
+    assert code == 2 and out == ""
+    assert one_line(err) == (
+        f"livekit-segments demo: error: --wav {folder / name}: the demo writes WAV only; "
+        f"give a name ending in .wav (e.g. {folder / 'turn.wav'})"
+    )
+    assert not folder.exists()
+
+
 def test_a_parent_that_is_a_file_is_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -146,12 +196,15 @@ def test_an_unwritable_path_is_one_line(tmp_path: Path, capsys: pytest.CaptureFi
 def test_missing_folders_are_created_and_the_files_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    wav, png = tmp_path / "a" / "b" / "turn.wav", tmp_path / "c" / "timeline.png"
+    # upper case, and a format other than PNG: the extension picks it, as matplotlib does
+    wav, svg = tmp_path / "a" / "b" / "turn.WAV", tmp_path / "c" / "timeline.svg"
 
-    code, out, err = run([*DEMO, "--quiet", "--wav", str(wav), "--plot", str(png)], capsys)
+    code, out, err = run([*DEMO, "--wav", str(wav), "--plot", str(svg)], capsys)
 
     assert code == 0, err
-    assert wav.stat().st_size > 1000 and png.stat().st_size > 1000
+    assert f"wrote {wav} (" in out and f"wrote {svg}\n" in out
+    assert wav.read_bytes()[:4] == b"RIFF" and wav.stat().st_size > 1000
+    assert svg.read_text().startswith("<?xml") and "<svg" in svg.read_text()
 
     report = tmp_path / "d" / "e" / "b.json"
     code, out, err = run([*BENCH, "--json", str(report)], capsys)
@@ -183,9 +236,23 @@ def test_plot_without_matplotlib_is_refused_before_running(
     assert code == 2 and out == ""
     assert one_line(err) == (
         "livekit-segments demo: error: --plot needs matplotlib: "
-        "pip install 'livekit-segments[demo]'"
+        "pip install 'livekit-segments[demo]' (from a clone: pip install '.[demo]')"
     )
     assert not png.exists()
+
+
+def test_the_demo_without_its_extra_names_both_installs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "numpy", None)
+
+    code, out, err = run(DEMO, capsys)
+
+    assert code == 2 and out == ""
+    assert one_line(err) == (
+        "livekit-segments demo: error: the demo needs numpy: "
+        "pip install 'livekit-segments[demo]' (from a clone: pip install '.[demo]')"
+    )
 
 
 # ------------------------------------------------------------------ livekit-agents releases

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import struct
+import subprocess
+import sys
 import wave
 from pathlib import Path
 from typing import Any
@@ -235,3 +238,64 @@ def test_cli_registers_demo(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["demo", "--interrupt-at", "-1"])
     assert exc.value.code == 2
+
+
+async def test_closing_mid_capture_lets_the_native_capture_finish(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A capture the source accepted completes before the source is released.
+
+    Cancelling it abandons only the Python side: the native capture completes later, and
+    once the FFI server is disposed at exit livekit logs ``ERROR ... [AUDIO_CAPTURE] Failed
+    to send callback`` on a run that succeeded (``demo --interrupt-at 1.0``).
+    """
+    original = rtc.AudioSource.capture_frame
+    outcomes: list[str] = []
+    twelfth: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def capture_frame(self: rtc.AudioSource, frame: rtc.AudioFrame) -> None:
+        if len(outcomes) == 11 and not twelfth.done():
+            twelfth.set_result(None)
+        outcomes.append("pending")
+        n = len(outcomes) - 1
+        try:
+            await original(self, frame)
+        except asyncio.CancelledError:
+            outcomes[n] = "cancelled"
+            raise
+        outcomes[n] = "done"
+
+    monkeypatch.setattr(rtc.AudioSource, "capture_frame", capture_frame)
+    sink = RealtimeAudioSink(sample_rate=24000, queue_size_ms=200)
+    tone = rtc.AudioFrame(struct.pack("<h", 9000) * 480, 24000, 1, 480)  # 20 ms
+    try:
+        for _ in range(30):  # 600 ms: more than the source's queue takes at once
+            await sink.capture_frame(tone)
+        sink.flush()
+        await twelfth  # the forwarder is inside a capture from now until the 30th is done
+    finally:
+        await sink.aclose()
+
+    assert 12 <= len(outcomes) < 30
+    assert set(outcomes) == {"done"}, outcomes
+
+
+def test_an_interrupted_run_prints_no_error_line() -> None:
+    """``demo --interrupt-at`` as a user runs it: the process's whole output has no ERROR."""
+    # the livekit_segments under test, wherever this process found it
+    package_root = str(Path(livekit_segments.__file__).resolve().parent.parent)
+    pythonpath = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    argv = ["demo", "--short", "--builtin-synth", "--interrupt-at", "1.0"]
+    done = subprocess.run(
+        [sys.executable, "-m", "livekit_segments", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert done.stdout.rstrip().endswith("signals consistent")
+    assert [line for line in output.splitlines() if "ERROR" in line] == []

@@ -92,3 +92,22 @@ def test_doctor_in_the_active_form(capsys: pytest.CaptureFixture[str]) -> None:
     else:
         assert "runtime patch: already installed in this process" in out
     assert out.splitlines()[-1] == "result: install() would succeed"
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["doctor"]], ids=["top", "demo", "doctor"])
+def test_help_is_plain_text(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """``--help`` shows no docstring markup (backticks, ``double backticks``)."""
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: livekit-segments")
+    assert "`" not in out
+
+
+def test_doctor_help_says_what_it_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["doctor", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "livekit_segments.install() can patch the livekit-agents installed here" in out
+    assert "Exits 0 when install() would succeed without force, 1 otherwise." in out

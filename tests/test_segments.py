@@ -81,6 +81,16 @@ class Turn:
         assert self.session is not None
         await self.session.aclose()
 
+    def handle_created(self, n: int) -> asyncio.Future[SpeechHandle]:
+        """The reply's n-th handle, once announced."""
+        assert self.turn is not None
+        return self.turn.handle_created(n)
+
+    async def turn_result(self) -> Any:
+        """Wait until the reply and every handle it opened are done."""
+        assert self.turn is not None
+        return await self.turn.result()
+
     async def play_until(self, k: int) -> None:
         """Play segments 0..k-1 out in full (manual finish), then wait for segment k to start."""
         assert self.sink is not None

@@ -6,12 +6,15 @@ The agents here override only ``llm_node``; their audio comes from upstream's de
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
 import sys
+import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,11 +25,14 @@ from livekit_segments import SegmentBreak
 from livekit_segments.testing import (
     OfflineTTS,
     RecordingTextOutput,
+    StateChange,
+    StateRecorder,
     VirtualAudioOutput,
     VirtualClock,
     run_turn,
     start_turn,
     started_session,
+    wait_for_state,
 )
 
 needs_exception = pytest.mark.skipif(
@@ -321,27 +327,181 @@ async def test_without_install_the_result_says_to_call_it() -> None:
 # ------------------------------------------------------------------ the README example
 
 
-def readme_example() -> str:
+def readme_section() -> str:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme.split("\n## Test your own agent\n", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return readme.split("\n## Test your own agent\n", 1)[1].split("\n## ", 1)[0]
+
+
+def readme_example() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", readme_section(), flags=re.S)
     assert len(blocks) == 1, "the section has exactly one python example"
     return str(blocks[0])
 
 
-def test_the_readme_example_passes(tmp_path: Path) -> None:
-    (tmp_path / "test_my_agent.py").write_text(readme_example())
+LOOP_SCOPE_UNSET = 'The configuration option "asyncio_default_fixture_loop_scope" is unset'
+
+
+def pytest_configs() -> dict[str, str]:
+    """The pytest configuration the docs give for the example, by where it is shown."""
+    import livekit_segments.testing as kit
+
+    # a literal block of the docstring: indented lines after the "::" paragraph
+    blocks = re.findall(r"^( +\[tool\.pytest.*\n(?: +\S.*\n)*)", kit.__doc__ or "", re.M)
+    configs = {"the kit's docstring": "".join(textwrap.dedent(b) for b in blocks)}
+    readme = re.findall(r"```toml\n(.*?)```", readme_section(), flags=re.S)
+    assert readme, "the README's testing section shows no pytest configuration"
+    configs["README.md"] = "".join(readme)
+    return configs
+
+
+def run_pytest(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     # the example imports the livekit_segments under test, wherever this process found it
     package_root = str(Path(livekit_segments.__file__).resolve().parent.parent)
     pythonpath = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_my_agent.py"],
-        cwd=tmp_path,
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        cwd=project,
         env={**os.environ, "PYTHONPATH": pythonpath},
         capture_output=True,
         text=True,
         check=False,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("shown_in", list(pytest_configs()))
+def test_the_readme_example_passes_without_warnings(shown_in: str, tmp_path: Path) -> None:
+    """The example, in a project configured as the docs say, passes with warnings as errors."""
+    config = pytest_configs()[shown_in]
+    assert "asyncio_default_fixture_loop_scope" in config
+    (tmp_path / "pyproject.toml").write_text(config)
+    (tmp_path / "test_my_agent.py").write_text(readme_example())
+
+    proc = run_pytest(tmp_path, "-W", "error", "test_my_agent.py")
+
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
     assert re.search(r"\b[1-9]\d* passed\b", proc.stdout), proc.stdout
     assert "failed" not in proc.stdout and "skipped" not in proc.stdout
+    assert "warning" not in output.lower()
+
+
+def test_without_the_configuration_the_example_warns(tmp_path: Path) -> None:
+    """What the configuration is for: pytest-asyncio's warning in an unconfigured project."""
+    (tmp_path / "test_my_agent.py").write_text(readme_example())
+    proc = run_pytest(tmp_path, "test_my_agent.py")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert LOOP_SCOPE_UNSET in proc.stdout + proc.stderr
+
+
+def test_this_repository_sets_the_loop_scope(pytestconfig: pytest.Config) -> None:
+    assert pytestconfig.getini("asyncio_default_fixture_loop_scope") == "function"
+
+
+# ------------------------------------------------------------------ agent states
+
+
+class GatedAgent(Agent):
+    """Says an acknowledgement, then waits for ``gate`` before the answer: a slow model call."""
+
+    def __init__(self) -> None:
+        super().__init__(instructions="kit test agent")
+        self.gate = asyncio.Event()
+
+    async def llm_node(
+        self, chat_ctx: llm.ChatContext, tools: list[llm.Tool], model_settings: ModelSettings
+    ) -> AsyncIterator[str | FlushSentinel]:
+        yield "One moment."
+        yield SegmentBreak(id="answer")
+        await self.gate.wait()
+        yield "The answer is 42."
+
+
+def pairs(changes: list[StateChange]) -> list[tuple[str, str]]:
+    return [(c.old_state, c.new_state) for c in changes]
+
+
+THINK_BETWEEN = [
+    ("listening", "thinking"),
+    ("thinking", "speaking"),
+    ("speaking", "thinking"),  # the acknowledgement played; the answer is not ready yet
+    ("thinking", "speaking"),
+    ("speaking", "listening"),
+]
+
+
+async def test_wait_for_state_sees_thinking_between_responses() -> None:
+    agent = GatedAgent()
+    audio = VirtualAudioOutput(clock=VirtualClock(T0))
+    async with started_session(agent, audio=audio) as session:
+        with StateRecorder(session) as recorder:
+            thinking = wait_for_state(session, "thinking", old_state="speaking")
+            speaking = wait_for_state(session, "speaking")
+            turn = start_turn(session, "Hi")
+
+            first = await speaking  # the acknowledgement's first frame
+            assert (first.old_state, first.new_state) == ("thinking", "speaking")
+            between = await thinking
+            assert audio.segments[0].finished and len(audio.segments) == 1
+            assert (between.old_state, between.new_state) == ("speaking", "thinking")
+            assert first.created_at <= between.created_at
+            # a later waiter sees only later changes; the turn's own future sees all of them
+            again = wait_for_state(session, "speaking")
+            assert turn.state_entered("thinking", old_state="speaking").result() == between
+            assert not again.done()
+            agent.gate.set()
+            assert (await again).old_state == "thinking"
+            result = await turn.result()
+
+    assert pairs(result.state_changes) == THINK_BETWEEN
+    assert result.agent_states == [new for _, new in THINK_BETWEEN]
+    assert recorder.changes == result.state_changes
+    assert recorder.states == result.agent_states
+    assert result.break_ids == [None, "answer"]
+
+
+async def test_a_state_future_fails_once_it_cannot_come() -> None:
+    async with started_session(three(), audio=VirtualAudioOutput()) as session:
+        recorder = StateRecorder(session)
+        never = wait_for_state(session, "initializing")
+        turn = start_turn(session, "Hi")
+        in_turn = turn.state_entered("thinking", old_state="speaking")  # no gap in this turn
+        from_record = recorder.entered("listening")
+        result = await turn.result()
+        assert (await from_record).old_state == "speaking"
+        # the turn settled without it: its future fails, naming what did happen
+        with pytest.raises(
+            RuntimeError,
+            match=r"the turn ended before the agent state became "
+            r"'thinking' from 'speaking' \(changes: listening->thinking, ",
+        ):
+            await in_turn
+        after = recorder.entered("speaking", old_state="listening")
+        assert not never.done() and not after.done()
+    # closing the session ends the waits that were still open
+    with pytest.raises(RuntimeError, match="the session closed before the agent state became"):
+        await never
+    with pytest.raises(RuntimeError, match="the session closed before"):
+        await after
+    assert result.agent_states == ["thinking", "speaking", "listening"]
+    stopped = StateRecorder(session)
+    stopped.stop()
+    with pytest.raises(RuntimeError, match="the recorder was stopped before"):
+        await stopped.entered("speaking")
+
+
+async def test_a_cancelled_state_wait_stops_listening(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with started_session(three(), audio=VirtualAudioOutput()) as session:
+        removed: list[str] = []
+        off = session.off
+
+        def spy(event: str, callback: Any) -> None:
+            removed.append(event)
+            off(event, callback)
+
+        monkeypatch.setattr(session, "off", spy)
+        waiter = wait_for_state(session, "speaking")
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)  # its done callbacks ran
+        assert sorted(removed) == ["agent_state_changed", "close"]
+        result = await run_turn(session, "Hi")
+    assert waiter.cancelled() and result.agent_states[-1] == "listening"

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .._cli import (
     EXIT_USAGE,
+    UsageError,
     check_livekit_agents,
+    install_extra_hint,
     install_quietly,
     output_path,
     plural,
@@ -31,6 +33,7 @@ __all__ = [
     "add_parser",
     "format_table",
     "pick_synth",
+    "plot_formats",
     "preflight",
     "run_demo",
 ]
@@ -78,9 +81,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--wav", type=Path, metavar="PATH", help="write the turn as heard")
     parser.add_argument(
-        "--plot", type=Path, metavar="PATH", help="draw the timeline as a PNG (needs matplotlib)"
+        "--wav", type=Path, metavar="PATH", help="write the turn as heard (a .wav file)"
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PATH",
+        help="draw the timeline; the extension picks the format: .png, .svg, .pdf, ... "
+        "(needs matplotlib)",
     )
     parser.add_argument(
         "--builtin-synth",
@@ -123,17 +132,72 @@ def preflight(options: DemoOptions, *, force: bool) -> None:
     """Everything that can fail before the demo runs, checked before it runs.
 
     Creates missing parent folders of ``--wav`` and ``--plot``; raises `UsageError` for an
-    unusable path, a missing optional dependency, or a livekit-agents `install()` refuses.
+    unusable path or file name, a missing optional dependency, or a livekit-agents
+    `install()` refuses.
     """
+    require_module("numpy", "the demo")
+    if options.plot is not None:
+        require_module("matplotlib", "--plot")
+    # the file names first: a refused name must not leave new folders behind
+    if options.wav is not None and not options.wav.is_dir():
+        check_wav_name(options.wav)
+    if options.plot is not None and not options.plot.is_dir():
+        check_plot_name(options.plot)
     if options.wav is not None:
         output_path(options.wav, "--wav")
     if options.plot is not None:
         output_path(options.plot, "--plot")
-    require_module("numpy", "the demo")
-    if options.plot is not None:
-        require_module("matplotlib", "--plot")
     check_livekit_agents(force=force)
     install_quietly(force=force)
+
+
+def check_wav_name(path: Path) -> None:
+    """Refuse a ``--wav`` name that does not end in ``.wav``: the demo writes WAV only."""
+    if path.suffix.lower() != ".wav":
+        example = path.with_suffix(".wav") if path.suffix else path.with_name(path.name + ".wav")
+        raise UsageError(
+            f"--wav {path}: the demo writes WAV only; give a name ending in .wav (e.g. {example})"
+        )
+
+
+def plot_formats() -> dict[str, str]:
+    """The file formats matplotlib can save a figure in: extension -> description."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats: dict[str, str] = FigureCanvasBase.get_supported_filetypes()
+    return formats
+
+
+def check_plot_name(path: Path) -> None:
+    """Refuse a ``--plot`` name whose extension matplotlib cannot write.
+
+    The extension picks the format. A name without one is refused rather than written
+    with ``.png`` appended, which is what matplotlib would do.
+    """
+    formats = plot_formats()
+    listed = ", ".join(sorted(formats))
+    ext = path.suffix[1:].lower()
+    if not ext:
+        raise UsageError(
+            f"--plot {path}: no extension to pick the format from; name the file e.g. "
+            f"{path.with_name(path.name + '.png')} (formats: {listed})"
+        )
+    if ext not in formats:
+        raise UsageError(
+            f"--plot {path}: matplotlib cannot write .{ext} files; use .png, .svg or .pdf "
+            f"(formats: {listed})"
+        )
+    if ext == "pgf":
+        import shutil
+
+        import matplotlib
+
+        texsystem = str(matplotlib.rcParams["pgf.texsystem"])
+        if shutil.which(texsystem) is None:
+            raise UsageError(
+                f"--plot {path}: matplotlib writes .pgf with {texsystem}, which is not on "
+                f"PATH; use .png, .svg or .pdf"
+            )
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -164,7 +228,7 @@ async def run_demo(
         from .analysis import analyse
         from .turn import QUEUE_SIZE_MS, SAMPLE_RATE, run_turn
     except ModuleNotFoundError as e:
-        print(f"error: the demo needs {e.name}: pip install 'livekit-segments[demo]'", file=err)
+        print(f"error: the demo needs {e.name}: {install_extra_hint()}", file=err)
         return DemoOutcome(EXIT_MISSING_EXTRA)
 
     def say(line: str = "") -> None:
@@ -194,7 +258,7 @@ async def run_demo(
         try:
             from .timeline import plot_timeline
         except ModuleNotFoundError as e:
-            print(f"error: --plot needs {e.name}: pip install 'livekit-segments[demo]'", file=err)
+            print(f"error: --plot needs {e.name}: {install_extra_hint()}", file=err)
             return DemoOutcome(EXIT_MISSING_EXTRA, result, report)
         plot_timeline(result, report, options.plot)
         say(f"wrote {options.plot}")

@@ -13,6 +13,7 @@ written out (and measured) as it was heard.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import wave
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from ..predicate_waiters import PredicateWaiters
 from ..release_compat import report_playback_progress
 
 __all__ = ["PlayoutRecording", "PlayoutRun", "RealtimeAudioSink", "SinkSegment"]
+
+logger = logging.getLogger("livekit.segments.demo")
 
 # a frame that starts within this of the previous one's end continues the same run: the
 # two clocks involved (time.time() and the source's monotonic model) differ by microseconds
@@ -187,6 +190,7 @@ class RealtimeAudioSink(io.AudioOutput):
         self._outstanding: dict[int, int] = {}  # segment index -> frames not yet pushed
         self._capturing: SinkSegment | None = None  # between first frame and flush
         self._forward_task: asyncio.Task[None] | None = None
+        self._capture: asyncio.Future[None] | None = None  # the frame going into the source
         self._playout_tasks: set[asyncio.Task[None]] = set()
         self._waiters = PredicateWaiters()
 
@@ -249,12 +253,28 @@ class RealtimeAudioSink(io.AudioOutput):
             self._finish(seg, played=played[seg.index], interrupted=True, at=now)
 
     async def aclose(self) -> None:
-        """Stop forwarding and release the source."""
+        """Stop forwarding and release the source.
+
+        A frame the source is still taking in is let finish first (the queue is cleared, so
+        that is at once): the native capture outlives a cancelled ``capture_frame`` call, and
+        its completion, sent after the FFI server was disposed at exit, is logged as an ERROR
+        by livekit's native library (``[AUDIO_CAPTURE] Failed to send callback``).
+        """
         tasks = [t for t in (self._forward_task, *self._playout_tasks) if t is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, Exception):  # a task died before it was stopped
+                logger.error("RealtimeAudioSink stopped playing: %r", outcome)
         self._forward_task = None
+        capture, self._capture = self._capture, None
+        if capture is not None:
+            if self._source is not None:
+                self._source.clear_queue()
+            (error,) = await asyncio.gather(capture, return_exceptions=True)
+            if isinstance(error, Exception):
+                # the frame was being thrown away with the rest of the queue
+                logger.warning("RealtimeAudioSink: a frame's capture failed at close: %r", error)
         if self._source is not None:
             await self._source.aclose()
             self._source = None
@@ -296,7 +316,14 @@ class RealtimeAudioSink(io.AudioOutput):
                 if seg.started_at is None:
                     seg.started_at = start
                     self.on_playback_started(created_at=start)
-                await source.capture_frame(frame)
+                capture = self._capture = asyncio.ensure_future(source.capture_frame(frame))
+                try:
+                    # shielded: cancelling this task (aclose) must not abandon the native
+                    # capture; aclose waits for it
+                    await asyncio.shield(capture)
+                finally:
+                    if capture.done():
+                        self._capture = None
                 if seg.finished:
                     # cleared while the native capture was in flight: it must not play
                     source.clear_queue()

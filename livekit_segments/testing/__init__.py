@@ -7,10 +7,22 @@
   segment before it starts, decide when it has played out, and hold (pause) the output.
 - `run_turn` / `start_turn`: drive one user turn and get every `SpeechHandle` it opened, with
   its ``playout_started`` result, segment index and break, plus the agent-state sequence
-  (`TurnResult`). Nothing waits on wall-clock time.
+  (`TurnResult`: ``agent_states``, and ``state_changes`` with old and new states).
+- `wait_for_state` / `StateRecorder`: the agent's state changes as futures (e.g. "thinking"
+  between two responses, then "speaking" again) and as a record of `StateChange` events;
+  ``turn.state_entered(...)`` is the same for one running turn.
+
+Everything is futures: nothing waits on wall-clock time.
 
 Works with the runtime patch (``livekit_segments.install()``) and with a livekit-agents that
-supports segments natively. Example (pytest with pytest-asyncio)::
+supports segments natively. For pytest with pytest-asyncio (0.24 or later), set the event
+loop scope of async fixtures in your ``pyproject.toml``; without it pytest-asyncio warns
+that ``asyncio_default_fixture_loop_scope`` is unset::
+
+    [tool.pytest.ini_options]
+    asyncio_default_fixture_loop_scope = "function"
+
+Example::
 
     livekit_segments.install()
 
@@ -31,6 +43,7 @@ from .session import (
     offline_session,
     started_session,
 )
+from .states import StateChange, StateRecorder, wait_for_state
 from .turn import HandleResult, RunningTurn, TurnResult, run_turn, start_turn
 
 __all__ = [
@@ -41,6 +54,8 @@ __all__ = [
     "PlayedSegment",
     "RecordingTextOutput",
     "RunningTurn",
+    "StateChange",
+    "StateRecorder",
     "TurnResult",
     "VirtualAudioOutput",
     "VirtualClock",
@@ -48,4 +63,5 @@ __all__ = [
     "run_turn",
     "start_turn",
     "started_session",
+    "wait_for_state",
 ]

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from livekit.agents import NOT_GIVEN, AgentSession
 from livekit.agents.voice.events import AgentState, AgentStateChangedEvent, SpeechCreatedEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
 
-from .. import playout_started, segment_break, segment_index
+from .. import playout_started, response_interrupted, segment_break, segment_index
 from ..release_compat import speech_error
 from ..segment_break import SegmentBreak
 from .audio import VirtualAudioOutput
+from .states import StateChange, StateRecorder
 
 __all__ = ["HandleResult", "RunningTurn", "TurnResult", "run_turn", "start_turn"]
 
@@ -37,7 +38,9 @@ class HandleResult:
     """What ``handle.playout_started`` resolved with (the output's ``playback_started``
     timestamp), or None if the segment never played."""
     interrupted: bool
-    """``handle.interrupted``."""
+    """``handle.interrupted`` (for the reply's own handle: the whole reply was cut)."""
+    response_interrupted: bool
+    """``handle.response_interrupted``: this handle's own response was cut."""
 
     @property
     def played(self) -> bool:
@@ -60,6 +63,8 @@ class TurnResult:
     """The turn's handles in the order ``speech_created`` announced them."""
     agent_states: list[AgentState]
     """Every ``agent_state_changed`` new state from the request until the turn settled."""
+    state_changes: list[StateChange] = field(default_factory=list)
+    """The same changes with their old and new states (`StateChange`), oldest first."""
 
     @property
     def break_ids(self) -> list[str | None]:
@@ -89,7 +94,8 @@ class RunningTurn:
     """A turn in progress, as `start_turn` returns it; ``await turn.result()`` settles it.
 
     It listens to the session's ``speech_created`` and ``agent_state_changed`` from before
-    the reply is requested until `result` returns.
+    the reply is requested until `result` returns. `state_entered` is a future for a state
+    change during the turn (e.g. "thinking" between two responses).
     """
 
     def __init__(self, session: AgentSession[Any]) -> None:
@@ -101,6 +107,7 @@ class RunningTurn:
         self._result: TurnResult | None = None
         session.on("speech_created", self._on_speech_created)
         session.on("agent_state_changed", self._on_agent_state_changed)
+        self._recorder = StateRecorder(session)
 
     @property
     def handle(self) -> SpeechHandle:
@@ -119,6 +126,25 @@ class RunningTurn:
     def agent_states(self) -> list[AgentState]:
         """The agent states entered so far during the turn."""
         return list(self._states)
+
+    @property
+    def state_changes(self) -> list[StateChange]:
+        """The agent-state changes so far during the turn, with old and new states."""
+        return self._recorder.changes
+
+    def state_entered(
+        self, state: AgentState, *, old_state: AgentState | None = None
+    ) -> asyncio.Future[StateChange]:
+        """A future for the turn's first change into ``state`` (from ``old_state``, if
+        given), counting changes since the reply was requested, so it can be created late.
+
+        It fails with `RuntimeError` if the turn settles (`result` returns) or the session
+        closes without that change::
+
+            turn = start_turn(session, "Hi")
+            await turn.state_entered("thinking", old_state="speaking")
+        """
+        return self._recorder.entered(state, old_state=old_state)
 
     def handle_created(self, n: int) -> asyncio.Future[SpeechHandle]:
         """A future for the turn's ``n``-th handle (0 = the turn handle) once announced.
@@ -152,7 +178,12 @@ class RunningTurn:
             results = [self._settled(h) for h in self.handles]
         finally:
             self._stop()
-        self._result = TurnResult(handle=turn, handles=results, agent_states=list(self._states))
+        self._result = TurnResult(
+            handle=turn,
+            handles=results,
+            agent_states=list(self._states),
+            state_changes=self._recorder.changes,
+        )
         return self._result
 
     def __await__(self) -> Generator[Any, None, TurnResult]:
@@ -171,6 +202,7 @@ class RunningTurn:
             segment_break=segment_break(h),
             playout_started=fut.result(),
             interrupted=h.interrupted,
+            response_interrupted=response_interrupted(h),
         )
 
     def _on_speech_created(self, ev: SpeechCreatedEvent) -> None:
@@ -197,6 +229,7 @@ class RunningTurn:
     def _stop(self) -> None:
         self._session.off("speech_created", self._on_speech_created)
         self._session.off("agent_state_changed", self._on_agent_state_changed)
+        self._recorder._finish("the turn ended")
         for _, fut in self._waiters:
             fut.cancel()
         self._waiters = []
