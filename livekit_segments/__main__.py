@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-from collections.abc import Callable, Sequence
-from typing import Any
+import sys
+from collections.abc import Sequence
 
 from . import doctor
-from ._cli import ArgumentParser, run_command
+from ._cli import EXIT_USAGE, ArgumentParser, run_command
 from .demo import cli as demo_cli
 from .version import __version__
 
-__all__ = ["build_parser", "main"]
+__all__ = ["BENCH_MOVED", "build_parser", "main"]
+
+BENCH_MOVED = (
+    "livekit-segments: error: 'bench' is not part of the installed package: the benchmarks "
+    "are developer tooling; from a clone of livekit-segments run 'python -m benchmarks' "
+    "(BENCHMARKS.md has their figures)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,25 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     # subcommands: each module has add_parser(subparsers), which sets `func` (args -> exit code)
     demo_cli.add_parser(subparsers)
     doctor.add_parser(subparsers)
-    bench = _optional_subcommand("bench")
-    if bench is not None:
-        bench(subparsers)
     return parser
-
-
-def _optional_subcommand(name: str) -> Callable[[Any], Any] | None:
-    """``livekit_segments.<name>.add_parser``, if that module is part of this build."""
-    module_name = f"{__package__}.{name}"
-    if importlib.util.find_spec(module_name) is None:
-        return None
-    add_parser: Callable[[Any], Any] | None = getattr(
-        importlib.import_module(module_name), "add_parser", None
-    )
-    return add_parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: the command line), run the subcommand, return its exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # where the benchmarks were, until they left the package
+        print(BENCH_MOVED, file=sys.stderr)
+        return EXIT_USAGE
     args = build_parser().parse_args(argv)
     return run_command(args.func, args)
 

@@ -117,7 +117,7 @@ def report(diagnosis: Diagnosis, out: TextIO) -> int:
     else:
         say(
             f"result: install() would refuse {d.agents_version} (not in {d.supported_versions}); "
-            f"every seam holds, so install(force=True) (--force for demo and bench) would "
+            f"every seam holds, so install(force=True) (--force for the demo) would "
             f"patch it. Run the test suite against it first (CONTRIBUTING.md)."
         )
     return EXIT_NOT_INSTALLABLE

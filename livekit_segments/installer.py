@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import inspect
 import logging
 import threading
@@ -31,7 +32,7 @@ from livekit.agents.voice import (
     speech_handle,
 )
 
-from . import handle_state, job_process, pipeline_hooks, segment_break, state_label
+from . import activation, handle_state, job_process, pipeline_hooks, segment_break, state_label
 
 __all__ = [
     "SUPPORTED_VERSIONS",
@@ -80,11 +81,7 @@ def is_installed() -> bool:
 
 def has_native_support() -> bool:
     """True when livekit-agents itself implements segment handles (the upstream series)."""
-    if is_installed():
-        return False
-    return hasattr(agents, "SegmentBreak") and isinstance(
-        getattr(speech_handle.SpeechHandle, "playout_started", None), property
-    )
+    return not is_installed() and activation.native_support()
 
 
 def installed_agents_version() -> str:
@@ -199,7 +196,8 @@ def _plan() -> list[_Patch]:
         _Patch(
             job_proc_executor.ProcJobExecutor,
             "__init__",
-            job_process.wrap_proc_job_executor_init,
+            # install() itself: pickled into each job process, run before the user's prewarm
+            functools.partial(job_process.wrap_proc_job_executor_init, install=install),
         ),
     ]
     wrapped = [_Patch(p.owner, p.name, p.replacement(getattr(p.owner, p.name))) for p in patches]

@@ -21,24 +21,20 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from . import activation
+
 logger = logging.getLogger("livekit.segments")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_install_failed = False  # install() raised in this (job) process
-_warned_inactive = False
 
-
-def _ensure_installed() -> None:
-    global _install_failed
-    from . import installer
-
-    if installer.is_installed() or installer.has_native_support() or _install_failed:
+def _ensure_installed(install: Callable[[], None]) -> None:
+    if activation.install_failed:
         return
     try:
-        installer.install()
+        install()  # does nothing when installed already, or with native support
     except Exception:
-        _install_failed = True
+        activation.install_failed = True
         logger.exception(
             "livekit_segments.install() failed in the job process; SegmentBreak will act as "
             "a plain FlushSentinel here",
@@ -47,29 +43,34 @@ def _ensure_installed() -> None:
 
 
 class InstallingSetupFnc:
-    """The job process's setup (prewarm) function, with `install()` run before it."""
+    """The job process's setup (prewarm) function, with ``install`` run before it.
 
-    __slots__ = ("fnc",)
+    ``install`` is `livekit_segments.install`, handed over by the installer: pickled by
+    reference, it brings the package into the job process without this module importing it.
+    """
 
-    def __init__(self, fnc: Callable[[Any], Any]) -> None:
+    __slots__ = ("fnc", "install")
+
+    def __init__(self, fnc: Callable[[Any], Any], install: Callable[[], None]) -> None:
         self.fnc = fnc
+        self.install = install
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (InstallingSetupFnc, (self.fnc,))
+        return (InstallingSetupFnc, (self.fnc, self.install))
 
     def __call__(self, proc: Any) -> Any:
-        _ensure_installed()
+        _ensure_installed(self.install)
         return self.fnc(proc)
 
 
-def wrap_proc_job_executor_init(original: F) -> F:
-    """Wrap ``ProcJobExecutor.__init__`` so that its setup function installs first."""
+def wrap_proc_job_executor_init(original: F, install: Callable[[], None]) -> F:
+    """Wrap ``ProcJobExecutor.__init__`` so that its setup function calls ``install`` first."""
 
     @functools.wraps(original)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         setup = kwargs.get("initialize_process_fnc")
         if setup is not None and not isinstance(setup, InstallingSetupFnc):
-            kwargs["initialize_process_fnc"] = InstallingSetupFnc(setup)
+            kwargs["initialize_process_fnc"] = InstallingSetupFnc(setup, install)
         original(self, *args, **kwargs)
 
     return __init__  # type: ignore[return-value]
@@ -92,34 +93,3 @@ def on_install() -> None:
 
 def on_uninstall() -> None:
     """Nothing to undo here: the wrapped `__init__` is restored with the other patches."""
-
-
-def warn_if_inactive() -> None:
-    """Log once per process when a SegmentBreak is used in a session without the change."""
-    global _warned_inactive
-    if _warned_inactive:
-        return
-    from livekit.agents.voice import agent_activity
-
-    from . import installer
-
-    if agent_activity._AgentActivityContextVar.get(None) is None:
-        return  # not inside a running agent: nothing can have been lost yet
-    if installer.is_installed() or installer.has_native_support():
-        return
-    _warned_inactive = True
-    proc = multiprocessing.current_process()
-    cause = (
-        "install() failed in this job process (see the error logged when it started)"
-        if _install_failed
-        else "install() was never called in this process. Call livekit_segments.install() at "
-        'module top level: an `if __name__ == "__main__":` block does not run when the agent '
-        "is started by `lk agent` or `python -m livekit.agents`"
-    )
-    logger.warning(
-        "SegmentBreak used but livekit-segments is not active in this process (%s); it acts as "
-        "a plain FlushSentinel: %s",
-        proc.name,
-        cause,
-        extra={"pid": proc.pid},
-    )

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 import livekit.agents as _agents
 from livekit.agents import FlushSentinel
 
+from . import activation
+
 __all__ = ["SegmentBreak"]
 
 
@@ -42,9 +44,7 @@ class SegmentBreak(FlushSentinel):
         object.__setattr__(self, "_id", id)
         object.__setattr__(self, "_userdata", userdata)
         if not _patch_active:
-            from . import job_process
-
-            job_process.warn_if_inactive()
+            activation.warn_if_inactive()
 
     @property
     def id(self) -> str | None:

@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 
 import livekit_segments
-from livekit_segments import bench
-from livekit_segments.bench import (
+from benchmarks import (
     cli as bench_cli,
     concurrent_sessions,
     cpu_meter,
@@ -31,8 +30,8 @@ from livekit_segments.bench import (
     signal_latency,
     stats,
 )
-from livekit_segments.bench.report import BenchReport, BenchResult, Row
-from livekit_segments.bench.runner import BENCHMARKS, BenchConfig, run_bench
+from benchmarks.report import BenchReport, BenchResult, Row
+from benchmarks.runner import BENCHMARKS, BenchConfig, run_bench
 
 NATIVE = livekit_segments.has_native_support()
 
@@ -235,14 +234,12 @@ async def test_one_benchmark_alone() -> None:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="livekit-segments")
-    bench.add_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
+    return bench_cli.build_parser().parse_args(argv)
 
 
 def test_cli_runs_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "out.json"
-    args = parse(["bench", "--tiny", "--only", "b3,B5", "--json", str(path)])
+    args = parse(["--tiny", "--only", "b3,B5", "--json", str(path)])
     assert args.only == ["B3", "B5"]
     assert args.func(args) == 0
     doc = json.loads(path.read_text())
@@ -253,9 +250,9 @@ def test_cli_runs_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def test_cli_rejects_unknown_benchmarks() -> None:
     with pytest.raises(SystemExit):
-        parse(["bench", "--only", "B9"])
+        parse(["--only", "B9"])
     with pytest.raises(SystemExit):
-        parse(["bench", "--quick", "--tiny"])
+        parse(["--quick", "--tiny"])
 
 
 @pytest.mark.parametrize(
@@ -285,7 +282,7 @@ def test_exit_code(monkeypatch: pytest.MonkeyPatch, status: str, check: bool, co
         return BenchReport(meta={"preset": config.preset}, results=[result])
 
     monkeypatch.setattr(bench_cli, "run_bench", fake_run_bench)
-    args = parse(["bench", "--tiny", *(["--check"] if check else [])])
+    args = parse(["--tiny", *(["--check"] if check else [])])
     assert args.func(args) == code
 
 
@@ -876,10 +873,18 @@ def git(repo: Path, *args: str) -> str:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    """A git checkout shaped like this project: livekit_segments/ and the freshness script."""
+    """A git checkout shaped like this project: the runtime package with its demo, the
+    benchmarks, the series, and the freshness script."""
     root = tmp_path / "repo"
-    (root / "livekit_segments").mkdir(parents=True)
-    (root / "livekit_segments" / "code.py").write_text("x = 1\n")
+    for path in (
+        "livekit_segments/code.py",
+        "livekit_segments/demo/cli.py",
+        "livekit_segments/doctor.py",
+        "benchmarks/segment_cost.py",
+        "patches/0001-fix.patch",
+    ):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text("x = 1\n")
     (root / "scripts").mkdir()
     shutil.copy2(FRESH, root / "scripts" / FRESH.name)
     shutil.copy2(FRESH.parent / "check-fresh", root / "scripts" / "check-fresh")
@@ -938,6 +943,11 @@ def test_record_refuses_what_would_not_name_the_code_measured(repo: Path, tmp_pa
     with pytest.raises(bench_record.RecordError, match="uncommitted changes"):
         bench_record.prepare("default", None, root=repo)
     (repo / "livekit_segments" / "new.py").unlink()
+    (repo / "benchmarks" / "segment_cost.py").write_text("x = 2\n")  # the measuring code
+    with pytest.raises(bench_record.RecordError, match="uncommitted changes .*segment_cost.py"):
+        bench_record.prepare("default", None, root=repo)
+    git(repo, "checkout", "-q", "--", "benchmarks")
+    (repo / "livekit_segments" / "demo" / "cli.py").write_text("x = 2\n")  # not measured
     (repo / "README.md").write_text("changed outside the measured code\n")
     prov = bench_record.prepare("default", None, root=repo)
     bench_record.confirm(prov, root=repo)
@@ -960,6 +970,12 @@ def test_record_refuses_what_would_not_name_the_code_measured(repo: Path, tmp_pa
         bench_record.prepare("default", None, root=plain)
 
 
+def test_the_freshness_check_and_the_record_name_the_same_measured_paths() -> None:
+    done = subprocess.run(["bash", str(FRESH), "--paths"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert tuple(done.stdout.split()) == bench_record.MEASURED_PATHS
+
+
 def test_freshness_check_fails_once_the_measured_code_changed(repo: Path) -> None:
     record = repo / "BENCHMARKS.md"
     record.write_text("# Benchmarks\n\nwritten by hand\n")
@@ -978,12 +994,26 @@ def test_freshness_check_fails_once_the_measured_code_changed(repo: Path) -> Non
     commit_all(repo, "docs only")
     assert fresh(repo).returncode == 0
 
+    # the demo and doctor ship, but no benchmark runs them
+    (repo / "livekit_segments" / "demo" / "cli.py").write_text("x = 3\n")
+    (repo / "livekit_segments" / "doctor.py").write_text("x = 3\n")
+    commit_all(repo, "the demo and doctor move on")
+    assert fresh(repo).returncode == 0
+
+    head = git(repo, "rev-parse", "HEAD")
+    for path in ("benchmarks/segment_cost.py", "patches/0001-fix.patch"):
+        (repo / path).write_text("x = 3\n")
+        commit_all(repo, f"change {path}")
+        done = fresh(repo)
+        assert done.returncode == 1 and "stale" in done.stderr and path in done.stderr
+        git(repo, "reset", "-q", "--hard", head)
+
     (repo / "livekit_segments" / "code.py").write_text("x = 3\n")
     commit_all(repo, "change the measured code")
     done = fresh(repo)
     assert done.returncode == 1
     assert "stale" in done.stderr and "livekit_segments/code.py" in done.stderr
-    assert "python -m livekit_segments bench --record BENCHMARKS.md" in done.stderr
+    assert "python -m benchmarks --record BENCHMARKS.md" in done.stderr
 
     record.write_text(record.read_text().replace(prov.commit, "f" * 40))
     commit_all(repo, "a record of a commit this clone lacks")
@@ -1005,10 +1035,10 @@ def test_cli_record_checks_first_then_writes(
     out = repo / "BENCHMARKS.md"
 
     # refused before any work: a smaller preset, or uncommitted measured code
-    args = parse(["bench", "--quick", "--record", str(out)])
+    args = parse(["--quick", "--record", str(out)])
     assert args.func(args) == 2
     (repo / "livekit_segments" / "code.py").write_text("x = 2\n")
-    args = parse(["bench", "--record", str(out)])
+    args = parse(["--record", str(out)])
     assert args.func(args) == 2
     err = capsys.readouterr().err
     assert "drop --quick" in err and "uncommitted changes" in err
@@ -1016,7 +1046,7 @@ def test_cli_record_checks_first_then_writes(
     assert runs == [] and not out.exists()
 
     git(repo, "checkout", "-q", "--", "livekit_segments")
-    args = parse(["bench", "--record", str(out), "--check"])
+    args = parse(["--record", str(out), "--check"])
     assert args.func(args) == 1  # the fake report misses B5: --check still says so
     assert runs == ["default"]
     assert bench_record.recorded_commit(out.read_text()) == git(repo, "rev-parse", "HEAD")

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from livekit_segments.bench import cli as bench_cli, cpu_meter, forms as bench_forms, instructions
-from livekit_segments.bench.install_cost import InstallCostConfig
-from livekit_segments.bench.segment_cost import SegmentCostConfig
+from benchmarks import cpu_meter, forms as bench_forms, instructions, process_setup
+from benchmarks.install_cost import InstallCostConfig
+from benchmarks.segment_cost import SegmentCostConfig
 
 pytestmark = pytest.mark.runtime_only  # B7 compares the runtime patch with upstream
 
@@ -182,15 +182,15 @@ def test_b7_reports_b1_and_b2_in_instructions() -> None:
 
 
 def test_bench_force_reaches_b7s_worker(monkeypatch: pytest.MonkeyPatch) -> None:
-    """B7's worker is a process of its own: `bench --force` tells it through the environment
+    """B7's worker is a process of its own: `--force` tells it through the environment
     (it installs the patch too), and the parent's environment is left as found."""
-    monkeypatch.delenv(instructions.FORCE_ENV, raising=False)
-    with bench_cli._forcing_install(True):
-        assert os.environ[instructions.FORCE_ENV] == "1"
-    assert instructions.FORCE_ENV not in os.environ
-    with bench_cli._forcing_install(False):
-        assert instructions.FORCE_ENV not in os.environ
-    monkeypatch.setenv(instructions.FORCE_ENV, "0")
-    with bench_cli._forcing_install(True):
-        assert os.environ[instructions.FORCE_ENV] == "1"
-    assert os.environ[instructions.FORCE_ENV] == "0"
+    monkeypatch.delenv(process_setup.FORCE_ENV, raising=False)
+    with process_setup.forcing_install(True):
+        assert os.environ[process_setup.FORCE_ENV] == "1"
+    assert process_setup.FORCE_ENV not in os.environ
+    with process_setup.forcing_install(False):
+        assert process_setup.FORCE_ENV not in os.environ
+    monkeypatch.setenv(process_setup.FORCE_ENV, "0")
+    with process_setup.forcing_install(True):
+        assert os.environ[process_setup.FORCE_ENV] == "1"
+    assert os.environ[process_setup.FORCE_ENV] == "0"

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,24 +22,22 @@ from typing import Any
 import pytest
 
 import livekit_segments
-from livekit_segments import _cli, bench
-from livekit_segments.bench import cross_process, instructions, record as bench_record
-from livekit_segments.bench.forms import Form
-from livekit_segments.bench.report import BenchReport
-from livekit_segments.bench.runner import BenchConfig
+from benchmarks import cli as bench_cli, cross_process, instructions, record as bench_record
+from benchmarks.forms import Form
+from benchmarks.report import BenchReport
+from benchmarks.runner import BenchConfig
+from livekit_segments import _cli
 
 NATIVE = livekit_segments.has_native_support()
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="livekit-segments")
-    bench.add_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
+    return bench_cli.build_parser().parse_args(argv)
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     args = parse(argv)
-    code = _cli.run_command(args.func, args, "livekit-segments bench")
+    code = _cli.run_command(args.func, args, bench_cli.PROG)
     return code, capsys.readouterr().err
 
 
@@ -144,7 +143,7 @@ def test_cli_adds_b1n_after_the_in_process_figures(
     monkeypatch.setattr(cross_process.Pair, "started", unchecked)
     path = tmp_path / "out.json"
     argv = ["--only", "B3,B1n", "--native-python", sys.executable, "--json", str(path)]
-    args = parse(["bench", "--tiny", *argv])
+    args = parse(["--tiny", *argv])
     assert args.func(args) == 0
     doc = json.loads(path.read_text())
     assert list(doc["benchmarks"]) == ["B3", "B1n"]
@@ -183,16 +182,16 @@ def test_a_python_without_native_support_is_refused(capsys: pytest.CaptureFixtur
 def test_cli_refuses_in_one_line_before_measuring(
     argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, err = run_cli(["bench", "--tiny", *argv], capsys)
+    code, err = run_cli(["--tiny", *argv], capsys)
     assert code == 2
     assert says in err and len(err.strip().splitlines()) == 1
     assert "running" not in err  # nothing was measured
 
 
 def test_cli_names_the_cross_process_benchmarks_in_any_case() -> None:
-    assert parse(["bench", "--only", "b2N,b1"]).only == ["B2n", "B1"]
+    assert parse(["--only", "b2N,b1"]).only == ["B2n", "B1"]
     with pytest.raises(SystemExit):
-        parse(["bench", "--only", "B3n"])
+        parse(["--only", "B3n"])
 
 
 @pytest.mark.parametrize(
@@ -302,3 +301,25 @@ def test_b7n_judges_the_native_form_against_upstream_in_instructions() -> None:
     assert result.rows[0].upstream == "8,300,000" and result.rows[0].patch == "8,350,000"
     assert result.rows[3].patch == "84,000"
     assert [j.verdict for j in result.judged] == ["met"] * 3
+
+
+def test_workers_import_this_clone_from_any_folder(tmp_path: Path) -> None:
+    """A worker (B7's, or B1n's pair) runs ``python -c``: whatever its working directory, it
+    imports the benchmarks and livekit_segments of the clone the parent runs from."""
+    from benchmarks import process_setup
+
+    env = process_setup.worker_env(PYTHONHASHSEED="0")
+    assert env["PYTHONHASHSEED"] == "0"
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(process_setup.REPO_ROOT)
+    code = (
+        "import benchmarks, livekit_segments; print(benchmarks.__file__, livekit_segments.__file__)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    root = process_setup.REPO_ROOT
+    assert done.stdout.split() == [
+        str(root / "benchmarks" / "__init__.py"),
+        str(root / "livekit_segments" / "__init__.py"),
+    ]

@@ -1,16 +1,15 @@
 """The command line fails fast: every expected failure is one line and exit 2, before any work.
 
 Each command runs in-process through ``main()``; "before any work" shows as nothing on stdout
-(the demo prints its synthesizer first, the bench its progress on stderr) and no patch.
+(the demo prints its synthesizer first) and no patch. The benchmarks' command line, which
+left the package, has its own: tests/test_bench_cli.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -20,11 +19,9 @@ import livekit_segments
 from livekit.agents.voice import agent_activity
 from livekit_segments.__main__ import main
 from livekit_segments._cli import plural, run_command
-from livekit_segments.bench.cli import main as bench_main
 from livekit_segments.demo.cli import DemoOptions, run_demo
 
 DEMO = ["demo", "--short", "--builtin-synth"]
-BENCH = ["bench", "--tiny", "--only", "B3"]
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -72,32 +69,9 @@ def test_an_unknown_option_points_at_the_subcommand_help(
     )
 
 
-def test_bench_argument_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(["bench", "--only", "B9"], capsys)
-    assert code == 2 and out == ""
-    assert "argument --only: unknown benchmark 'B9'" in one_line(err)
-
-    code, out, err = run(["bench", "--quick", "--tiny"], capsys)
-    assert code == 2 and "not allowed with argument --quick" in one_line(err)
-
+def test_no_command_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run([], capsys)
     assert code == 2 and "required: COMMAND" in one_line(err)
-
-
-def test_the_standalone_bench_command_fails_the_same_way(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as exc:
-        bench_main(["--only", "B0"])
-    assert exc.value.code == 2
-    assert "unknown benchmark 'B0'" in one_line(capsys.readouterr().err)
-
-    assert bench_main(["--tiny", "--json", str(tmp_path)]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert one_line(captured.err).startswith(
-        f"python -m livekit_segments.bench: error: --json {tmp_path}: is a directory"
-    )
 
 
 # ------------------------------------------------------------------ output paths
@@ -114,16 +88,6 @@ def test_demo_refuses_a_directory_before_running(
         f"livekit-segments demo: error: {option} {tmp_path}: is a directory; "
         f"give a file name inside it"
     )
-
-
-def test_bench_refuses_a_directory_before_measuring(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out, err = run([*BENCH, "--json", str(tmp_path)], capsys)
-
-    assert code == 2 and out == ""
-    assert "[bench]" not in err
-    assert f"--json {tmp_path}: is a directory" in one_line(err)
 
 
 @pytest.mark.parametrize(
@@ -176,23 +140,6 @@ def test_a_parent_that_is_a_file_is_named(
     assert blocker.read_text() == "x"
 
 
-def test_an_unwritable_path_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    if os.geteuid() == 0:
-        # root writes through permission bits; sysfs still refuses to create files
-        target = Path("/sys/livekit-segments-test.json")
-        assert Path("/sys").is_dir()
-    else:
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
-        target = locked / "b.json"
-
-    code, out, err = run([*BENCH, "--json", str(target)], capsys)
-
-    assert code == 2 and out == ""
-    assert f"--json {target}: cannot write there: " in one_line(err)
-    assert not target.exists()
-
-
 def test_missing_folders_are_created_and_the_files_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -205,21 +152,6 @@ def test_missing_folders_are_created_and_the_files_written(
     assert f"wrote {wav} (" in out and f"wrote {svg}\n" in out
     assert wav.read_bytes()[:4] == b"RIFF" and wav.stat().st_size > 1000
     assert svg.read_text().startswith("<?xml") and "<svg" in svg.read_text()
-
-    report = tmp_path / "d" / "e" / "b.json"
-    code, out, err = run([*BENCH, "--json", str(report)], capsys)
-    assert code == 0, err
-    assert report.read_text().startswith("{")
-
-
-def test_an_existing_file_is_overwritten_not_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    report = tmp_path / "b.json"
-    report.write_text("old")
-    code, _, err = run([*BENCH, "--json", str(report)], capsys)
-    assert code == 0, err
-    assert report.read_text().startswith("{")
 
 
 # ------------------------------------------------------------------ optional dependencies
@@ -259,50 +191,18 @@ def test_the_demo_without_its_extra_names_both_installs(
 
 
 @pytest.mark.runtime_only
-@pytest.mark.parametrize("argv", [DEMO, BENCH], ids=["demo", "bench"])
 def test_an_unsupported_release_is_one_line(
-    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(livekit.agents, "__version__", "9.0.0")
 
-    code, out, err = run(argv, capsys)
+    code, out, err = run(DEMO, capsys)
 
     assert code == 2 and out == ""
     line = one_line(err)
     assert "livekit-agents 9.0.0 is not in the supported range" in line
     assert f"pip install 'livekit-agents{livekit_segments.SUPPORTED_VERSIONS}'" in line
     assert "--force" in line
-    assert not livekit_segments.is_installed()
-
-
-@pytest.mark.runtime_only
-def test_bench_force_runs_on_an_unsupported_release(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(livekit.agents, "__version__", "9.0.0")
-    installs: list[bool] = []
-    original = livekit_segments.installer.install
-
-    def spy(*, force: bool = False) -> None:
-        installs.append(force)
-        original(force=force)
-
-    monkeypatch.setattr(livekit_segments.installer, "install", spy)
-
-    with warnings.catch_warnings(record=True) as warned:
-        warnings.simplefilter("always")
-        code, out, err = run([*BENCH, "--force", "--json", str(tmp_path / "b.json")], capsys)
-
-    assert code == 0, err
-    assert "B3 signal latency" in out
-    assert installs and all(installs)  # the bench installed the patch, always forced
-    warnings_lines = [line for line in err.splitlines() if "warning" in line.lower()]
-    assert warnings_lines == [
-        "warning: livekit-agents 9.0.0 is not in the supported range "
-        f"{livekit_segments.SUPPORTED_VERSIONS}; running anyway (--force)"
-    ]
-    assert not [w for w in warned if issubclass(w.category, RuntimeWarning)]
-    assert livekit_segments.installer.install is spy  # put back as found
     assert not livekit_segments.is_installed()
 
 
@@ -321,13 +221,12 @@ def test_demo_force_runs_on_an_unsupported_release(
 
 
 @pytest.mark.runtime_only
-@pytest.mark.parametrize("argv", [[*DEMO, "--force"], [*BENCH, "--force"]], ids=["demo", "bench"])
 def test_a_missing_internal_is_refused_even_with_force(
-    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delattr(agent_activity, "perform_llm_inference")
 
-    code, out, err = run(argv, capsys)
+    code, out, err = run([*DEMO, "--force"], capsys)
 
     assert code == 2 and out == ""
     line = one_line(err)

@@ -56,25 +56,48 @@ def test_every_script_the_docs_name_exists_and_runs_as_written() -> None:
 
 
 _CLI = re.compile(r"(?:python3? -m livekit_segments|livekit-segments)((?: +[^\s`#&|;)]+)*)")
+_BENCH = re.compile(r"(?:python3? -m benchmarks|scripts/bench)((?: +[^\s`#&|;)]+)*)")
+
+
+def _commands(pattern: re.Pattern[str]) -> set[tuple[str, tuple[str, ...]]]:
+    commands = set()
+    for doc, text in _doc_texts().items():
+        for code in _code(text):
+            for tail in pattern.findall(code):
+                commands.add((doc, tuple(tail.split())))
+    return commands
 
 
 def test_every_cli_command_in_the_docs_parses() -> None:
     from livekit_segments.__main__ import build_parser
 
-    commands = set()
-    for doc, text in _doc_texts().items():
-        for code in _code(text):
-            for tail in _CLI.findall(code):
-                argv = tail.split()
-                if argv and re.fullmatch(r"[a-z][a-z-]*", argv[0]):  # not "livekit-segments 0.1.0"
-                    commands.add((doc, tuple(argv)))
-    assert {argv[0] for _, argv in commands} >= {"demo", "doctor", "bench"}
+    commands = {
+        (doc, argv)
+        for doc, argv in _commands(_CLI)
+        if argv and re.fullmatch(r"[a-z][a-z-]*", argv[0])  # not "livekit-segments 0.1.0"
+    }
+    assert {argv[0] for _, argv in commands} >= {"demo", "doctor"}
+    for doc, argv in sorted(commands):
+        command = "livekit-segments " + " ".join(argv)
+        assert argv[0] != "bench", f"{doc}: `{command}`: the benchmarks are python -m benchmarks"
+        try:
+            build_parser().parse_args(list(argv))  # parse only: nothing runs
+        except SystemExit as exit_:
+            raise AssertionError(f"{doc}: `{command}` is refused") from exit_
+
+
+def test_every_benchmarks_command_in_the_docs_parses() -> None:
+    from benchmarks.cli import build_parser
+
+    commands = _commands(_BENCH)
+    assert {doc for doc, _ in commands} >= {"CONTRIBUTING.md", "BENCHMARKS.md"}
     for doc, argv in sorted(commands):
         try:
             build_parser().parse_args(list(argv))  # parse only: nothing runs
         except SystemExit as exit_:
-            command = "livekit-segments " + " ".join(argv)
-            raise AssertionError(f"{doc}: `{command}` is refused") from exit_
+            raise AssertionError(
+                f"{doc}: `python -m benchmarks {' '.join(argv)}` is refused"
+            ) from exit_
 
 
 def test_demo_md_lists_exactly_the_demo_options() -> None:

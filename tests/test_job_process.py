@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from livekit_segments import activation, installer, job_process
 
 APPS = Path(__file__).resolve().parent / "job_apps"
 ROOT = APPS.parents[1]
@@ -70,3 +73,29 @@ def test_unsupported_style_warns_once_in_the_job_process() -> None:
     assert len(warnings) == 1 and warnings[0]["pid"] == job["pid"], result["records"]
     assert "install() was never called" in warnings[0]["msg"]
     assert "module top level" in warnings[0]["msg"]
+
+
+def _prewarm(proc: object) -> str:
+    return f"prewarmed {proc}"
+
+
+def _refuse() -> None:
+    raise RuntimeError("no")
+
+
+def test_the_setup_function_installs_first_once_and_survives_a_failure(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a job process runs: the install it was handed (pickled by reference, so the
+    process imports livekit_segments), then the user's prewarm, even when install fails."""
+    monkeypatch.setattr(activation, "install_failed", False)
+    setup = pickle.loads(pickle.dumps(job_process.InstallingSetupFnc(_prewarm, installer.install)))
+    assert setup.install is installer.install and setup.fnc is _prewarm
+
+    failing = job_process.InstallingSetupFnc(_prewarm, _refuse)
+    assert failing("proc") == "prewarmed proc"
+    assert activation.install_failed
+    assert [r.levelname for r in caplog.records] == ["ERROR"]
+    assert "install() failed in the job process" in caplog.records[0].getMessage()
+    assert failing("proc") == "prewarmed proc"  # not tried again, not logged again
+    assert len(caplog.records) == 1

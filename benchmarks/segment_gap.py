@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .._cli import plural
+from livekit_segments._cli import plural
+
 from . import stats
 from .fakes import AudioSourceSink, ScriptedAgent, close_session, reply, silence, start_session
 from .forms import Form, Forms, activate

@@ -15,8 +15,8 @@ from livekit import rtc
 from livekit.agents import AgentSession, ModelSettings
 from livekit.agents.voice.events import SpeechCreatedEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
+from livekit_segments._cli import plural
 
-from .._cli import plural
 from . import cpu_meter, stats
 from .fakes import (
     ScriptedAgent,

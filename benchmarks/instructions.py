@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._cli import plural
-from . import cpu_meter, install_cost, segment_cost, stats
+from livekit_segments._cli import plural
+
+from . import cpu_meter, forms as forms_mod, install_cost, segment_cost, stats
 from .forms import Forms
 from .install_cost import InstallCostConfig
+from .process_setup import FORCE_ENV, forcing_install, quiet_livekit_logs, worker_env
 from .report import BenchResult, Judged, Row, Status, combine, fmt_estimate
 from .segment_cost import SegmentCostConfig
 
@@ -45,14 +47,9 @@ __all__ = [
     "with_client",
 ]
 
-# set while `bench --force` runs: the worker then installs the patch with force=True too
-FORCE_ENV = "LKSEG_BENCH_FORCE_INSTALL"
 FIX = "install valgrind (Debian: apt-get install valgrind; it brings valgrind/callgrind.h)"
 # the worker's entry point: `-m` would import this module twice (as __main__ and by name)
-_ENTRY = (
-    "import sys; from livekit_segments.bench.instructions import serve; "
-    "sys.exit(serve(sys.argv[1]))"
-)
+_ENTRY = "import sys; from benchmarks.instructions import serve; sys.exit(serve(sys.argv[1]))"
 # B1 and B2 judged entries B7 repeats, by the name their own results give them
 _B1_RATIO = "CPU per reply ratio"
 _B2_RATIO = "CPU per segment ratio (slope)"
@@ -160,16 +157,13 @@ def serve(args_json: str) -> int:
     results where the parent said."""
     import gc
 
-    from . import forms as forms_mod
-    from .runner import _quiet_livekit_logs
-
     args = json.loads(args_json)
     cpu_meter.count_instructions(cpu_meter.CallgrindCounter(Path(args["library"]), args["out"]))
     b1_cfg = InstallCostConfig(**args["install_cost"])
     b2_cfg = SegmentCostConfig(**{**args["segment_cost"], "ns": tuple(args["segment_cost"]["ns"])})
 
     async def main() -> dict[str, Any]:
-        _quiet_livekit_logs()
+        quiet_livekit_logs()
         forms = forms_mod.detect()
         out: dict[str, Any] = {}
         runs: dict[str, Callable[[], Awaitable[BenchResult]]] = {
@@ -188,9 +182,7 @@ def serve(args_json: str) -> int:
             forms.restore()
         return out
 
-    from .cli import _forcing_install
-
-    with _forcing_install(os.environ.get(FORCE_ENV) == "1"):
+    with forcing_install(os.environ.get(FORCE_ENV) == "1"):
         doc = asyncio.run(main())
     Path(args["result"]).write_text(json.dumps(doc))
     return 0
@@ -213,7 +205,7 @@ def _launch(cfg: InstructionsConfig, workdir: Path, library: Path) -> dict[str, 
         json.dumps(args),
     ]
     # one hash seed: dict layouts, and so lookups, are the same in every run
-    env = {**os.environ, "PYTHONHASHSEED": "0", **callgrind_env()}
+    env = worker_env(PYTHONHASHSEED="0", **callgrind_env())
     done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if done.returncode != 0 or not result.exists():
         lines = done.stderr.decode(errors="replace").strip().splitlines() or ["no output"]

@@ -1,4 +1,4 @@
-"""``python -m livekit_segments.bench``: the benchmarks without the package CLI."""
+"""``python -m benchmarks``: the benchmarks of livekit-segments, run from a clone."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """B1n and B2n: the native form against pristine upstream, each form in its own process.
 
 A livekit-agents with the series implements segment handles itself, so upstream cannot run in
-the same process (`forms`: native mode measures the native form alone). ``bench
+the same process (`forms`: native mode measures the native form alone). ``python -m benchmarks
 --native-python PYTHON``, run from a pristine venv, starts two workers instead: this python
 running upstream (plain `FlushSentinel`) and PYTHON running the native form (`SegmentBreak`).
 Each lives for the whole run (B1: one long-lived session each) and is driven over a pipe, one
@@ -32,10 +32,14 @@ from collections.abc import Awaitable, Callable, Collection, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .._cli import UsageError, plural
+import livekit_segments
+from livekit_segments import installer
+from livekit_segments._cli import UsageError, plural
+
 from . import cpu_meter, install_cost, instructions, segment_cost, stats
 from .fakes import close_session, reply, trim_history
 from .forms import Form, Forms, activate, native_support
+from .process_setup import quiet_livekit_logs, worker_env
 from .report import BenchReport, BenchResult
 from .runner import BenchConfig
 
@@ -79,7 +83,7 @@ PROCESS_PAIRS = 4
 # nothing printed while importing or measuring can get into the answers
 _ENTRY = (
     "import os, sys; answers = os.dup(1); os.dup2(2, 1); "
-    "from livekit_segments.bench.cross_process import serve; "
+    "from benchmarks.cross_process import serve; "
     "sys.exit(serve(answers, sys.argv[1:]))"
 )
 
@@ -145,7 +149,7 @@ class Worker:
         self._log: IO[bytes] | None = None if verbose else tempfile.TemporaryFile()
         before: list[str] = []
         after = ["--verbose"] if verbose else []
-        env = {**os.environ, "PYTHONHASHSEED": HASH_SEED}
+        env = worker_env(PYTHONHASHSEED=HASH_SEED)
         if callgrind is not None:
             before, counting = callgrind.command(form)
             after += counting
@@ -307,7 +311,7 @@ class Pair:
 def _cannot_run(python: str, error: WorkerError) -> str:
     return (
         f"{OPTION} {python} cannot run the bench worker ({error}); give a python with "
-        f"livekit-agents and this checkout installed, {FIX}"
+        f"livekit-agents installed (the workers import this clone's code), {FIX}"
     )
 
 
@@ -328,7 +332,7 @@ def _check(upstream: dict[str, Any], native: dict[str, Any], native_python: str)
         if native[key] != upstream[key]:
             raise UsageError(
                 f"{where} has {what} {native[key]}, this python {upstream[key]}: the two "
-                f"forms must differ in nothing else (install this checkout in both venvs)"
+                f"forms must differ in nothing else (install the same releases in both venvs)"
             )
 
 
@@ -567,8 +571,6 @@ class _Worker:
 
 
 def _hello(form: Form) -> dict[str, Any]:
-    from .. import installer
-
     return {
         "form": form.value,
         "pid": os.getpid(),
@@ -576,17 +578,15 @@ def _hello(form: Form) -> dict[str, Any]:
         "python": sys.executable,
         "python_version": platform.python_version(),
         "livekit_agents": installer.installed_agents_version(),
-        "livekit_segments": str(Path(__file__).resolve().parents[1]),
+        "livekit_segments": str(Path(livekit_segments.__file__).resolve().parent),
         "native": installer.has_native_support(),
         "installed": installer.is_installed(),
     }
 
 
 async def _serve(form: Form, out: IO[str], verbose: bool) -> int:
-    from .runner import _quiet_livekit_logs
-
     if not verbose:
-        _quiet_livekit_logs()
+        quiet_livekit_logs()
 
     def send(doc: dict[str, Any]) -> None:
         out.write(json.dumps(doc) + "\n")

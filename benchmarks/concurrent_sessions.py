@@ -32,8 +32,8 @@ from typing import Any
 from livekit import rtc
 from livekit.agents import AgentSession, ModelSettings
 from livekit.agents.voice.speech_handle import SpeechHandle
+from livekit_segments._cli import plural
 
-from .._cli import plural
 from . import stats
 from .fakes import (
     AudioSourceSink,

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import livekit.agents
+from livekit_segments import __version__
 
-from .. import __version__
 from . import forms as forms_mod
 from .concurrent_sessions import ConcurrentSessionsConfig, run as run_concurrent_sessions
 from .install_cost import InstallCostConfig, run as run_install_cost
 from .instructions import InstructionsConfig, run as run_instructions
 from .leaks import LeaksConfig, run as run_leaks
+from .process_setup import quiet_livekit_logs
 from .report import BenchReport, BenchResult
 from .segment_cost import SegmentCostConfig, run as run_segment_cost
 from .segment_gap import SegmentGapConfig, run as run_segment_gap
@@ -158,7 +159,7 @@ async def run_bench(
         "B7": lambda: run_instructions(config.instructions, forms),
     }
     results: list[BenchResult] = []
-    levels = _quiet_livekit_logs() if quiet_logs else {}
+    levels = quiet_livekit_logs() if quiet_logs else {}
     t0 = time.perf_counter()
     try:
         for bench_id in selected:
@@ -182,22 +183,6 @@ async def run_bench(
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
     return BenchReport(meta=meta, results=results, wall_s=time.perf_counter() - t0)
-
-
-def _quiet_livekit_logs() -> dict[str, int]:
-    """Upstream logs on every session start and close; keep the table readable, but let
-    this package's own warnings through. Returns the levels to put back."""
-    levels: dict[str, int] = {}
-    for name in ("livekit", "livekit.agents"):
-        logger = logging.getLogger(name)
-        levels[name] = logger.level
-        if logger.getEffectiveLevel() < logging.ERROR:
-            logger.setLevel(logging.ERROR)
-    own = logging.getLogger("livekit.segments")
-    levels[own.name] = own.level
-    if own.level == logging.NOTSET:
-        own.setLevel(logging.WARNING)  # not silenced through its "livekit" parent
-    return levels
 
 
 def _config_json(config: BenchConfig) -> dict[str, Any]:

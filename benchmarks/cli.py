@@ -1,30 +1,29 @@
-"""``python -m livekit_segments bench``: the command line of the benchmarks."""
+"""``python -m benchmarks``: the command line of the benchmarks (run from a clone)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from .. import installer
-from .._cli import (
+from livekit_segments._cli import (
     ArgumentParser,
     UsageError,
     check_livekit_agents,
     output_path,
-    quiet_install_warnings,
     run_command as run_with_usage_errors,
 )
-from . import cross_process, instructions, record
+
+from . import cross_process, record
+from .process_setup import forcing_install
 from .runner import BENCHMARKS, BenchConfig, run_bench
 
-__all__ = ["add_parser", "main", "run_command"]
+__all__ = ["PROG", "build_parser", "main", "run_command"]
+
+PROG = "python -m benchmarks"
 
 DESCRIPTION = """\
 Measure the runtime patch against upstream livekit-agents doing the same work with plain
@@ -39,11 +38,10 @@ Exits 0 even when a target is missed, unless --check is given.
 """
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``bench`` subcommand to ``subparsers`` (from ``add_subparsers()``)."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "bench",
-        help="measure the patch against upstream livekit-agents",
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m benchmarks``; its ``func`` runs them."""
+    parser = ArgumentParser(
+        prog=PROG,
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -147,7 +145,7 @@ def run_command(args: argparse.Namespace) -> int:
         try:
             provenance = record.prepare(preset, args.only, path=args.record)
         except record.RecordError as e:
-            print(f"bench: error: {e}", file=sys.stderr)
+            print(f"{PROG}: error: {e}", file=sys.stderr)
             return 2
 
     def progress(message: str) -> None:
@@ -159,7 +157,7 @@ def run_command(args: argparse.Namespace) -> int:
             pair = stack.enter_context(
                 cross_process.Pair.started(args.native_python, verbose=args.verbose)
             )
-        with _forcing_install(args.force):
+        with forcing_install(args.force):
             report = asyncio.run(
                 run_bench(config, only=in_process, progress=progress, quiet_logs=not args.verbose)
             )
@@ -175,7 +173,7 @@ def run_command(args: argparse.Namespace) -> int:
         try:
             record.confirm(provenance)
         except record.RecordError as e:
-            print(f"bench: error: {e}", file=sys.stderr)
+            print(f"{PROG}: error: {e}", file=sys.stderr)
             return 2
         command = record.COMMAND
         if args.native_python is not None:
@@ -187,43 +185,8 @@ def run_command(args: argparse.Namespace) -> int:
     return 1 if args.check and report.missed else 0
 
 
-@contextlib.contextmanager
-def _forcing_install(force: bool) -> Iterator[None]:
-    """With ``--force``, every `install()` the bench makes is ``install(force=True)``.
-
-    The bench switches the patch on and off many times (`forms.activate`); the version
-    warning was printed once already, so the repeated installs stay quiet. B7's worker, a
-    process of its own, learns it from the environment (`instructions.FORCE_ENV`).
-    """
-    if not force:
-        yield
-        return
-    original = installer.install
-    inherited = os.environ.get(instructions.FORCE_ENV)
-
-    def forced(*, force: bool = True) -> None:
-        with quiet_install_warnings():
-            original(force=True)
-
-    installer.install = forced
-    os.environ[instructions.FORCE_ENV] = "1"  # B7's worker process installs the patch too
-    try:
-        yield
-    finally:
-        installer.install = original
-        if inherited is None:
-            del os.environ[instructions.FORCE_ENV]
-        else:
-            os.environ[instructions.FORCE_ENV] = inherited
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``bench`` command on its own (``python -m livekit_segments.bench``)."""
-    parser = ArgumentParser(
-        prog="python -m livekit_segments.bench",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    configure(parser)
-    args = parser.parse_args(argv)
-    return run_with_usage_errors(run_command, args, parser.prog)
+    """Run the benchmarks as ``python -m benchmarks`` does, with ``argv`` (default: the
+    command line); a bad argument or a refusal is one line and exit 2."""
+    args = build_parser().parse_args(argv)
+    return run_with_usage_errors(run_command, args, PROG)

@@ -13,9 +13,8 @@ import enum
 from collections.abc import Callable
 
 from livekit.agents import FlushSentinel
-
-from .. import installer
-from ..segment_break import SegmentBreak
+from livekit_segments import installer
+from livekit_segments.segment_break import SegmentBreak
 
 __all__ = ["Form", "Forms", "activate", "break_factory", "detect"]
 

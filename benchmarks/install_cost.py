@@ -6,8 +6,8 @@ import gc
 from dataclasses import dataclass
 
 from livekit.agents import AgentSession
+from livekit_segments._cli import plural
 
-from .._cli import plural
 from . import cpu_meter, stats
 from .fakes import (
     ScriptedAgent,

@@ -24,8 +24,7 @@ from livekit.agents import (
 )
 from livekit.agents.voice import io
 from livekit.agents.voice.speech_handle import SpeechHandle
-
-from ..testing import offline_session
+from livekit_segments.testing import offline_session
 
 __all__ = [
     "SAMPLE_RATE",
@@ -235,11 +234,9 @@ async def start_session(
     on_speech_created: Callable[[Any], None] | None = None,
 ) -> AgentSession[None]:
     """A session with the bench's LLM, TTS and sinks, no turn detection and no VAD."""
-    session = offline_session(sample_rate=SAMPLE_RATE)
+    session = offline_session(sample_rate=SAMPLE_RATE, audio=sink, transcription=TextSink())
     if on_speech_created is not None:
         session.on("speech_created", on_speech_created)
-    session.output.audio = sink
-    session.output.transcription = TextSink()
     await session.start(agent)
     return session
 

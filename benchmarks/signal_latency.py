@@ -16,8 +16,8 @@ from typing import Any
 from livekit.agents import AgentSession
 from livekit.agents.voice import io
 from livekit.agents.voice.speech_handle import SpeechHandle
+from livekit_segments import playout_started
 
-from .. import playout_started
 from . import stats
 from .fakes import ScriptedAgent, ZeroLatencySink, close_session, reply, silence, start_session
 from .forms import Form, Forms, activate

@@ -1,0 +1,92 @@
+/** Protocol v1 (docs/client-playout.md): method names and payload shapes. */
+
+export const PROTOCOL_VERSION = 1;
+export const HELLO = 'lkseg.playout.hello';
+export const SYNC = 'lkseg.playout.sync';
+export const REPORT = 'lkseg.playout.report';
+/** The agent refuses larger payloads. */
+export const MAX_PAYLOAD = 1024;
+
+export type TapPath = 'plugin' | 'own-graph' | 'none';
+
+export interface HelloRequest {
+  v: 1;
+  sid: string;
+  client: string;
+  path: TapPath;
+}
+
+export interface HelloReply {
+  v: 1;
+  /** detector threshold (amplitude) */
+  thr: number;
+  /** detector gap, ms */
+  gap_ms: number;
+  /** steady-state sync period, seconds */
+  sync_s: number;
+  /** most onsets one report may carry */
+  max_onsets: number;
+}
+
+export interface SyncRequest {
+  v: 1;
+  q: number;
+  /** client ms */
+  t0: number;
+  /** [q, t3] of the previous completed exchange */
+  prev?: [number, number];
+  /** receive-side delay estimate (jitter buffer + output latency), ms */
+  rx?: number;
+  /** network one-way estimate from the media transport (ICE round trip / 2), ms */
+  net?: number;
+}
+
+export interface SyncReply {
+  q: number;
+  t1: number;
+  t2: number;
+}
+
+export interface ReportRequest {
+  v: 1;
+  q: number;
+  /** onsets: [device time in client ms, gap ms] */
+  o: Array<[number, number]>;
+}
+
+/** Rounds to 0.1 ms, as the protocol sends numbers. */
+export function r1(x: number): number {
+  return Math.round(x * 10) / 10;
+}
+
+export function parseHelloReply(text: string): HelloReply {
+  const obj: unknown = JSON.parse(text);
+  if (typeof obj !== 'object' || obj === null) throw new Error('hello reply is not an object');
+  const o = obj as Record<string, unknown>;
+  const num = (k: string, lo: number, hi: number): number => {
+    const v = o[k];
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < lo || v > hi) {
+      throw new Error(`hello reply: bad ${k}`);
+    }
+    return v;
+  };
+  if (o['v'] !== PROTOCOL_VERSION) throw new Error(`hello reply: protocol version ${String(o['v'])}`);
+  return {
+    v: 1,
+    thr: num('thr', 0, 1),
+    gap_ms: num('gap_ms', 1, 10000),
+    sync_s: num('sync_s', 1, 3600),
+    max_onsets: Math.floor(num('max_onsets', 1, 64)),
+  };
+}
+
+export function parseSyncReply(text: string): SyncReply {
+  const o = JSON.parse(text) as Record<string, unknown>;
+  const q = o['q'];
+  const t1 = o['t1'];
+  const t2 = o['t2'];
+  if (typeof q !== 'number' || typeof t1 !== 'number' || typeof t2 !== 'number') {
+    throw new Error('sync reply: bad shape');
+  }
+  return { q, t1, t2 };
+}

@@ -1,0 +1,467 @@
+import type {
+  RemoteAudioTrack,
+  RemoteParticipant,
+  RemoteTrack,
+  RemoteTrackPublication,
+  Room,
+} from 'livekit-client';
+
+import {
+  HELLO,
+  type HelloReply,
+  PROTOCOL_VERSION,
+  parseHelloReply,
+  parseSyncReply,
+  r1,
+  REPORT,
+  type ReportRequest,
+  SYNC,
+  type SyncRequest,
+  type TapPath,
+} from './protocol.js';
+import { choosePath, createBrowserTap, type Tap, type TapFactory } from './tap.js';
+
+export const CLIENT_NAME = '@livekit-segments/client/0.1.0';
+
+export interface PlayoutReporterOptions {
+  /** The agent's participant identity. Default: the first participant that is an agent. */
+  agentIdentity?: string;
+  /**
+   * How to tap the playback path. `auto` (default): `plugin` when the Room was created with
+   * `webAudioMix`, else `own-graph`. See docs/client-playout.md.
+   */
+  path?: 'auto' | 'plugin' | 'own-graph';
+  /** `own-graph`: render in this AudioContext (e.g. one already resumed by a user gesture). */
+  audioContext?: AudioContext;
+  /** URL of `dist/onset-worklet.js`, for pages whose CSP forbids `blob:` worklet modules. */
+  workletUrl?: string;
+  /**
+   * How to date a sample at the output device (docs/client-playout.md): `auto` (default) uses
+   * `getOutputTimestamp()` when sane, else `currentTime` + `outputLatency`; `latency` forces
+   * the latter (for comparisons against a recording).
+   */
+  dating?: 'auto' | 'latency';
+  /** Called with every error (RPC failures, audio setup); default: `console.warn`. */
+  onError?: (err: unknown) => void;
+}
+
+export interface PlayoutReporterStats {
+  path: TapPath | null;
+  dating: Tap['dating'];
+  syncs: number;
+  reports: number;
+  onsetsSent: number;
+  /** request payload bytes sent so far (replies are a few bytes more per sync) */
+  bytesSent: number;
+  lastRttMs: number | null;
+}
+
+export interface PlayoutReporter {
+  /** The agent being reported to, once found. */
+  readonly agentIdentity: string | undefined;
+  readonly stats: Readonly<PlayoutReporterStats>;
+  /** Resume the AudioContext: call from a user gesture where autoplay rules need one. */
+  resume(): Promise<void>;
+  /** Stop measuring and reporting; restores the track's playback as it was. */
+  stop(): void;
+}
+
+/** Injected by tests; the defaults are the browser's. */
+export interface ReporterDeps {
+  now: () => number;
+  setTimer: (fn: () => void, ms: number) => () => void;
+  tapFactory: TapFactory;
+  sid: () => string;
+}
+
+const defaultDeps: ReporterDeps = {
+  now: () => performance.timeOrigin + performance.now(),
+  setTimer: (fn, ms) => {
+    const id = setTimeout(fn, ms);
+    return () => clearTimeout(id);
+  },
+  tapFactory: createBrowserTap,
+  sid: () => {
+    const bytes = new Uint8Array(12);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-'[b & 63]).join('');
+  },
+};
+
+const MIN_REPORT_INTERVAL_MS = 250;
+const MAX_PENDING = 64;
+const STARTUP_SYNCS = 4;
+const STARTUP_SYNC_INTERVAL_MS = 250;
+const MAX_SYNC_FAILURES = 3;
+
+function isAgent(p: RemoteParticipant): boolean {
+  const q = p as unknown as { isAgent?: boolean; kind?: number; attributes?: Record<string, string> };
+  // ParticipantInfo_Kind.AGENT is 4; `isAgent` exists from livekit-client 2.8
+  return q.isAgent === true || q.kind === 4 || 'lk.agent.state' in (q.attributes ?? {});
+}
+
+function audioTrackOf(p: RemoteParticipant): RemoteAudioTrack | undefined {
+  for (const pub of p.trackPublications.values() as IterableIterator<RemoteTrackPublication>) {
+    if (pub.kind === 'audio' && pub.track) return pub.track as RemoteAudioTrack;
+  }
+  return undefined;
+}
+
+class Reporter implements PlayoutReporter {
+  private agent: string | undefined;
+  private params: HelloReply | null = null;
+  private q = 0;
+  private prev: [number, number] | undefined;
+  private agentSynced = false;
+  private pending: Array<[number, number]> = [];
+  private tap: Tap | undefined;
+  private tapTrack: RemoteAudioTrack | undefined;
+  private tapping = false;
+  private epoch = 0; // bumped on reset: late async results of an older agent are dropped
+  private timers = new Set<() => void>();
+  private chain: Promise<void> = Promise.resolve();
+  private reportInFlight = false;
+  private lastReportAt = -Infinity;
+  private flushTimer: (() => void) | undefined;
+  private helloAttempts = 0;
+  private syncFailures = 0;
+  private rehellos = 0; // survives reset(): the backoff of re-hellos after refused syncs
+  private stopped = false;
+  readonly stats: PlayoutReporterStats = {
+    path: null,
+    dating: 'none',
+    syncs: 0,
+    reports: 0,
+    onsetsSent: 0,
+    bytesSent: 0,
+    lastRttMs: null,
+  };
+
+  constructor(
+    private readonly room: Room,
+    private readonly options: PlayoutReporterOptions,
+    private readonly deps: ReporterDeps,
+  ) {}
+
+  get agentIdentity(): string | undefined {
+    return this.agent;
+  }
+
+  start(): void {
+    this.room.on('trackSubscribed', this.onTrackSubscribed);
+    this.room.on('trackUnsubscribed', this.onTrackUnsubscribed);
+    this.room.on('participantConnected', this.onParticipantConnected);
+    this.room.on('participantDisconnected', this.onParticipantDisconnected);
+    this.room.on('disconnected', this.onDisconnected);
+    this.scan();
+  }
+
+  async resume(): Promise<void> {
+    await this.tap?.resume();
+  }
+
+  stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.room.off('trackSubscribed', this.onTrackSubscribed);
+    this.room.off('trackUnsubscribed', this.onTrackUnsubscribed);
+    this.room.off('participantConnected', this.onParticipantConnected);
+    this.room.off('participantDisconnected', this.onParticipantDisconnected);
+    this.room.off('disconnected', this.onDisconnected);
+    this.reset();
+  }
+
+  // -- room events --
+
+  private readonly onTrackSubscribed = (
+    _track: RemoteTrack,
+    _pub: RemoteTrackPublication,
+    p: RemoteParticipant,
+  ): void => {
+    if (p.identity === this.agent || !this.agent) this.scan();
+  };
+
+  private readonly onTrackUnsubscribed = (
+    track: RemoteTrack,
+    _pub: RemoteTrackPublication,
+    p: RemoteParticipant,
+  ): void => {
+    if (p.identity === this.agent && track === this.tapTrack) this.closeTap();
+  };
+
+  private readonly onParticipantConnected = (): void => {
+    if (!this.agent) this.scan();
+  };
+
+  private readonly onParticipantDisconnected = (p: RemoteParticipant): void => {
+    if (p.identity === this.agent) {
+      this.reset();
+      this.scan();
+    }
+  };
+
+  private readonly onDisconnected = (): void => {
+    this.stop();
+  };
+
+  // -- state --
+
+  private error(err: unknown): void {
+    (this.options.onError ?? ((e: unknown) => console.warn('livekit-segments client:', e)))(err);
+  }
+
+  private later(fn: () => void, ms: number): void {
+    const cancel = this.deps.setTimer(() => {
+      this.timers.delete(cancel);
+      fn();
+    }, ms);
+    this.timers.add(cancel);
+  }
+
+  private reset(): void {
+    this.epoch += 1;
+    for (const cancel of this.timers) cancel();
+    this.timers.clear();
+    this.flushTimer = undefined;
+    this.closeTap();
+    this.agent = undefined;
+    this.params = null;
+    this.prev = undefined;
+    this.agentSynced = false;
+    this.pending = [];
+    this.helloAttempts = 0;
+    this.syncFailures = 0;
+    this.stats.path = null;
+  }
+
+  private closeTap(): void {
+    if (this.tap) {
+      try {
+        this.tap.close();
+      } catch (err) {
+        this.error(err);
+      }
+    }
+    this.tap = undefined;
+    this.tapTrack = undefined;
+  }
+
+  private scan(): void {
+    if (this.stopped) return;
+    if (!this.agent) {
+      for (const p of this.room.remoteParticipants.values()) {
+        const wanted = this.options.agentIdentity;
+        if (wanted ? p.identity === wanted : isAgent(p)) {
+          this.agent = p.identity;
+          void this.hello();
+          break;
+        }
+      }
+    }
+    void this.tapIfReady();
+  }
+
+  private webAudioMix(): boolean {
+    const opts = (this.room as unknown as { options?: { webAudioMix?: unknown } }).options;
+    return Boolean(opts?.webAudioMix);
+  }
+
+  private path(): TapPath {
+    return choosePath({ path: this.options.path ?? 'auto', webAudioMix: this.webAudioMix() });
+  }
+
+  private async rpc(method: string, payload: object): Promise<string> {
+    const text = JSON.stringify(payload);
+    this.stats.bytesSent += text.length;
+    return this.room.localParticipant.performRpc({
+      destinationIdentity: this.agent!,
+      method,
+      payload: text,
+      responseTimeout: 5000,
+    });
+  }
+
+  /** One RPC at a time, in order: the agent requires increasing sequence numbers. */
+  private enqueue(fn: () => Promise<void>): Promise<void> {
+    this.chain = this.chain.then(fn).catch((err: unknown) => this.error(err));
+    return this.chain;
+  }
+
+  private async hello(): Promise<void> {
+    const epoch = this.epoch;
+    const path = this.path();
+    const sid = this.deps.sid();
+    this.stats.path = path;
+    await this.enqueue(async () => {
+      if (epoch !== this.epoch) return;
+      try {
+        const reply = await this.rpc(HELLO, { v: PROTOCOL_VERSION, sid, client: CLIENT_NAME, path });
+        if (epoch !== this.epoch) return;
+        this.params = parseHelloReply(reply);
+        this.q = 0;
+      } catch (err) {
+        if (epoch !== this.epoch) return;
+        // the agent may not have enabled client playout yet: retry, backing off to a minute
+        this.helloAttempts += 1;
+        this.later(() => void this.hello(), Math.min(60000, 1000 * 2 ** this.helloAttempts));
+        throw err;
+      }
+    });
+    if (epoch !== this.epoch || !this.params || path === 'none') return;
+    for (let i = 0; i < STARTUP_SYNCS; i++) {
+      this.later(() => void this.sync(epoch), i * STARTUP_SYNC_INTERVAL_MS);
+    }
+    this.later(() => this.syncForever(epoch), STARTUP_SYNCS * STARTUP_SYNC_INTERVAL_MS);
+    await this.tapIfReady();
+  }
+
+  private syncForever(epoch: number): void {
+    if (epoch !== this.epoch || !this.params) return;
+    void this.sync(epoch);
+    this.later(() => this.syncForever(epoch), this.params.sync_s * 1000);
+  }
+
+  private async sync(epoch: number): Promise<void> {
+    if (this.tap && !this.tap.valid) this.closeTap();
+    void this.tapIfReady(); // a track that could not be tapped yet, or a replaced graph
+    const path = this.tap ? await this.tap.receivePath() : {};
+    await this.enqueue(async () => {
+      if (epoch !== this.epoch) return;
+      const q = ++this.q;
+      const req: SyncRequest = { v: PROTOCOL_VERSION, q, t0: r1(this.deps.now()) };
+      const prev = this.prev;
+      if (prev) req.prev = prev;
+      const clamp = (x: number) => r1(Math.min(Math.max(x, 0), 5000));
+      if (path.rx !== undefined && Number.isFinite(path.rx)) req.rx = clamp(path.rx);
+      if (path.net !== undefined && Number.isFinite(path.net)) req.net = clamp(path.net);
+      let text: string;
+      try {
+        text = await this.rpc(SYNC, req);
+      } catch (err) {
+        // an agent that restarted (same identity) knows no hello: after a few refused syncs
+        // in a row, start over with a new hello
+        this.syncFailures += 1;
+        if (epoch === this.epoch && this.syncFailures >= MAX_SYNC_FAILURES) {
+          const agent = this.agent;
+          this.reset();
+          this.agent = agent;
+          // backing off (1, 2, 4 ... 60 s) while the agent keeps refusing
+          this.rehellos += 1;
+          this.later(() => void this.hello(), Math.min(60000, 500 * 2 ** this.rehellos));
+        }
+        throw err;
+      }
+      this.syncFailures = 0;
+      this.rehellos = 0;
+      const reply = parseSyncReply(text);
+      const t3 = r1(this.deps.now());
+      if (epoch !== this.epoch || reply.q !== q) return;
+      this.stats.syncs += 1;
+      this.stats.lastRttMs = r1(t3 - req.t0 - (reply.t2 - reply.t1));
+      this.prev = [q, t3];
+      // the agent completes an exchange when a later sync carries its t3
+      if (prev) this.agentSynced = true;
+    });
+    this.flush();
+  }
+
+  private async tapIfReady(): Promise<void> {
+    if (this.stopped || !this.agent || !this.params || this.tap || this.tapping) return;
+    if (this.stats.path === 'none') return;
+    const p = this.room.remoteParticipants.get(this.agent);
+    const track = p ? audioTrackOf(p) : undefined;
+    if (!track) return;
+    const epoch = this.epoch;
+    this.tapping = true;
+    try {
+      const tap = await this.deps.tapFactory(
+        track,
+        {
+          path: this.options.path ?? 'auto',
+          audioContext: this.options.audioContext,
+          workletUrl: this.options.workletUrl,
+          webAudioMix: this.webAudioMix(),
+          dating: this.options.dating ?? 'auto',
+          threshold: this.params.thr,
+          gapSeconds: this.params.gap_ms / 1000,
+        },
+        (t, gap) => this.onOnset(tap, t, gap),
+      );
+      if (epoch !== this.epoch || this.stopped) {
+        tap.close();
+        return;
+      }
+      this.tap = tap;
+      this.tapTrack = track;
+    } catch (err) {
+      this.error(err);
+    } finally {
+      this.tapping = false;
+    }
+  }
+
+  private onOnset(tap: Tap, contextTime: number, gap: number): void {
+    if (tap !== this.tap) return;
+    const t = tap.toClientMs(contextTime);
+    this.stats.dating = tap.dating;
+    if (!Number.isFinite(t) || !Number.isFinite(gap)) return;
+    this.pending.push([r1(t), r1(Math.min(gap, 60) * 1000)]);
+    if (this.pending.length > MAX_PENDING) this.pending.splice(0, this.pending.length - MAX_PENDING);
+    this.flush();
+  }
+
+  /**
+   * Send the onsets whose device time has passed (the worklet sees a sample before the device
+   * plays it; the agent refuses future-dated onsets), at most one report per 250 ms.
+   */
+  private flush(): void {
+    if (this.stopped || !this.agentSynced || !this.params || this.reportInFlight) return;
+    if (this.pending.length === 0 || this.flushTimer) return;
+    const now = this.deps.now();
+    const due = this.pending.filter(([t]) => t <= now);
+    const wait = Math.max(
+      this.lastReportAt + MIN_REPORT_INTERVAL_MS - now,
+      due.length ? 0 : Math.min(...this.pending.map(([t]) => t)) - now,
+    );
+    if (wait > 0) {
+      const epoch = this.epoch;
+      this.flushTimer = () => undefined;
+      this.later(() => {
+        if (epoch !== this.epoch) return;
+        this.flushTimer = undefined;
+        this.flush();
+      }, Math.ceil(wait));
+      return;
+    }
+    const batch = due.slice(0, this.params.max_onsets);
+    this.pending = this.pending.filter((o) => !batch.includes(o));
+    this.reportInFlight = true;
+    this.lastReportAt = now;
+    const epoch = this.epoch;
+    void this.enqueue(async () => {
+      if (epoch !== this.epoch) return;
+      const req: ReportRequest = { v: PROTOCOL_VERSION, q: ++this.q, o: batch };
+      await this.rpc(REPORT, req);
+      this.stats.reports += 1;
+      this.stats.onsetsSent += batch.length;
+    }).finally(() => {
+      this.reportInFlight = false;
+      if (epoch === this.epoch) this.flush();
+    });
+  }
+}
+
+/**
+ * Start the companion: finds the agent's audio track, measures when its audio becomes audible
+ * at this device's output, and reports it to the agent (which must call
+ * `client_playout.enable(session, room)`). Requires livekit-client >= 2.6.0 (RPC).
+ */
+export function startPlayoutReporter(
+  room: Room,
+  options: PlayoutReporterOptions = {},
+  deps: Partial<ReporterDeps> = {},
+): PlayoutReporter {
+  const reporter = new Reporter(room, options, { ...defaultDeps, ...deps });
+  reporter.start();
+  return reporter;
+}

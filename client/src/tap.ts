@@ -1,0 +1,252 @@
+/**
+ * Taps the agent's audio in the graph that renders it, and dates samples at the output device.
+ *
+ * - `plugin`: the Room uses `webAudioMix`; livekit-client renders the track through its own
+ *   AudioContext, and `RemoteAudioTrack.setWebAudioPlugins` (marked internal/experimental in
+ *   livekit-client) puts our worklet between the track's source node and its gain node.
+ * - `own-graph`: the companion renders the track itself, `MediaStreamAudioSourceNode` ->
+ *   worklet -> destination, in its own AudioContext, and mutes the attached elements (which
+ *   stay attached: Chromium only pulls remote WebRTC audio for a stream an element plays).
+ */
+import type { RemoteAudioTrack } from 'livekit-client';
+
+import type { TapPath } from './protocol.js';
+import { PROCESSOR_NAME, workletSource } from './worklet.js';
+
+/** What the reporter needs from a tap; tests provide fakes. */
+export interface Tap {
+  readonly path: Exclude<TapPath, 'none'>;
+  /** False once the graph it sits in was replaced (the reporter then taps again). */
+  readonly valid: boolean;
+  /** Client-clock ms at which the sample at AudioContext time `contextTime` leaves the device. */
+  toClientMs(contextTime: number): number;
+  /** Which dating the last `toClientMs` used: the output timestamp, or currentTime + latency. */
+  readonly dating: 'output-timestamp' | 'latency' | 'none';
+  /**
+   * From the receiver's stats, for the agent's prior before its first match: `rx`, the
+   * receive-side delay in ms (jitter buffer delay over the last interval + output latency), and
+   * `net`, half the ICE candidate pair's current round trip in ms. Either may be missing.
+   */
+  receivePath(): Promise<{ rx?: number; net?: number }>;
+  setParams(threshold: number, gapSeconds: number): void;
+  resume(): Promise<void>;
+  close(): void;
+}
+
+export type OnsetSink = (contextTime: number, gapSeconds: number) => void;
+
+export interface TapOptions {
+  path: 'auto' | 'plugin' | 'own-graph';
+  audioContext?: AudioContext;
+  workletUrl?: string;
+  webAudioMix: boolean;
+  /** `latency`: never use getOutputTimestamp (see PlayoutReporterOptions.dating). */
+  dating?: 'auto' | 'latency';
+  threshold: number;
+  gapSeconds: number;
+}
+
+export type TapFactory = (
+  track: RemoteAudioTrack,
+  options: TapOptions,
+  onOnset: OnsetSink,
+) => Promise<Tap>;
+
+/** The path this browser and Room allow, before any track exists. */
+export function choosePath(options: Pick<TapOptions, 'path' | 'webAudioMix'>): TapPath {
+  const g = globalThis as { AudioWorkletNode?: unknown; AudioContext?: unknown };
+  if (typeof g.AudioWorkletNode !== 'function' || typeof g.AudioContext !== 'function') {
+    return 'none';
+  }
+  if (options.path !== 'auto') return options.path;
+  return options.webAudioMix ? 'plugin' : 'own-graph';
+}
+
+const loaded = new WeakMap<BaseAudioContext, Promise<void>>();
+
+async function loadWorklet(ctx: AudioContext, url?: string): Promise<void> {
+  let p = loaded.get(ctx);
+  if (!p) {
+    let src = url;
+    let blobUrl: string | undefined;
+    if (!src) {
+      blobUrl = URL.createObjectURL(new Blob([workletSource()], { type: 'text/javascript' }));
+      src = blobUrl;
+    }
+    p = ctx.audioWorklet.addModule(src).finally(() => {
+      if (blobUrl) URL.revokeObjectURL(blobUrl);
+    });
+    loaded.set(ctx, p);
+  }
+  return p;
+}
+
+interface TrackInternals {
+  audioContext?: AudioContext;
+  webAudioPluginNodes?: AudioNode[];
+}
+
+/** The browser tap: see the module comment for the two paths. */
+export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
+  const internals = track as unknown as TrackInternals;
+  const path = choosePath(options);
+  if (path === 'none') throw new Error('no AudioWorklet in this browser');
+  if (path === 'plugin' && !(internals.audioContext && 'setWebAudioPlugins' in track)) {
+    // with webAudioMix the SDK plays the track through its own graph: a graph of ours would
+    // play it twice. The reporter tries again at its next clock exchange.
+    throw new Error('webAudioMix: the track has no AudioContext yet (or no setWebAudioPlugins)');
+  }
+
+  const ctx =
+    path === 'plugin'
+      ? internals.audioContext!
+      : (options.audioContext ?? new AudioContext({ latencyHint: 'interactive' }));
+  const ownsContext = path === 'own-graph' && !options.audioContext;
+  await loadWorklet(ctx, options.workletUrl);
+  const node = new AudioWorkletNode(ctx, PROCESSOR_NAME, {
+    numberOfInputs: 1,
+    numberOfOutputs: 1,
+    outputChannelCount: [2],
+    processorOptions: { threshold: options.threshold, gap: options.gapSeconds },
+  });
+  node.port.onmessage = (e: MessageEvent) => {
+    const m = e.data as { type?: string; t?: number; gap?: number };
+    if (m.type === 'onset' && typeof m.t === 'number' && typeof m.gap === 'number') {
+      onOnset(m.t, m.gap);
+    }
+  };
+
+  let restore: () => void;
+  let valid = true;
+  if (path === 'plugin') {
+    const before = [...(internals.webAudioPluginNodes ?? [])];
+    track.setWebAudioPlugins([...before, node]);
+    // The SDK rebuilds the graph in a new context when the room's context changes; our node
+    // belongs to this one and would break that rebuild. So, on this track instance only, take
+    // it out of the plugin list first; the reporter then taps again in the new context.
+    const own = track as unknown as { setAudioContext: (c: AudioContext | undefined) => void };
+    const hadOwn = Object.prototype.hasOwnProperty.call(own, 'setAudioContext');
+    const original = own.setAudioContext;
+    own.setAudioContext = function (this: unknown, c: AudioContext | undefined) {
+      if (c !== ctx) {
+        valid = false;
+        internals.webAudioPluginNodes = before;
+      }
+      return original.call(this, c);
+    };
+    restore = () => {
+      if (hadOwn) own.setAudioContext = original;
+      else delete (own as { setAudioContext?: unknown }).setAudioContext;
+      if (valid) track.setWebAudioPlugins(before);
+    };
+  } else {
+    const source = ctx.createMediaStreamSource(new MediaStream([track.mediaStreamTrack]));
+    source.connect(node);
+    node.connect(ctx.destination);
+    // The elements are muted only while our context runs: a context the autoplay policy keeps
+    // suspended plays nothing, and the user must then still hear the element.
+    const muted = new Map<HTMLMediaElement, boolean>();
+    const applyMute = () => {
+      if (ctx.state === 'running') {
+        for (const el of track.attachedElements) {
+          if (!muted.has(el)) muted.set(el, el.muted);
+          el.muted = true;
+        }
+      } else {
+        for (const [el, was] of muted) el.muted = was;
+        muted.clear();
+      }
+    };
+    applyMute();
+    // elements attached later are muted too (livekit-client's TrackEvent.ElementAttached)
+    track.on('elementAttached', applyMute);
+    ctx.addEventListener('statechange', applyMute);
+    restore = () => {
+      track.off('elementAttached', applyMute);
+      ctx.removeEventListener('statechange', applyMute);
+      source.disconnect();
+      node.disconnect();
+      for (const [el, was] of muted) el.muted = was;
+    };
+  }
+
+  let dating: Tap['dating'] = 'none';
+  // Fallback dating: performance.now() - currentTime, whose smallest recent value is read
+  // right after currentTime moved (it moves in audio-callback steps, stale in between).
+  const offsets: number[] = [];
+  const clockMap = (): number => {
+    offsets.push(performance.now() - ctx.currentTime * 1000);
+    if (offsets.length > 64) offsets.shift();
+    return Math.min(...offsets);
+  };
+  // sampled every few ms, only while the fallback is in use (no or an insane output timestamp)
+  let sampler: ReturnType<typeof setInterval> | undefined;
+  let lastJb: [number, number] = [0, 0];
+  const tap: Tap = {
+    path,
+    get valid() {
+      return valid;
+    },
+    get dating() {
+      return dating;
+    },
+    toClientMs(contextTime: number): number {
+      const ts =
+        options.dating !== 'latency' && typeof ctx.getOutputTimestamp === 'function'
+          ? ctx.getOutputTimestamp()
+          : undefined;
+      // WebKit before 2024 (bug 264247) scaled contextTime wrongly: trust only a sane stamp
+      if (ts && ts.contextTime && ts.performanceTime && Math.abs(ts.contextTime - ctx.currentTime) < 1) {
+        dating = 'output-timestamp';
+        if (sampler !== undefined) clearInterval(sampler);
+        sampler = undefined;
+        return performance.timeOrigin + ts.performanceTime + (contextTime - ts.contextTime) * 1000;
+      }
+      dating = 'latency';
+      sampler ??= setInterval(clockMap, 3);
+      const latency = ctx.outputLatency || ctx.baseLatency || 0;
+      return performance.timeOrigin + clockMap() + (contextTime + latency) * 1000;
+    },
+    async receivePath(): Promise<{ rx?: number; net?: number }> {
+      const out: { rx?: number; net?: number } = {};
+      try {
+        const report = await track.getRTCStatsReport();
+        report?.forEach((s: Record<string, unknown>) => {
+          if (s['type'] === 'inbound-rtp' && s['kind'] === 'audio') {
+            const d = s['jitterBufferDelay'];
+            const n = s['jitterBufferEmittedCount'];
+            if (typeof d === 'number' && typeof n === 'number') {
+              // over the interval since the last read: the lifetime average lags a change
+              const [d0, n0] = lastJb;
+              if (n > n0) {
+                out.rx = ((d - d0) / (n - n0)) * 1000 + (ctx.outputLatency || ctx.baseLatency || 0) * 1000;
+              }
+              lastJb = [d, n];
+            }
+          } else if (s['type'] === 'candidate-pair' && (s['nominated'] === true || s['selected'] === true)) {
+            const rtt = s['currentRoundTripTime'];
+            if (typeof rtt === 'number' && s['state'] === 'succeeded') out.net = (rtt * 1000) / 2;
+          }
+        });
+      } catch {
+        // no stats: the agent falls back to its own prior
+      }
+      return out;
+    },
+    setParams(threshold: number, gapSeconds: number): void {
+      node.port.postMessage({ type: 'params', threshold, gap: gapSeconds });
+    },
+    async resume(): Promise<void> {
+      if (ctx.state !== 'running') await ctx.resume();
+    },
+    close(): void {
+      if (sampler !== undefined) clearInterval(sampler);
+      node.port.postMessage({ type: 'stop' });
+      node.port.onmessage = null;
+      restore();
+      if (ownsContext) void ctx.close();
+    },
+  };
+  if (ctx.state !== 'running') void ctx.resume().catch(() => undefined);
+  return tap;
+};

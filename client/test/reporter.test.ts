@@ -1,0 +1,410 @@
+import assert from 'node:assert/strict';
+import { EventEmitter } from 'node:events';
+import { beforeEach, test } from 'node:test';
+
+import type { Room } from 'livekit-client';
+
+import { HELLO, REPORT, SYNC } from '../src/protocol.js';
+import { startPlayoutReporter, type ReporterDeps } from '../src/reporter.js';
+import type { Tap, TapFactory, TapOptions } from '../src/tap.js';
+
+// node has no WebAudio: pretend the browser has an AudioWorklet, so a path is chosen
+const g = globalThis as Record<string, unknown>;
+g['AudioWorkletNode'] ??= class {};
+g['AudioContext'] ??= class {};
+
+const AGENT_CLOCK_OFFSET_MS = 3 * 3600 * 1000; // the agent's clock is hours away
+
+class Timers {
+  now = 1_000_000;
+  private list: Array<{ at: number; fn: () => void; n: number }> = [];
+  private n = 0;
+  setTimer = (fn: () => void, ms: number): (() => void) => {
+    const entry = { at: this.now + ms, fn, n: this.n++ };
+    this.list.push(entry);
+    return () => {
+      this.list = this.list.filter((e) => e !== entry);
+    };
+  };
+  async advance(ms: number): Promise<void> {
+    const end = this.now + ms;
+    for (;;) {
+      await settle();
+      const due = this.list.filter((e) => e.at <= end).sort((a, b) => a.at - b.at || a.n - b.n);
+      if (!due.length) break;
+      const e = due[0]!;
+      this.list = this.list.filter((x) => x !== e);
+      this.now = Math.max(this.now, e.at);
+      e.fn();
+    }
+    this.now = end;
+    await settle();
+  }
+}
+
+async function settle(): Promise<void> {
+  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+}
+
+interface Call {
+  method: string;
+  dest: string;
+  body: Record<string, unknown>;
+  bytes: number;
+}
+
+class FakeTrack extends EventEmitter {
+  kind = 'audio';
+}
+
+class FakeParticipant {
+  trackPublications = new Map<string, { kind: string; track?: FakeTrack }>();
+  attributes: Record<string, string> = {};
+  constructor(
+    public identity: string,
+    public kind: number,
+  ) {}
+  publishAudio(): FakeTrack {
+    const track = new FakeTrack();
+    this.trackPublications.set('TR_a', { kind: 'audio', track });
+    return track;
+  }
+}
+
+class FakeRoom extends EventEmitter {
+  remoteParticipants = new Map<string, FakeParticipant>();
+  options = { webAudioMix: false };
+  calls: Call[] = [];
+  failHello = 0;
+  failSync = false;
+  constructor(private timers: Timers) {
+    super();
+  }
+  localParticipant = {
+    performRpc: async (p: { destinationIdentity: string; method: string; payload: string }) => {
+      const body = JSON.parse(p.payload) as Record<string, unknown>;
+      this.calls.push({ method: p.method, dest: p.destinationIdentity, body, bytes: p.payload.length });
+      if (p.method === HELLO) {
+        if (this.failHello > 0) {
+          this.failHello -= 1;
+          throw new Error('1400 unsupported method');
+        }
+        return JSON.stringify({ v: 1, thr: 0.01, gap_ms: 200, sync_s: 10, max_onsets: 2 });
+      }
+      if (p.method === SYNC) {
+        if (this.failSync) throw new Error('2002 rejected');
+        const t = this.timers.now + AGENT_CLOCK_OFFSET_MS;
+        return JSON.stringify({ q: body['q'], t1: t, t2: t });
+      }
+      return '';
+    },
+  };
+  join(p: FakeParticipant): void {
+    this.remoteParticipants.set(p.identity, p);
+    this.emit('participantConnected', p);
+  }
+  leave(p: FakeParticipant): void {
+    this.remoteParticipants.delete(p.identity);
+    this.emit('participantDisconnected', p);
+  }
+  of(method: string): Call[] {
+    return this.calls.filter((c) => c.method === method);
+  }
+}
+
+class FakeTap implements Tap {
+  path: 'plugin' | 'own-graph';
+  dating: Tap['dating'] = 'none';
+  closed = false;
+  valid = true;
+  params: [number, number] | undefined;
+  constructor(
+    public options: TapOptions,
+    public onOnset: (t: number, gap: number) => void,
+    private timers: Timers,
+  ) {
+    this.path = options.webAudioMix ? 'plugin' : 'own-graph';
+  }
+  // context time 0 is client time 500 000 ms; the device plays 20 ms after the graph
+  toClientMs(c: number): number {
+    this.dating = 'output-timestamp';
+    return 500_000 + c * 1000 + 20;
+  }
+  contextNow(): number {
+    return (this.timers.now - 500_000) / 1000;
+  }
+  async receivePath(): Promise<{ rx?: number; net?: number }> {
+    return { rx: 42.25, net: 7.04 };
+  }
+  setParams(t: number, gap: number): void {
+    this.params = [t, gap];
+  }
+  async resume(): Promise<void> {}
+  close(): void {
+    this.closed = true;
+  }
+}
+
+let timers: Timers;
+let room: FakeRoom;
+let taps: FakeTap[];
+let errors: unknown[];
+let deps: Partial<ReporterDeps>;
+
+beforeEach(() => {
+  timers = new Timers();
+  room = new FakeRoom(timers);
+  taps = [];
+  errors = [];
+  let sids = 0;
+  const tapFactory: TapFactory = async (_track, options, onOnset) => {
+    const tap = new FakeTap(options, onOnset, timers);
+    taps.push(tap);
+    return tap;
+  };
+  deps = {
+    now: () => timers.now,
+    setTimer: timers.setTimer,
+    tapFactory,
+    sid: () => `sid-${String(++sids).padStart(4, '0')}`,
+  };
+});
+
+function start(opts: Parameters<typeof startPlayoutReporter>[1] = {}) {
+  return startPlayoutReporter(room as unknown as Room, { onError: (e) => errors.push(e), ...opts }, deps);
+}
+
+test('finds the agent, says hello, syncs, and taps its audio track', async () => {
+  room.join(new FakeParticipant('user-2', 0)); // a standard participant: not the agent
+  const agent = new FakeParticipant('agent-1', 4);
+  agent.publishAudio();
+  room.join(agent);
+  const reporter = start();
+  await timers.advance(0);
+  assert.equal(reporter.agentIdentity, 'agent-1');
+  const [hello] = room.of(HELLO);
+  assert.deepEqual(hello!.body, { v: 1, sid: 'sid-0001', client: '@livekit-segments/client/0.1.0', path: 'own-graph' });
+  assert.equal(hello!.dest, 'agent-1');
+  assert.equal(taps.length, 1);
+  assert.equal(taps[0]!.options.threshold, 0.01);
+  assert.equal(taps[0]!.options.dating, 'auto');
+  assert.equal(taps[0]!.options.gapSeconds, 0.2);
+  await timers.advance(1000);
+  const syncs = room.of(SYNC);
+  assert.equal(syncs.length, 5); // 4 at start, one at the start of the steady state
+  assert.deepEqual(syncs.map((s) => s.body['q']), [1, 2, 3, 4, 5]);
+  assert.equal(syncs[0]!.body['prev'], undefined);
+  assert.deepEqual(syncs[1]!.body['prev'], [1, syncs[0]!.body['t0']]); // t3 == t0: instant fake RPC
+  assert.equal(syncs[1]!.body['rx'], 42.3);
+  assert.equal(syncs[1]!.body['net'], 7);
+  await timers.advance(10_000);
+  assert.equal(room.of(SYNC).length, 6);
+  assert.equal(reporter.stats.path, 'own-graph');
+  reporter.stop();
+});
+
+test('reports onsets once dated in the past, batched, in sequence, at most 4 a second', async () => {
+  const agent = new FakeParticipant('agent-1', 4);
+  agent.publishAudio();
+  room.join(agent);
+  const reporter = start();
+  await timers.advance(0);
+  const tap = taps[0]!;
+  // an onset before the agent can convert times (no completed exchange yet) waits
+  tap.onOnset(tap.contextNow(), 60);
+  await timers.advance(0);
+  assert.equal(room.of(REPORT).length, 0);
+  await timers.advance(300); // the second sync completes the first exchange
+  const [first] = room.of(REPORT);
+  assert.ok(first, 'sent once the agent can convert');
+  assert.deepEqual(first.body['o'], [[1_000_020, 60000]]);
+  // three onsets at once, the device plays them 20 ms after the graph sees them: they wait
+  // until then, go at most two (max_onsets) per report and one report per 250 ms
+  const c = tap.contextNow();
+  tap.onOnset(c, 0.3);
+  tap.onOnset(c + 0.001, 0.25);
+  tap.onOnset(c + 0.002, 0.5);
+  await timers.advance(10);
+  assert.equal(room.of(REPORT).length, 1);
+  await timers.advance(1000);
+  const reports = room.of(REPORT);
+  assert.equal(reports.length, 3);
+  assert.equal((reports[1]!.body['o'] as unknown[]).length, 2);
+  assert.equal((reports[2]!.body['o'] as unknown[]).length, 1);
+  // one q sequence over syncs and reports, strictly increasing in send order
+  const qs = room.calls.filter((x) => x.method !== HELLO).map((x) => x.body['q'] as number);
+  assert.deepEqual(qs, [...qs].sort((a, b) => a - b));
+  assert.equal(new Set(qs).size, qs.length);
+  assert.equal(reporter.stats.onsetsSent, 4);
+  // idle for a while: no rate limit holds it, only its device time, 20 ms after the graph
+  await timers.advance(5000);
+  tap.onOnset(tap.contextNow(), 4);
+  await timers.advance(10);
+  assert.equal(room.of(REPORT).length, 3, 'not before the device played it');
+  await timers.advance(15);
+  assert.equal(room.of(REPORT).length, 4);
+  const sent = room.of(REPORT)[3]!.body['o'] as Array<[number, number]>;
+  assert.ok(sent[0]![0] <= timers.now);
+  reporter.stop();
+});
+
+test('costs at most 300 bytes of payload per response', async () => {
+  const agent = new FakeParticipant('agent-1', 4);
+  agent.publishAudio();
+  room.join(agent);
+  const reporter = start();
+  await timers.advance(2000);
+  const tap = taps[0]!;
+  const before = reporter.stats.bytesSent;
+  // ten responses, 6 s apart, two onsets each (a pause inside), over a minute
+  for (let k = 0; k < 10; k++) {
+    tap.onOnset(tap.contextNow(), 2.5);
+    await timers.advance(1500);
+    tap.onOnset(tap.contextNow(), 0.4);
+    await timers.advance(4500);
+  }
+  const perResponse = (reporter.stats.bytesSent - before) / 10;
+  assert.ok(perResponse <= 300, `${perResponse} bytes per response`);
+  console.log(`payload per response: ${perResponse} bytes`);
+  reporter.stop();
+});
+
+test('agentIdentity picks the participant; a leaving agent resets, a new one gets a new hello', async () => {
+  const a = new FakeParticipant('bot-a', 4);
+  a.publishAudio();
+  const b = new FakeParticipant('bot-b', 4);
+  b.publishAudio();
+  room.join(a);
+  room.join(b);
+  const reporter = start({ agentIdentity: 'bot-b' });
+  await timers.advance(0);
+  assert.equal(reporter.agentIdentity, 'bot-b');
+  room.leave(b);
+  await timers.advance(0);
+  assert.equal(taps[0]!.closed, true);
+  assert.equal(reporter.agentIdentity, undefined);
+  const nb = new FakeParticipant('bot-b', 4);
+  nb.publishAudio();
+  room.join(nb);
+  await timers.advance(0);
+  const hellos = room.of(HELLO);
+  assert.deepEqual(hellos.map((h) => h.body['sid']), ['sid-0001', 'sid-0002']);
+  assert.equal(taps.length, 2);
+  reporter.stop();
+});
+
+test('the track arriving after hello is tapped; unsubscribing closes the tap', async () => {
+  const agent = new FakeParticipant('agent-1', 4);
+  room.join(agent);
+  const reporter = start();
+  await timers.advance(0);
+  assert.equal(taps.length, 0);
+  const track = agent.publishAudio();
+  room.emit('trackSubscribed', track, {}, agent);
+  await timers.advance(0);
+  assert.equal(taps.length, 1);
+  room.emit('trackUnsubscribed', track, {}, agent);
+  assert.equal(taps[0]!.closed, true);
+  reporter.stop();
+});
+
+test('webAudioMix selects the plugin path', async () => {
+  room.options.webAudioMix = true;
+  const agent = new FakeParticipant('agent-1', 4);
+  agent.publishAudio();
+  room.join(agent);
+  const reporter = start();
+  await timers.advance(0);
+  assert.equal(room.of(HELLO)[0]!.body['path'], 'plugin');
+  assert.equal(taps[0]!.options.webAudioMix, true);
+  reporter.stop();
+});
+
+test('a hello the agent refuses is retried with backoff', async () => {
+  room.failHello = 2;
+  const agent = new FakeParticipant('agent-1', 4);
+  agent.publishAudio();
+  room.join(agent);
+  const reporter = start();
+  await timers.advance(0);
+  assert.equal(room.of(HELLO).length, 1);
+  assert.equal(errors.length, 1);
+  await timers.advance(2000);
+  assert.equal(room.of(HELLO).length, 2);
+  await timers.advance(4000);
+  assert.equal(room.of(HELLO).length, 3);
+  assert.equal(taps.length, 1);
+  reporter.stop();
+});
+
+test('stop closes the tap and sends nothing more', async () => {
+  const agent = new FakeParticipant('agent-1', 4);
+  agent.publishAudio();
+  room.join(agent);
+  const reporter = start();
+  await timers.advance(1000);
+  reporter.stop();
+  const n = room.calls.length;
+  taps[0]!.onOnset(taps[0]!.contextNow(), 1);
+  await timers.advance(60_000);
+  assert.equal(room.calls.length, n);
+  assert.equal(taps[0]!.closed, true);
+  assert.equal(room.listenerCount('trackSubscribed'), 0);
+});
+
+test('room disconnect stops it', async () => {
+  const agent = new FakeParticipant('agent-1', 4);
+  agent.publishAudio();
+  room.join(agent);
+  start();
+  await timers.advance(0);
+  room.emit('disconnected');
+  assert.equal(taps[0]!.closed, true);
+  assert.equal(room.listenerCount('participantDisconnected'), 0);
+});
+
+test('an agent that forgot the hello (restarted) gets a new one after three refused syncs', async () => {
+  const agent = new FakeParticipant('agent-1', 4);
+  agent.publishAudio();
+  room.join(agent);
+  const reporter = start();
+  await timers.advance(2000);
+  room.failSync = true;
+  await timers.advance(29_500); // three steady-state syncs refused (11, 21, 31 s)
+  assert.equal(room.of(HELLO).length, 1);
+  await timers.advance(1000); // the new hello, 1 s later
+  assert.deepEqual(room.of(HELLO).map((h) => h.body['sid']), ['sid-0001', 'sid-0002']);
+  // still refused: the next hello backs off (2 s, then 4 s), no flood
+  await timers.advance(10_000);
+  const hellos = room.of(HELLO).length;
+  assert.ok(hellos <= 4, `${hellos} hellos`);
+  room.failSync = false;
+  await timers.advance(70_000);
+  assert.equal(reporter.agentIdentity, 'agent-1');
+  const last = room.of(SYNC).at(-1)!;
+  assert.ok((last.body['q'] as number) < 20, 'sequence numbers start over with the new sid');
+  assert.ok(reporter.stats.syncs > 0 && room.of(SYNC).slice(-3).every((c) => c.body['prev']));
+  reporter.stop();
+});
+
+test('a tap whose graph was replaced, or that failed, is made again at the next sync', async () => {
+  let fail = 1;
+  const factory = deps.tapFactory!;
+  deps.tapFactory = async (track, options, onOnset) => {
+    if (fail-- > 0) throw new Error('webAudioMix: the track has no AudioContext yet');
+    return factory(track, options, onOnset);
+  };
+  const agent = new FakeParticipant('agent-1', 4);
+  agent.publishAudio();
+  room.join(agent);
+  const reporter = start();
+  await timers.advance(0);
+  assert.equal(errors.length, 1);
+  await timers.advance(300);
+  assert.equal(taps.length, 1);
+  taps[0]!.valid = false; // the SDK moved the track to a new AudioContext
+  await timers.advance(10_000);
+  assert.equal(taps[0]!.closed, true);
+  assert.equal(taps.length, 2);
+  reporter.stop();
+});

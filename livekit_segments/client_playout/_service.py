@@ -1,0 +1,615 @@
+"""The agent side of the client-playout protocol: RPC handlers, path delay, per-response signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from livekit import rtc
+from livekit.agents.voice.speech_handle import SpeechHandle
+
+from ._clock import ClockOffset, Exchange
+from ._detector import DEFAULT_GAP, DEFAULT_THRESHOLD
+from ._guard import (
+    MAX_ONSETS,
+    LogLimiter,
+    RateLimiter,
+    Rejected,
+    UnsupportedVersion,
+    logger,
+    parse_hello,
+    parse_report,
+    parse_sync,
+)
+from ._tap import PlayoutTap, SendLog, SentOnset, SentSegment
+
+HELLO = "lkseg.playout.hello"
+SYNC = "lkseg.playout.sync"
+REPORT = "lkseg.playout.report"
+METHODS = (HELLO, SYNC, REPORT)
+
+SYNC_PERIOD = 10.0
+DEFAULT_RX = 0.05  # receive-side delay assumed when the companion sent no estimate
+MEASURE_WINDOW = 5.0  # seconds around a response's start where a matched onset measures it
+REPORT_SLACK = 2.5  # how long after that window a report may still arrive
+DELAY_MEDIAN_OF = 3
+MAX_STEP = 0.3  # the largest change of the path delay a match by gap alone may reveal
+STALE = 30.0
+
+How = Literal["measured", "predicted", "unavailable"]
+
+
+@dataclass(frozen=True)
+class Heard:
+    """When a response started playing on the user's device, and how that is known.
+
+    Attributes:
+        at: the device start (``time.time()`` clock): the response's first frame, leading
+            silence included, at the device output. None when unavailable.
+        how: "measured" (from the device's report), "predicted" (``playout_started`` plus the
+            path delay measured on earlier audio) or "unavailable".
+        path_delay: seconds from the agent's send to the device output used for ``at``.
+        first_audible_offset: seconds from the response's first frame to its first audible
+            sample (the detector's threshold), on the agent's frames; None if unknown.
+        measured_from: for "measured": seconds from the response's start to the send time of
+            the onset whose device time measured it (0 <= x: its own audio; < 0: earlier audio).
+    """
+
+    at: float | None
+    how: How
+    path_delay: float | None = None
+    first_audible_offset: float | None = None
+    measured_from: float | None = None
+
+
+UNAVAILABLE = Heard(at=None, how="unavailable")
+
+
+class _Participant(Protocol):
+    def register_rpc_method(self, method_name: str, handler: Any = ...) -> Any: ...
+    def unregister_rpc_method(self, method: str) -> None: ...
+
+
+class _Room(Protocol):
+    @property
+    def local_participant(self) -> Any: ...
+    def on(self, event: str, callback: Any = ...) -> Any: ...
+    def off(self, event: str, callback: Any) -> None: ...
+
+
+Timer = Callable[[float, Callable[[], None]], Callable[[], None]]
+
+
+def _loop_timer(clock: Callable[[], float]) -> Timer:
+    def call_at(wall: float, cb: Callable[[], None]) -> Callable[[], None]:
+        loop = asyncio.get_running_loop()
+        handle = loop.call_at(loop.time() + (wall - clock()), cb)
+        return handle.cancel
+
+    return call_at
+
+
+@dataclass
+class _Companion:
+    identity: str
+    sid: str
+    path: str
+    limiter: RateLimiter
+    last_q: int = -1
+    clock: ClockOffset = field(default_factory=ClockOffset)
+    pending: dict[int, tuple[float, float, float]] = field(default_factory=dict)
+    rx: float | None = None
+    net: float | None = None
+    delays: deque[float] = field(default_factory=lambda: deque(maxlen=DELAY_MEDIAN_OF))
+
+
+class _Response:
+    """One handle's two signals; views are the callers' futures, settled once each."""
+
+    def __init__(self) -> None:
+        self.heard: Heard | None = None
+        self.measured: Heard | None = None
+        self.heard_views: list[asyncio.Future[Heard]] = []
+        self.measured_views: list[asyncio.Future[Heard]] = []
+        self.start: float | None = None
+        self.segment: SentSegment | None = None
+        self.delay: float | None = None
+        self.cancel_timers: list[Callable[[], None]] = []
+
+    @property
+    def first_audible_offset(self) -> float | None:
+        seg = self.segment
+        if seg is None or seg.first_audible is None or self.start is None:
+            return None
+        return seg.first_audible - self.start
+
+    def view(self, measured: bool) -> asyncio.Future[Heard]:
+        fut: asyncio.Future[Heard] = asyncio.get_running_loop().create_future()
+        value = self.measured if measured else self.heard
+        if value is not None:
+            fut.set_result(value)
+        else:
+            (self.measured_views if measured else self.heard_views).append(fut)
+        return fut
+
+    def settle_heard(self, value: Heard) -> None:
+        if self.heard is not None:
+            return
+        self.heard = value
+        views, self.heard_views = self.heard_views, []
+        for fut in views:
+            if not fut.done():
+                fut.set_result(value)
+
+    def settle_measured(self, value: Heard) -> None:
+        if self.measured is not None:
+            return
+        self.measured = value
+        views, self.measured_views = self.measured_views, []
+        for fut in views:
+            if not fut.done():
+                fut.set_result(value)
+        for cancel in self.cancel_timers:
+            cancel()
+        self.cancel_timers = []
+
+    def settle_all(self) -> None:
+        self.settle_heard(UNAVAILABLE)
+        self.settle_measured(UNAVAILABLE)
+
+
+class ClientPlayout:
+    """The agent side for one session: see `livekit_segments.client_playout.enable`."""
+
+    def __init__(
+        self,
+        session: Any,
+        room: _Room,
+        *,
+        participant_identity: str | None,
+        clock: Callable[[], float] = time.time,
+        timer: Timer | None = None,
+    ) -> None:
+        self._session = session
+        self._room = room
+        self._identity = participant_identity
+        self._clock = clock
+        self._timer = timer or _loop_timer(clock)
+        self._logs = LogLimiter(clock)
+        self._companion: _Companion | None = None
+        self._closed = False
+        self._open: list[_Response] = []
+        self.log = SendLog(clock)
+        self.log.on_segment_started = self._on_segment_started
+        self._tap: PlayoutTap | None = None
+        self.handles: weakref.WeakSet[SpeechHandle] = weakref.WeakSet()
+
+    # -- lifecycle --
+
+    def start(self) -> None:
+        local = self._room.local_participant
+        local.register_rpc_method(HELLO, self._rpc_hello)
+        local.register_rpc_method(SYNC, self._rpc_sync)
+        local.register_rpc_method(REPORT, self._rpc_report)
+        self._room.on("participant_disconnected", self._on_participant_disconnected)
+        output = self._session.output
+        if output.audio is not None:
+            self._tap = PlayoutTap(output.audio, self.log)
+            output.audio = self._tap
+        else:
+            logger.warning(
+                "client playout: the session has no audio output (yet): heard() will be "
+                "unavailable; call client_playout.enable() after `await session.start(...)`"
+            )
+        self._session.on("speech_created", self._on_speech_created)
+        self._session.on("close", self._on_session_close)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Unregister the RPC methods, take the tap out, settle every pending signal."""
+        if self._closed:
+            return
+        self._closed = True
+        local = self._room.local_participant
+        for name in METHODS:
+            local.unregister_rpc_method(name)
+        self._room.off("participant_disconnected", self._on_participant_disconnected)
+        self._session.off("speech_created", self._on_speech_created)
+        self._session.off("close", self._on_session_close)
+        if self._tap is not None and self._session.output.audio is self._tap:
+            self._session.output.audio = self._tap.original
+        self._tap = None
+        self._forget_companion()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def _on_session_close(self, _ev: object) -> None:
+        self.close()
+
+    def _on_speech_created(self, ev: Any) -> None:
+        self.handles.add(ev.speech_handle)
+
+    def _on_participant_disconnected(self, participant: Any) -> None:
+        comp = self._companion
+        if comp is not None and getattr(participant, "identity", None) == comp.identity:
+            logger.info("client playout: the companion left", extra={"identity": comp.identity})
+            self._forget_companion()
+
+    def _forget_companion(self) -> None:
+        self._companion = None
+        if self._tap is not None:
+            self._tap.measuring = False
+        open_, self._open = self._open, []
+        for rec in open_:
+            rec.settle_all()
+
+    # -- estimates --
+
+    def path_delay(self) -> float | None:
+        """Current path delay (seconds): median of the last matches, else the prior."""
+        comp = self._companion
+        if comp is None or comp.path == "none":
+            return None
+        if comp.delays:
+            return statistics.median(comp.delays)
+        unc = comp.clock.uncertainty
+        if unc is None:
+            return None
+        # RPC goes agent-SFU-client, like the media; `net` covers a path RPC does not take
+        one_way = max(unc, comp.net or 0.0)
+        return one_way + (comp.rx if comp.rx is not None else DEFAULT_RX)
+
+    # -- per response --
+
+    def track(self, rec: _Response, start: float | None) -> None:
+        """Called once the response's playout_started settled (None: it never played)."""
+        comp = self._companion
+        if start is None or self._closed or comp is None or comp.path == "none":
+            rec.settle_all()
+            return
+        rec.start = start
+        rec.segment = self.log.segment_at(start)
+        self._open.append(rec)
+        d = self.path_delay()
+        if d is None:
+            rec.settle_heard(UNAVAILABLE)
+        else:
+
+            def fire() -> None:
+                # built now: the first audible sample may have been sent since the start
+                rec.settle_heard(
+                    Heard(
+                        at=start + d,
+                        how="predicted",
+                        path_delay=d,
+                        first_audible_offset=rec.first_audible_offset,
+                    )
+                )
+
+            if start + d <= self._clock():
+                fire()
+            else:
+                rec.cancel_timers.append(self._timer(start + d, fire))
+        rec.cancel_timers.append(
+            self._timer(start + MEASURE_WINDOW + REPORT_SLACK, lambda: self._deadline(rec))
+        )
+        self._try_measure(rec)
+
+    def _on_segment_started(self, seg: SentSegment) -> None:
+        # a handle may be tracked before its segment was anchored (listener order)
+        for rec in self._open:
+            if rec.segment is None and rec.start is not None and seg.start is not None:
+                if abs(rec.start - seg.start) <= 0.005:
+                    rec.segment = seg
+
+    def _measured(self, rec: _Response, onset: SentOnset) -> Heard:
+        assert rec.start is not None and onset.device is not None
+        d = onset.device - onset.onset.at
+        return Heard(
+            at=rec.start + d,
+            how="measured",
+            path_delay=d,
+            first_audible_offset=rec.first_audible_offset,
+            measured_from=onset.onset.at - rec.start,
+        )
+
+    def _try_measure(self, rec: _Response) -> None:
+        assert rec.start is not None
+        after = [
+            o
+            for o in self.log.onsets
+            if o.device is not None and rec.start - 1e-6 <= o.onset.at <= rec.start + MEASURE_WINDOW
+        ]
+        if after:
+            value = self._measured(rec, min(after, key=lambda o: o.onset.at))
+            rec.settle_heard(value)  # no-op once the prediction fired
+            rec.settle_measured(value)
+            self._open = [r for r in self._open if r is not rec]
+
+    def _deadline(self, rec: _Response) -> None:
+        if rec.measured is not None or rec.start is None:
+            return
+        before = [
+            o
+            for o in self.log.onsets
+            if o.device is not None and rec.start - MEASURE_WINDOW <= o.onset.at < rec.start
+        ]
+        if before:
+            value = self._measured(rec, max(before, key=lambda o: o.onset.at))
+            rec.settle_heard(value)
+            rec.settle_measured(value)
+        else:
+            rec.settle_all()
+        self._open = [r for r in self._open if r is not rec]
+
+    # -- RPC --
+
+    def _allowed(self, caller: str) -> bool:
+        if self._identity is not None:
+            return caller == self._identity
+        try:
+            room_io = self._session.room_io
+        except (AttributeError, RuntimeError):
+            # releases without the public property keep it here; no room: nobody is linked
+            room_io = getattr(self._session, "_room_io", None)
+        linked = getattr(room_io, "linked_participant", None)
+        return linked is not None and getattr(linked, "identity", None) == caller
+
+    def _admit(self, data: rtc.RpcInvocationData) -> _Companion | None:
+        caller = data.caller_identity
+        if self._closed:
+            raise rtc.RpcError(2002, "rejected")
+        if not self._allowed(caller):
+            self._logs.warn(caller, "identity", "not the participant this session talks to")
+            raise rtc.RpcError(2002, "rejected")
+        comp = self._companion
+        if comp is not None and comp.identity == caller and not comp.limiter.allow():
+            self._logs.warn(caller, "rate", "more than 20 calls a second")
+            raise rtc.RpcError(2002, "rejected")
+        return comp if comp is not None and comp.identity == caller else None
+
+    def _reject(self, caller: str, err: Rejected) -> rtc.RpcError:
+        self._logs.warn(caller, err.kind, str(err))
+        if isinstance(err, UnsupportedVersion):
+            return rtc.RpcError(2001, "unsupported protocol version")
+        return rtc.RpcError(2002, "rejected")
+
+    def _rpc_hello(self, data: rtc.RpcInvocationData) -> str:
+        caller = data.caller_identity
+        comp = self._admit(data)
+        try:
+            hello = parse_hello(data.payload)
+            if comp is not None and comp.sid == hello.sid:
+                raise Rejected("replay", "hello repeats the current sid")
+        except Rejected as err:
+            raise self._reject(caller, err) from None
+        limiter = comp.limiter if comp is not None else RateLimiter(self._clock)
+        if comp is not None:
+            self._forget_companion()
+        self._companion = _Companion(
+            identity=caller, sid=hello.sid, path=hello.path, limiter=limiter
+        )
+        if self._tap is not None:
+            self._tap.measuring = hello.path != "none"
+        logger.info(
+            "client playout: companion %r says hello (path %s)",
+            hello.client,
+            hello.path,
+            extra={"identity": caller},
+        )
+        return json.dumps(
+            {
+                "v": 1,
+                "thr": DEFAULT_THRESHOLD,
+                "gap_ms": DEFAULT_GAP * 1000,
+                "sync_s": SYNC_PERIOD,
+                "max_onsets": MAX_ONSETS,
+            },
+            separators=(",", ":"),
+        )
+
+    def _rpc_sync(self, data: rtc.RpcInvocationData) -> str:
+        t1 = self._clock()
+        caller = data.caller_identity
+        comp = self._admit(data)
+        try:
+            if comp is None:
+                raise Rejected("order", "sync before hello")
+            sync = parse_sync(data.payload)
+            if sync.q <= comp.last_q:
+                raise Rejected("replay", f"sequence number {sync.q} already used")
+            ex = None
+            if sync.prev is not None and sync.prev[0] in comp.pending:
+                t0p, t1p, t2p = comp.pending[sync.prev[0]]
+                ex = ClockOffset.exchange(t0p, t1p, t2p, sync.prev[1])
+                # the client rounds to 0.1 ms: an instant round trip may come out a hair < 0
+                if not -0.001 <= ex.rtt <= 10.0:
+                    raise Rejected("malformed", "t3 does not fit its exchange")
+                ex = Exchange(offset=ex.offset, rtt=max(ex.rtt, 0.0))
+        except Rejected as err:
+            raise self._reject(caller, err) from None
+        comp.last_q = sync.q
+        if sync.prev is not None:
+            comp.pending.pop(sync.prev[0], None)
+        if ex is not None and comp.clock.add(ex):
+            self._logs.warn(caller, "clock-jump", "the client's clock jumped; re-synced")
+        if sync.rx is not None:
+            comp.rx = sync.rx
+        if sync.net is not None:
+            comp.net = sync.net
+        t2 = self._clock()
+        comp.pending[sync.q] = (sync.t0, t1, t2)
+        while len(comp.pending) > 4:
+            del comp.pending[min(comp.pending)]
+        return json.dumps(
+            {"q": sync.q, "t1": round(t1 * 1000, 1), "t2": round(t2 * 1000, 1)},
+            separators=(",", ":"),
+        )
+
+    def _rpc_report(self, data: rtc.RpcInvocationData) -> str:
+        caller = data.caller_identity
+        comp = self._admit(data)
+        try:
+            if comp is None:
+                raise Rejected("order", "report before hello")
+            report = parse_report(data.payload)
+            if report.q <= comp.last_q:
+                raise Rejected("replay", f"sequence number {report.q} already used")
+            unc = comp.clock.uncertainty
+            if unc is None:
+                raise Rejected("order", "report before the first clock exchange")
+            now = self._clock()
+            onsets = []
+            for t, gap in report.onsets:
+                at = comp.clock.to_agent(t)
+                assert at is not None
+                if at > now + max(0.05, 2 * unc):
+                    raise Rejected("future", f"onset {at - now:.3f} s in the future")
+                if at < now - STALE:
+                    raise Rejected("stale", f"onset {now - at:.1f} s old")
+                onsets.append((at, gap))
+        except Rejected as err:
+            raise self._reject(caller, err) from None
+        comp.last_q = report.q
+        for at, gap in onsets:
+            self._match(comp, at, gap)
+        return ""
+
+    def _match(self, comp: _Companion, device: float, gap: float) -> None:
+        cands = [
+            o
+            for o in self.log.onsets
+            if o.device is None and not o.dropped and device - 2.0 <= o.onset.at <= device - 0.005
+        ]
+        if not cands:
+            return
+        d_ref = self.path_delay()
+        first = not comp.delays
+        if d_ref is None:
+            d_ref = 0.1
+
+        def gap_diff(o: SentOnset) -> float:
+            return abs(min(gap, 5.0) - min(o.onset.gap, 5.0))
+
+        def gap_ok(o: SentOnset) -> bool:
+            return gap_diff(o) <= max(0.05, 0.25 * min(gap, o.onset.gap, 5.0))
+
+        chosen: SentOnset | None = None
+        near = [o for o in cands if gap_ok(o)]
+        if near:
+            best = min(near, key=lambda o: abs(device - o.onset.at - d_ref))
+            if abs(device - best.onset.at - d_ref) <= (0.25 if first else 0.06):
+                chosen = best
+        if chosen is None:
+            # a step of the path delay: the onset whose gap alone identifies it
+            tight = [o for o in cands if gap_diff(o) <= 0.03]
+            if len(near) == 1:
+                chosen = near[0]
+            elif len(tight) == 1:
+                chosen = tight[0]
+            if chosen is not None and abs(device - chosen.onset.at - d_ref) > MAX_STEP:
+                chosen = None
+        if chosen is None:
+            return
+        chosen.device = device
+        comp.delays.append(device - chosen.onset.at)
+        for rec in list(self._open):
+            self._try_measure(rec)
+
+
+class DeviceOutput:
+    """The sink is the device (console): device start = playout_started + the output latency
+    the audio API reports, read when the response starts. See `enable_device_output`."""
+
+    def __init__(
+        self,
+        session: Any,
+        latency: Callable[[], float | None],
+        *,
+        timer: Timer | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = session
+        self._latency = latency
+        self._clock = clock
+        self._timer = timer or _loop_timer(clock)
+        self._closed = False
+        self.handles: weakref.WeakSet[SpeechHandle] = weakref.WeakSet()
+        self._open: list[_Response] = []
+
+    def start(self) -> None:
+        self._session.on("speech_created", self._on_speech_created)
+        self._session.on("close", self._on_session_close)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Stop following the session; settle what waits."""
+        if self._closed:
+            return
+        self._closed = True
+        self._session.off("speech_created", self._on_speech_created)
+        self._session.off("close", self._on_session_close)
+        open_, self._open = self._open, []
+        for rec in open_:
+            rec.settle_all()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def _on_session_close(self, _ev: object) -> None:
+        self.close()
+
+    def _on_speech_created(self, ev: Any) -> None:
+        self.handles.add(ev.speech_handle)
+
+    def track(self, rec: _Response, start: float | None) -> None:
+        latency = None if start is None or self._closed else self._latency()
+        if start is None or latency is None or not 0 <= latency < 10:
+            rec.settle_all()
+            return
+        rec.start = start
+        value = Heard(at=start + latency, how="measured", path_delay=latency, measured_from=0.0)
+        rec.settle_measured(value)
+        if value.at is not None and value.at > self._clock():
+            self._open.append(rec)
+
+            def fire() -> None:
+                rec.settle_heard(value)
+                self._open = [r for r in self._open if r is not rec]
+
+            self._timer(value.at, fire)
+        else:
+            rec.settle_heard(value)
+
+
+def console_output_latency() -> float | None:
+    """The console's output latency: PortAudio's ``outputBufferDacTime - currentTime`` of its
+    last output callback, which livekit-agents' console keeps (``AgentsConsole._output_delay``,
+    a private field of ``livekit.agents.cli._legacy`` in 1.8.x). None when no console runs or
+    the release keeps it elsewhere."""
+    import importlib
+
+    for name in ("livekit.agents.cli._legacy", "livekit.agents.cli.cli"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        inst = getattr(getattr(mod, "AgentsConsole", None), "_instance", None)
+        value = getattr(inst, "_output_delay", None)
+        if isinstance(value, (int, float)) and value >= 0:
+            return float(value)
+    return None

@@ -1,0 +1,200 @@
+"""The agent's send clock: when each sample of a response leaves the sink's queue.
+
+`PlayoutTap` is an `AudioOutput` wrapper (upstream's extension point: the transcript
+synchronizer is one too) put on top of the session's audio chain. It forwards everything and,
+while a companion listens, runs the shared onset detector over the frames on the send clock:
+a segment's sample 0 leaves at its `playback_started` time (RoomIO stamps it as the first frame
+enters an empty `rtc.AudioSource`), each later sample 1/sr after the previous one, or when its
+frame arrived if the TTS fell behind (the queue ran dry).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from livekit import rtc
+from livekit.agents.voice import io
+
+from ._detector import Onset, OnsetDetector, amplitudes
+
+logger = logging.getLogger("livekit_segments.client_playout")
+
+KEEP = 30.0  # seconds of send history kept for matching
+
+
+@dataclass
+class SentSegment:
+    """One capture segment (flush to flush) of the sink: one response's audio."""
+
+    start: float | None = None  # playback_started created_at: sample 0 leaves then
+    end: float | None = None  # send time after its last sample
+    first_audible: float | None = None  # send time of its first audible sample
+    clocked: bool = True  # False: analysis stopped (joined late, paused, or failed)
+    finished: bool = False
+    onsets: list[SentOnset] = field(default_factory=list)
+    _pending: list[tuple[float, npt.NDArray[np.float64], int]] = field(default_factory=list)
+    _next: float = 0.0
+
+
+@dataclass
+class SentOnset:
+    """An onset in the agent's frames, dated on the send clock."""
+
+    onset: Onset
+    segment: SentSegment
+    device: float | None = None  # the matched device time (agent clock), once matched
+    dropped: bool = False  # cleared before it left the queue: never reached the device
+
+
+class SendLog:
+    """Segments and onsets of the last `KEEP` seconds, fed by the tap."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.detector = OnsetDetector()
+        self.segments: list[SentSegment] = []
+        self.onsets: list[SentOnset] = []
+        self.on_segment_started: Callable[[SentSegment], None] | None = None
+        self.on_segment_finished: Callable[[SentSegment], None] | None = None
+
+    def prune(self) -> None:
+        horizon = self.clock() - KEEP
+        self.onsets = [o for o in self.onsets if o.onset.at >= horizon]
+        self.segments = [
+            s for s in self.segments if not s.finished or (s.end or s.start or 0) >= horizon
+        ]
+
+    def segment_at(self, start: float, tolerance: float = 0.005) -> SentSegment | None:
+        """The segment whose first frame left at `start` (a handle's playout_started)."""
+        best = None
+        for s in self.segments:
+            if s.start is not None and abs(s.start - start) <= tolerance:
+                if best is None or abs(s.start - start) < abs((best.start or 0) - start):
+                    best = s
+        return best
+
+
+class PlayoutTap(io.AudioOutput):
+    """Pass-through wrapper that dates the agent's audible onsets on the send clock."""
+
+    def __init__(self, next_in_chain: io.AudioOutput, log: SendLog) -> None:
+        super().__init__(
+            label="ClientPlayoutTap",
+            capabilities=io.AudioOutputCapabilities(pause=True),
+            next_in_chain=next_in_chain,
+        )
+        self.original = next_in_chain  # what to put back when the tap is removed
+        self.log = log
+        self.measuring = False
+        self._seg: SentSegment | None = None
+        self._failed = False
+
+    @property
+    def sample_rate(self) -> int | None:
+        return self.next_in_chain.sample_rate if self.next_in_chain else None
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        if self.measuring and not self._failed:
+            self._guard(self._on_frame, frame)
+        elif self._seg is None:
+            # a segment that starts unmeasured stays unmeasured
+            self._seg = SentSegment(clocked=False)
+        if self.next_in_chain:
+            await self.next_in_chain.capture_frame(frame)
+        await super().capture_frame(frame)
+
+    def flush(self) -> None:
+        super().flush()
+        self._end_segment(cleared_at=None)
+        if self.next_in_chain:
+            self.next_in_chain.flush()
+
+    def clear_buffer(self) -> None:
+        self._end_segment(cleared_at=self.log.clock())
+        if self.next_in_chain:
+            self.next_in_chain.clear_buffer()
+
+    def pause(self) -> None:
+        # the forwarding stops while queued audio drains: the send clock is unknown from here
+        if self._seg is not None:
+            self._guard(self._unclock, self._seg, self.log.clock())
+        super().pause()
+
+    def on_playback_started(self, *, created_at: float) -> None:
+        if self._seg is not None and self._seg.clocked and self._seg.start is None:
+            self._guard(self._anchor, created_at)
+        super().on_playback_started(created_at=created_at)
+
+    # -- send clock --
+
+    def _guard(self, fn: Callable[..., None], *args: object) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            # measuring must never break the audio path: stop measuring, keep forwarding
+            self._failed = True
+            logger.exception("client playout: the audio tap failed and stopped measuring")
+
+    def _on_frame(self, frame: rtc.AudioFrame) -> None:
+        if self._seg is None:
+            self._seg = SentSegment()
+            self.log.segments.append(self._seg)
+        seg = self._seg
+        if not seg.clocked:
+            return
+        amp = amplitudes(frame.data, frame.num_channels)
+        item = (self.log.clock(), amp, frame.sample_rate)
+        if seg.start is None:
+            seg._pending.append(item)
+        else:
+            self._place(seg, *item)
+
+    def _anchor(self, created_at: float) -> None:
+        seg = self._seg
+        assert seg is not None
+        seg.start = created_at
+        seg._next = created_at
+        pending, seg._pending = seg._pending, []
+        for item in pending:
+            self._place(seg, *item)
+        if self.log.on_segment_started:
+            self.log.on_segment_started(seg)
+
+    def _place(
+        self, seg: SentSegment, arrival: float, amp: npt.NDArray[np.float64], sr: int
+    ) -> None:
+        at = max(seg._next, arrival)
+        if seg.first_audible is None:
+            seg.first_audible = self.log.detector.first_audible(amp, at, sr)
+        for onset in self.log.detector.feed(amp, at, sr):
+            sent = SentOnset(onset=onset, segment=seg)
+            seg.onsets.append(sent)
+            self.log.onsets.append(sent)
+        seg._next = at + len(amp) / sr
+        seg.end = seg._next
+
+    def _unclock(self, seg: SentSegment, at: float) -> None:
+        seg.clocked = False
+        seg._pending = []
+        for o in seg.onsets:
+            if o.onset.at > at:
+                o.dropped = True
+
+    def _end_segment(self, *, cleared_at: float | None) -> None:
+        seg, self._seg = self._seg, None
+        if seg is None:
+            return
+        if cleared_at is not None:
+            self._guard(self._unclock, seg, cleared_at)
+            if seg.end is not None:
+                seg.end = min(seg.end, cleared_at)
+        seg.finished = True
+        seg._pending = []
+        if seg.start is not None and self.log.on_segment_finished:
+            self.log.on_segment_finished(seg)
+        self.log.prune()

@@ -1,0 +1,821 @@
+"""The agent side of the client-playout protocol (docs/client-playout.md), on fakes.
+
+A fake room and session with the same surface as LiveKit's; a virtual wall clock whose timers
+run when the test advances it; a simulated device that hears the agent's onsets `d` later and
+reports them in a client clock hours away from the agent's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from livekit import rtc
+from livekit.agents.voice import io
+from livekit_segments import client_playout
+from livekit_segments.client_playout import Heard
+from livekit_segments.client_playout._clock import ClockOffset
+from livekit_segments.client_playout._detector import MAX_GAP, OnsetDetector, amplitudes
+
+SR = 48000
+T_START = 1_800_000_000.0
+CLIENT_SKEW = -3 * 3600 + 0.1234  # client clock = agent clock + skew (hours off)
+
+
+class VirtualClock:
+    def __init__(self) -> None:
+        self.now = T_START
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._n = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def call_at(self, wall: float, cb: Callable[[], None]) -> Callable[[], None]:
+        self._n += 1
+        entry = (wall, self._n, cb)
+        self._timers.append(entry)
+
+        def cancel() -> None:
+            if entry in self._timers:
+                self._timers.remove(entry)
+
+        return cancel
+
+    async def advance_to(self, t: float) -> None:
+        while True:
+            due = sorted(e for e in self._timers if e[0] <= t)
+            if not due:
+                break
+            entry = due[0]
+            self._timers.remove(entry)
+            self.now = max(self.now, entry[0])
+            entry[2]()
+            await asyncio.sleep(0)
+        self.now = max(self.now, t)
+        await asyncio.sleep(0)
+
+    async def advance(self, dt: float) -> None:
+        await self.advance_to(self.now + dt)
+
+
+class FakeLocalParticipant:
+    def __init__(self) -> None:
+        self.methods: dict[str, Callable[[rtc.RpcInvocationData], str]] = {}
+
+    def register_rpc_method(self, name: str, handler: Any) -> None:
+        self.methods[name] = handler
+
+    def unregister_rpc_method(self, name: str) -> None:
+        self.methods.pop(name, None)
+
+
+class FakeRoom(rtc.EventEmitter[str]):
+    def __init__(self) -> None:
+        super().__init__()
+        self.local_participant = FakeLocalParticipant()
+
+
+class FakeSink(io.AudioOutput):
+    """Like RoomIO's output: playback_started as a segment's first frame enters the queue."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(
+            label="FakeSink", capabilities=io.AudioOutputCapabilities(pause=True), sample_rate=SR
+        )
+        self.clock = clock
+        self.frames = 0
+        self.cleared = 0
+        self._started = False
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        await super().capture_frame(frame)
+        self.frames += 1
+        if not self._started:
+            self._started = True
+            self.on_playback_started(created_at=self.clock.now)
+
+    def flush(self) -> None:
+        super().flush()
+        self._started = False
+
+    def clear_buffer(self) -> None:
+        self.cleared += 1
+        self._started = False
+
+
+class FakeSession(rtc.EventEmitter[str]):
+    def __init__(self, sink: io.AudioOutput, linked: str | None = "user") -> None:
+        super().__init__()
+        self.output = SimpleNamespace(audio=sink)
+        participant = None if linked is None else SimpleNamespace(identity=linked)
+        self.room_io = SimpleNamespace(linked_participant=participant)
+
+
+class FakeHandle:
+    """The public surface the module reads: per-read playout_started views."""
+
+    def __init__(self) -> None:
+        self._views: list[asyncio.Future[float | None]] = []
+        self._result: tuple[bool, float | None] | None = None
+
+    @property
+    def playout_started(self) -> asyncio.Future[float | None]:
+        fut: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
+        if self._result is not None:
+            fut.set_result(self._result[1])
+        else:
+            self._views.append(fut)
+        return fut
+
+    def started(self, at: float | None) -> None:
+        self._result = (True, at)
+        for v in self._views:
+            if not v.done():
+                v.set_result(at)
+
+
+def frames(amplitude: float, seconds: float) -> list[rtc.AudioFrame]:
+    """20 ms frames: a 300 Hz tone of `amplitude` (0 = digital silence)."""
+    out = []
+    n = int(round(seconds * 50))
+    for k in range(n):
+        t = (np.arange(960) + k * 960) / SR
+        pcm = (amplitude * 32767 * np.sin(2 * np.pi * 300 * t)).astype(np.int16)
+        if amplitude:
+            pcm[0] = int(amplitude * 32767)  # audible from its very first sample
+        out.append(rtc.AudioFrame(pcm.tobytes(), SR, 1, 960))
+    return out
+
+
+class Rig:
+    """A session with the module enabled, a companion, and a device `d` seconds behind."""
+
+    def __init__(self, *, linked: str | None = "user", identity: str | None = None) -> None:
+        self.clock = VirtualClock()
+        self.sink = FakeSink(self.clock)
+        self.session = FakeSession(self.sink, linked)
+        self.room = FakeRoom()
+        self.cp = client_playout.enable(
+            self.session,
+            self.room,
+            participant_identity=identity,
+            _clock=self.clock,
+            _timer=self.clock.call_at,
+        )
+        self.tap = self.session.output.audio
+        self.q = 0
+        self.delay = 0.08
+        self.sent_onsets: list[float] = []
+
+    def handle(self) -> FakeHandle:
+        h = FakeHandle()
+        self.session.emit("speech_created", SimpleNamespace(speech_handle=h))
+        return h
+
+    def call(self, method: str, payload: Any, caller: str = "user") -> str:
+        text = payload if isinstance(payload, str) else json.dumps(payload)
+        data = rtc.RpcInvocationData("req", caller, text, 5.0)
+        return self.room.local_participant.methods[method](data)
+
+    def client_ms(self, agent_time: float) -> float:
+        return (agent_time + CLIENT_SKEW) * 1000
+
+    def hello(self, sid: str = "sid-0001", path: str = "plugin") -> dict[str, Any]:
+        reply = self.call(
+            client_playout.HELLO, {"v": 1, "sid": sid, "client": "test", "path": path}
+        )
+        self.q = 0
+        return dict(json.loads(reply))
+
+    def sync(self, rtt: float = 0.02, rx: float | None = 40.0) -> None:
+        """Two exchanges with a symmetric path of `rtt`: the agent then knows the offset."""
+        prev = None
+        for _ in range(2):
+            self.q += 1
+            t0 = self.clock.now
+            self.clock.now += rtt / 2
+            req: dict[str, Any] = {"v": 1, "q": self.q, "t0": self.client_ms(t0)}
+            if prev is not None:
+                req["prev"] = prev
+            if rx is not None:
+                req["rx"] = rx
+            reply = json.loads(self.call(client_playout.SYNC, req))
+            self.clock.now += rtt / 2
+            prev = [self.q, self.client_ms(self.clock.now)]
+            assert reply["q"] == self.q
+        self.q += 1
+        req = {"v": 1, "q": self.q, "t0": self.client_ms(self.clock.now), "prev": prev}
+        self.call(client_playout.SYNC, req)
+
+    async def speak(self, handle: FakeHandle, *chunks: tuple[float, float]) -> float:
+        """Send one response's audio as `(amplitude, seconds)` chunks, paced in real time.
+
+        Returns its playout_started time. Records the agent onsets the device will hear.
+        """
+        start = self.clock.now
+        t = start
+        for amp, secs in chunks:
+            for f in frames(amp, secs):
+                await self.tap.capture_frame(f)
+                if handle._result is None:
+                    handle.started(start)
+                await asyncio.sleep(0)
+                t += 0.02
+                await self.clock.advance_to(t)
+        self.tap.flush()
+        return start
+
+    def report(self, device_times: list[tuple[float, float]], caller: str = "user") -> str:
+        self.q += 1
+        onsets = [[round(self.client_ms(t), 1), round(g * 1000, 1)] for t, g in device_times]
+        return self.call(client_playout.REPORT, {"v": 1, "q": self.q, "o": onsets}, caller)
+
+    def device_onsets(self) -> list[tuple[float, float]]:
+        """What the device hears: the agent's onsets `delay` later (same gaps)."""
+        return [(o.onset.at + self.delay, o.onset.gap) for o in self.cp.log.onsets]
+
+    async def close(self) -> None:
+        self.cp.close()
+
+
+@pytest.fixture
+async def rig() -> Any:
+    r = Rig()
+    yield r
+    await r.close()
+
+
+# -- the shared detector --
+
+
+def test_detector_onsets_need_the_gap_and_survive_block_boundaries() -> None:
+    det = OnsetDetector(threshold=0.01, gap=0.2)
+    amp = np.zeros(SR)  # 1 s
+    amp[100] = 0.5  # first ever: an onset with the maximal gap
+    amp[100 + int(0.1 * SR)] = 0.5  # 100 ms later: no onset
+    amp[100 + int(0.4 * SR)] = 0.5  # 300 ms after the previous audible sample: onset
+    amp[100 + int(0.4 * SR) + 1] = 0.005  # under the threshold: silent
+    found = det.feed(amp[:30000], 10.0, SR) + det.feed(amp[30000:], 10.0 + 30000 / SR, SR)
+    assert [round(o.at - 10.0, 6) for o in found] == [round(100 / SR, 6), round(0.4 + 100 / SR, 6)]
+    assert found[0].gap == MAX_GAP
+    assert math.isclose(found[1].gap, 0.3, abs_tol=1e-9)
+
+
+def test_amplitudes_take_the_loudest_channel() -> None:
+    pcm = np.array([[100, -16384], [0, 0]], dtype=np.int16)
+    amp = amplitudes(memoryview(pcm.tobytes()), 2)
+    assert list(amp) == [0.5, 0.0]
+
+
+# -- the clock offset --
+
+
+def test_clock_offset_uses_the_minimum_round_trip() -> None:
+    clock = ClockOffset()
+    # agent = client + 3600; a slow exchange whose asymmetry skews its offset
+    clock.add(ClockOffset.exchange(0.0, 3600.3, 3600.3, 0.4))  # rtt 0.4, offset +3600.1
+    clock.add(ClockOffset.exchange(10.0, 3610.01, 3610.01, 10.02))  # rtt 0.02, exact
+    clock.add(ClockOffset.exchange(20.0, 3620.2, 3620.2, 20.3))  # rtt 0.3
+    assert clock.best is not None and math.isclose(clock.best.offset, 3600.0, abs_tol=1e-9)
+    assert clock.to_agent(100.0) == pytest.approx(3700.0, abs=2e-4)
+    assert clock.uncertainty == pytest.approx(0.01, abs=2e-4)
+
+
+def test_clock_jump_replaces_the_window() -> None:
+    clock = ClockOffset()
+    clock.add(ClockOffset.exchange(0.0, 100.01, 100.01, 0.02))
+    assert not clock.add(ClockOffset.exchange(1.0, 101.01, 101.01, 1.02))
+    # the client clock jumps 2 hours ahead
+    assert clock.add(ClockOffset.exchange(7202.0, 102.01, 102.01, 7202.02))
+    assert clock.to_agent(7300.0) == pytest.approx(200.0, abs=2e-4)
+
+
+# -- the signals --
+
+
+async def test_prediction_fires_at_the_predicted_device_start_and_measurement_follows(
+    rig: Rig,
+) -> None:
+    hello = rig.hello()
+    assert hello == {"v": 1, "thr": 0.01, "gap_ms": 200.0, "sync_s": 10.0, "max_onsets": 8}
+    rig.sync()
+
+    # response 1: 100 ms of leading silence, then speech; the device reports its onset
+    h1 = rig.handle()
+    v1 = client_playout.heard(h1)
+    m1 = client_playout.heard_measured(h1)
+    s1 = await rig.speak(h1, (0.0, 0.1), (0.3, 0.5))
+    assert len(rig.cp.log.onsets) == 1
+    onset1 = rig.cp.log.onsets[0].onset.at
+    assert onset1 == pytest.approx(s1 + 0.1, abs=2e-4)
+    await rig.clock.advance_to(onset1 + rig.delay + 0.01)
+    assert rig.report(rig.device_onsets()) == ""
+    await asyncio.sleep(0)
+    got1 = m1.result()
+    assert got1.how == "measured"
+    assert got1.at == pytest.approx(s1 + rig.delay, abs=2e-4)
+    assert got1.path_delay == pytest.approx(rig.delay, abs=2e-4)
+    assert got1.first_audible_offset == pytest.approx(0.1, abs=2e-4)
+    assert got1.measured_from == pytest.approx(0.1, abs=2e-4)
+    # the first response fired on the prior (rtt/2 + rx), before its report came
+    assert v1.result().how == "predicted"
+    assert v1.result().at == pytest.approx(s1 + 0.01 + 0.04, abs=2e-4)
+
+    # response 2, after a pause: the prediction now uses the measured path delay and fires
+    # exactly then (virtual clock), before the device's report
+    await rig.clock.advance(1.0)
+    h2 = rig.handle()
+    v2 = client_playout.heard(h2)
+    m2 = client_playout.heard_measured(h2)
+    fired_at: list[float] = []
+    v2.add_done_callback(lambda _f: fired_at.append(rig.clock.now))
+    s2 = await rig.speak(h2, (0.0, 0.02), (0.3, 0.3))
+    assert fired_at == [pytest.approx(s2 + rig.delay, abs=2e-4)]
+    assert v2.result() == Heard(
+        at=pytest.approx(s2 + rig.delay, abs=2e-4),  # type: ignore[arg-type]
+        how="predicted",
+        path_delay=pytest.approx(rig.delay, abs=2e-4),  # type: ignore[arg-type]
+        first_audible_offset=pytest.approx(0.02, abs=2e-4),  # type: ignore[arg-type]
+    )
+    assert not m2.done()
+    rig.report(rig.device_onsets()[1:])
+    await asyncio.sleep(0)
+    assert m2.result().how == "measured" and m2.result().at == pytest.approx(
+        s2 + rig.delay, abs=2e-4
+    )
+    # reading after the fact: an already-done view with the same value
+    assert client_playout.heard(h2).result() == v2.result()
+
+
+async def test_back_to_back_responses_are_each_placed_by_the_path_delay(rig: Rig) -> None:
+    rig.hello()
+    rig.sync()
+    rig.delay = 0.15
+    h1, h2 = rig.handle(), rig.handle()
+    m1, m2 = client_playout.heard_measured(h1), client_playout.heard_measured(h2)
+    v2 = client_playout.heard(h2)
+    s1 = await rig.speak(h1, (0.0, 0.04), (0.3, 0.6))
+    rig.report(rig.device_onsets())  # the device heard response 1 start meanwhile
+    s2 = await rig.speak(h2, (0.3, 0.6))  # no silence between: no onset of its own
+    assert len(rig.cp.log.onsets) == 1
+    assert m1.result().at == pytest.approx(s1 + 0.15, abs=2e-4)
+    # response 2 was predicted from the delay response 1's audio measured
+    assert v2.result().how == "predicted" and v2.result().at == pytest.approx(s2 + 0.15, abs=2e-4)
+    assert not m2.done()
+    await rig.clock.advance_to(s2 + 7.6)
+    got = m2.result()
+    assert got.how == "measured" and got.at == pytest.approx(s2 + 0.15, abs=2e-4)
+    assert got.measured_from == pytest.approx(s1 + 0.04 - s2, abs=2e-4)
+
+
+async def test_a_step_change_of_the_path_delay_is_followed(rig: Rig) -> None:
+    rig.hello()
+    rig.sync()
+    rig.delay = 0.06
+    for _ in range(3):
+        h = rig.handle()
+        await rig.speak(h, (0.0, 0.3), (0.3, 0.2))
+        rig.report(rig.device_onsets()[-1:])
+    assert rig.cp.path_delay() == pytest.approx(0.06, abs=2e-4)
+    rig.delay = 0.2
+    for _ in range(2):
+        h = rig.handle()
+        await rig.speak(h, (0.0, 0.3), (0.3, 0.2))
+        rig.report(rig.device_onsets()[-1:])
+    assert rig.cp.path_delay() == pytest.approx(0.2, abs=2e-4)
+
+
+async def test_without_a_companion_it_is_unavailable_when_playout_starts(rig: Rig) -> None:
+    h = rig.handle()
+    v = client_playout.heard(h)
+    m = client_playout.heard_measured(h)
+    await rig.speak(h, (0.3, 0.1))
+    assert v.result() is client_playout.UNAVAILABLE
+    assert m.result() is client_playout.UNAVAILABLE
+    # and the tap measured nothing
+    assert rig.cp.log.onsets == []
+
+
+async def test_a_response_that_never_played_is_unavailable(rig: Rig) -> None:
+    rig.hello()
+    rig.sync()
+    h = rig.handle()
+    v, m = client_playout.heard(h), client_playout.heard_measured(h)
+    h.started(None)
+    await asyncio.sleep(0)
+    assert v.result() == m.result() == client_playout.UNAVAILABLE
+
+
+async def test_a_companion_that_leaves_settles_what_waits(rig: Rig) -> None:
+    rig.hello()
+    rig.sync()
+    h = rig.handle()
+    v, m = client_playout.heard(h), client_playout.heard_measured(h)
+    h.started(rig.clock.now)
+    await asyncio.sleep(0)
+    assert not v.done()
+    rig.room.emit("participant_disconnected", SimpleNamespace(identity="user"))
+    assert v.result() == m.result() == client_playout.UNAVAILABLE
+
+
+async def test_close_unregisters_restores_the_chain_and_settles(rig: Rig) -> None:
+    rig.hello()
+    rig.sync()
+    h = rig.handle()
+    v = client_playout.heard_measured(h)
+    h.started(rig.clock.now)
+    await asyncio.sleep(0)
+    assert set(rig.room.local_participant.methods) == set(client_playout.METHODS)
+    rig.session.emit("close", None)
+    assert v.result() == client_playout.UNAVAILABLE
+    assert rig.room.local_participant.methods == {}
+    assert rig.session.output.audio is rig.sink
+
+
+async def test_a_cancelled_view_affects_no_other_reader(rig: Rig) -> None:
+    rig.hello()
+    rig.sync()
+    h = rig.handle()
+    a, b = client_playout.heard(h), client_playout.heard(h)
+    a.cancel()
+    await rig.speak(h, (0.3, 0.2))
+    assert b.result().how == "predicted"
+
+
+async def test_enable_twice_is_the_same_object(rig: Rig) -> None:
+    assert client_playout.enable(rig.session, rig.room) is rig.cp
+
+
+async def test_clear_buffer_drops_onsets_that_never_left(rig: Rig) -> None:
+    rig.hello()
+    rig.sync()
+    h = rig.handle()
+    # frames pushed faster than real time: their send times lie ahead of the clock
+    for f in frames(0.0, 0.3) + frames(0.3, 0.1):
+        await rig.tap.capture_frame(f)
+        h.started(T_START)
+    assert rig.cp.log.onsets and rig.cp.log.onsets[0].onset.at > rig.clock.now
+    rig.tap.clear_buffer()
+    assert rig.cp.log.onsets[0].dropped
+    assert rig.sink.cleared == 1
+
+
+# -- security and bad input: each one logs once and changes nothing --
+
+
+def _state(r: Rig) -> tuple[Any, ...]:
+    comp = r.cp._companion
+    if comp is None:
+        return (None,)
+    return (comp.sid, comp.last_q, comp.clock.best, tuple(comp.delays), len(comp.pending))
+
+
+def _rejected(r: Rig, method: str, payload: Any, caller: str = "user") -> int:
+    with pytest.raises(rtc.RpcError) as err:
+        r.call(method, payload, caller)
+    return err.value.code
+
+
+async def test_calls_from_another_participant_are_refused(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig.hello()
+    rig.sync()
+    before = _state(rig)
+    with caplog.at_level(logging.WARNING, "livekit_segments.client_playout"):
+        for _ in range(3):
+            assert (
+                _rejected(
+                    rig,
+                    client_playout.HELLO,
+                    {"v": 1, "sid": "evil-0001", "path": "plugin"},
+                    "mallory",
+                )
+                == 2002
+            )
+    assert _state(rig) == before
+    lines = [r for r in caplog.records if "mallory" in r.getMessage()]
+    assert len(lines) == 1 and "not the participant" in lines[0].getMessage()
+
+
+async def test_without_a_linked_participant_nobody_is_accepted() -> None:
+    r = Rig(linked=None)
+    assert _rejected(r, client_playout.HELLO, {"v": 1, "sid": "abcdefgh", "path": "plugin"}) == 2002
+    r2 = Rig(linked=None, identity="user")
+    assert r2.hello()["v"] == 1
+    r.cp.close()
+    r2.cp.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "payload", "kind"),
+    [
+        ("report", "x" * 1025, "size"),
+        ("report", "{not json", "malformed"),
+        ("report", "[1, 2]", "malformed"),
+        ("report", {"v": 1, "q": 99, "o": [[1, 2, 3]]}, "malformed"),
+        ("report", {"v": 1, "q": 99, "o": [[float("nan"), 2]]}, "malformed"),
+        ("report", '{"v": 1, "q": 99, "o": [[NaN, 2]]}', "malformed"),
+        ("report", {"v": 1, "q": 99, "o": [[1, 70000]]}, "malformed"),
+        ("report", {"v": 1, "q": 99, "o": [[1, 2]] * 9}, "malformed"),
+        ("report", {"v": 1, "q": True, "o": [[1, 2]]}, "malformed"),
+        ("sync", {"v": 1, "q": 99, "t0": "soon"}, "malformed"),
+        ("sync", {"v": 1, "q": 99, "t0": 1, "prev": [1]}, "malformed"),
+        ("hello", {"v": 1, "sid": "short", "path": "plugin"}, "malformed"),
+        ("hello", {"v": 1, "sid": "abcdefghij", "path": "ears"}, "malformed"),
+    ],
+)
+async def test_malformed_payloads_are_refused(
+    rig: Rig, caplog: pytest.LogCaptureFixture, method: str, payload: Any, kind: str
+) -> None:
+    rig.hello()
+    rig.sync()
+    before = _state(rig)
+    name = f"lkseg.playout.{method}"
+    with caplog.at_level(logging.WARNING, "livekit_segments.client_playout"):
+        assert _rejected(rig, name, payload) == 2002
+        assert _rejected(rig, name, payload) == 2002
+    assert _state(rig) == before
+    lines = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(lines) == 1 and f"({kind})" in lines[0].getMessage()
+
+
+async def test_an_unsupported_version_is_named(rig: Rig) -> None:
+    assert _rejected(rig, client_playout.HELLO, {"v": 2, "sid": "abcdefghij"}) == 2001
+    assert _state(rig) == (None,)
+
+
+async def test_replays_are_refused(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    rig.hello("sid-aaaa")
+    rig.sync()
+    before = _state(rig)
+    with caplog.at_level(logging.WARNING, "livekit_segments.client_playout"):
+        # the same sequence number again, and an older one
+        assert _rejected(rig, client_playout.SYNC, {"v": 1, "q": rig.q, "t0": 1.0}) == 2002
+        assert _rejected(rig, client_playout.REPORT, {"v": 1, "q": 1, "o": [[1.0, 300]]}) == 2002
+        # hello again with the current sid
+        assert (
+            _rejected(rig, client_playout.HELLO, {"v": 1, "sid": "sid-aaaa", "path": "plugin"})
+            == 2002
+        )
+    assert _state(rig) == before
+    assert [r.getMessage().count("(replay)") for r in caplog.records] == [1]
+
+
+async def test_future_dated_and_stale_reports_are_refused(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig.hello()
+    rig.sync()
+    h = rig.handle()
+    m = client_playout.heard_measured(h)
+    await rig.speak(h, (0.0, 0.1), (0.3, 0.3))
+    before = _state(rig)
+    onset = rig.cp.log.onsets[0]
+    with caplog.at_level(logging.WARNING, "livekit_segments.client_playout"):
+        with pytest.raises(rtc.RpcError):
+            rig.report([(rig.clock.now + 1.0, onset.onset.gap)])
+        with pytest.raises(rtc.RpcError):
+            rig.report([(rig.clock.now - 31.0, onset.onset.gap)])
+    assert _state(rig)[:3] == before[:3]  # q unchanged too: the next report may use q+1
+    assert onset.device is None and not m.done()
+    kinds = sorted(re.search(r"\((\w+)\):", r.getMessage()).group(1) for r in caplog.records)  # type: ignore[union-attr]
+    assert kinds == ["future", "stale"]
+
+
+async def test_a_flooding_client_is_rate_limited_with_one_line(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig.hello()
+    rig.sync()
+    with caplog.at_level(logging.WARNING, "livekit_segments.client_playout"):
+        codes = []
+        for _ in range(100):
+            try:
+                rig.report([(rig.clock.now - 1.0, 0.3)])
+            except rtc.RpcError as e:
+                codes.append(e.code)
+    # the bucket let the burst through (no onset to match: nothing changed), then refused
+    assert codes and set(codes) == {2002}
+    rate_lines = [r for r in caplog.records if "(rate)" in r.getMessage()]
+    assert len(rate_lines) == 1
+    assert rig.cp.path_delay() == pytest.approx(0.05, abs=2e-4)  # still the prior
+
+
+async def test_a_client_clock_hours_off_that_jumps_is_followed(rig: Rig) -> None:
+    global CLIENT_SKEW
+    rig.hello()
+    rig.sync()
+    h = rig.handle()
+    m = client_playout.heard_measured(h)
+    old = CLIENT_SKEW
+    try:
+        CLIENT_SKEW = old + 7200.0  # the client's wall clock jumps two hours
+        rig.sync()
+        await rig.speak(h, (0.0, 0.1), (0.3, 0.3))
+        rig.report(rig.device_onsets())
+        await asyncio.sleep(0)
+    finally:
+        CLIENT_SKEW = old
+    assert m.result().how == "measured"
+    assert m.result().path_delay == pytest.approx(rig.delay, abs=2e-4)
+
+
+def test_detector_matches_the_shared_cases() -> None:
+    """The companion's unit tests check its detector against the same file."""
+    from pathlib import Path
+
+    cases = json.loads((Path(__file__).parent / "fixtures" / "onset_cases.json").read_text())
+    for case in cases["cases"]:
+        det = OnsetDetector(threshold=case["threshold"], gap=case["gap"])
+        found = []
+        for k, block in enumerate(case["blocks"]):
+            amp = np.abs(np.array(block, dtype=np.float64)).max(axis=0)
+            start = case["start"] + k * case["block"] / case["sample_rate"]
+            found += [[o.at, o.gap] for o in det.feed(amp, start, case["sample_rate"])]
+        flat = [x for pair in found for x in pair]
+        want = [x for pair in case["onsets"] for x in pair]
+        assert flat == pytest.approx(want, abs=1e-9), case["name"]
+
+
+async def test_the_prior_takes_the_media_transports_one_way_delay(rig: Rig) -> None:
+    rig.hello()
+    rig.sync(rtt=0.02, rx=30.0)
+    assert rig.cp.path_delay() == pytest.approx(0.01 + 0.03, abs=1e-6)
+    rig.q += 1
+    rig.call(
+        client_playout.SYNC, {"v": 1, "q": rig.q, "t0": rig.client_ms(rig.clock.now), "net": 45}
+    )
+    assert rig.cp.path_delay() == pytest.approx(0.045 + 0.03, abs=1e-6)
+
+
+# -- the sink is the device (console) --
+
+
+class DeviceRig:
+    def __init__(self, latency: Callable[[], float | None]) -> None:
+        self.clock = VirtualClock()
+        self.session = FakeSession(FakeSink(self.clock))
+        self.out = client_playout.enable_device_output(
+            self.session, latency, _clock=self.clock, _timer=self.clock.call_at
+        )
+
+    def handle(self) -> FakeHandle:
+        h = FakeHandle()
+        self.session.emit("speech_created", SimpleNamespace(speech_handle=h))
+        return h
+
+
+async def test_a_device_sink_adds_the_latency_its_audio_api_reports() -> None:
+    rig = DeviceRig(lambda: 0.045)
+    h = rig.handle()
+    v, m = client_playout.heard(h), client_playout.heard_measured(h)
+    h.started(rig.clock.now)
+    await asyncio.sleep(0)
+    expected = Heard(at=T_START + 0.045, how="measured", path_delay=0.045, measured_from=0.0)
+    assert m.result() == expected
+    assert not v.done()  # fires when the device plays it
+    await rig.clock.advance(0.044)
+    assert not v.done()
+    await rig.clock.advance(0.002)
+    assert v.result() == expected
+    rig.out.close()
+
+
+async def test_a_device_sink_without_a_latency_is_unavailable() -> None:
+    rig = DeviceRig(lambda: None)
+    h, never = rig.handle(), rig.handle()
+    views = [client_playout.heard(h), client_playout.heard_measured(h)]
+    views += [client_playout.heard(never), client_playout.heard_measured(never)]
+    h.started(rig.clock.now)
+    never.started(None)
+    await asyncio.sleep(0)
+    assert [v.result() for v in views] == [client_playout.UNAVAILABLE] * 4
+    with pytest.raises(RuntimeError, match="enable_device_output"):
+        client_playout.enable(rig.session, FakeRoom())
+    rig.session.emit("close", None)
+    assert rig.out.closed
+
+
+def test_console_output_latency_reads_the_consoles_portaudio_delay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    legacy = pytest.importorskip("livekit.agents.cli._legacy")
+    monkeypatch.setattr(legacy.AgentsConsole, "_instance", None, raising=False)
+    assert client_playout.console_output_latency() is None
+    monkeypatch.setattr(
+        legacy.AgentsConsole, "_instance", SimpleNamespace(_output_delay=0.0213), raising=False
+    )
+    assert client_playout.console_output_latency() == 0.0213
+
+
+async def test_the_linked_participant_is_read_at_each_call() -> None:
+    r = Rig(linked="alice")
+    assert _rejected(r, client_playout.HELLO, {"v": 1, "sid": "abcdefgh", "path": "plugin"}) == 2002
+    r.session.room_io.linked_participant = SimpleNamespace(identity="user")
+    assert r.hello()["v"] == 1
+    r.cp.close()
+
+
+async def test_an_instant_round_trip_rounded_below_zero_still_counts(rig: Rig) -> None:
+    rig.hello()
+    t0 = rig.client_ms(rig.clock.now)
+    rig.call(client_playout.SYNC, {"v": 1, "q": 1, "t0": t0})
+    # t3 is t0 rounded down by the client's 0.1 ms rounding
+    rig.call(client_playout.SYNC, {"v": 1, "q": 2, "t0": t0, "prev": [1, t0 - 0.05]})
+    assert rig.cp._companion is not None and rig.cp._companion.clock.uncertainty == 0.0
+
+
+@pytest.mark.parametrize(("seed", "unseen"), [(1, 0.0), (2, 0.0), (3, 0.2), (4, 0.2)])
+async def test_matching_is_never_wrong_over_speech_like_audio_with_a_step(
+    seed: int, unseen: float
+) -> None:
+    """Many onsets per response, pauses shorter and longer than the gap, back-to-back
+    responses, device jitter, gaps stretched by the jitter buffer, a step of the path delay
+    from 60 to 200 ms, and (`unseen`) onsets the device reports that the agent has no record
+    of: every match is the right onset, and the estimate follows the step."""
+    rng = np.random.default_rng(seed)
+    rig = Rig()
+    rig.hello()
+    rig.sync()
+    step_at = T_START + 20.0
+
+    def d(t: float) -> float:
+        return 0.06 if t < step_at else 0.2
+
+    truth: dict[int, float] = {}  # id(sent onset) -> its true device time
+    sent: list[Any] = []  # every onset the agent sent (its log keeps only 30 s)
+    prev_d = 0.06
+    while rig.clock.now < T_START + 40.0:
+        h = rig.handle()
+        chunks: list[tuple[float, float]] = [(0.0, float(rng.uniform(0.02, 0.15)))]
+        for _ in range(int(rng.integers(2, 6))):
+            chunks.append((0.3, float(rng.uniform(0.1, 0.6))))
+            chunks.append((0.0, float(rng.choice([0.06, 0.1, 0.24, 0.3, 0.5]))))
+        await rig.speak(h, *chunks)
+        if rng.random() < 0.7:
+            await rig.clock.advance(float(rng.uniform(0.3, 1.5)))  # else back to back
+        await rig.clock.advance(0.25)  # the device has played what was sent
+        batch = []
+        new = [o for o in rig.cp.log.onsets if id(o) not in truth]
+        sent += new
+        for o in new:
+            if rng.random() < unseen:
+                o.dropped = True  # as if the agent had not analyzed it (e.g. a paused output)
+            dev = o.onset.at + d(o.onset.at) + float(rng.normal(0, 0.002))
+            gap = o.onset.gap + (d(o.onset.at) - prev_d) + float(rng.normal(0, 0.008))
+            prev_d = d(o.onset.at)
+            truth[id(o)] = dev
+            batch.append((dev, min(max(gap, 0.0), 60.0)))  # the companion caps it too
+        for k in range(0, len(batch), 8):
+            rig.report(batch[k : k + 8])
+            await rig.clock.advance(0.3)  # the companion's report rate; refills the bucket
+    matched = [o for o in sent if o.device is not None]
+    wrong = [o for o in matched if abs(o.device - truth[id(o)]) > 1e-3]  # type: ignore[operator]
+    assert wrong == []
+    assert len(matched) >= 0.75 * (1 - unseen) * len(truth)
+    assert rig.cp.path_delay() == pytest.approx(0.2, abs=0.01)
+    rig.cp.close()
+
+
+async def test_a_step_is_matched_by_a_long_silence_alone(rig: Rig) -> None:
+    """After a step of 80 ms, the gap before a turn grows by those 80 ms too (more than the
+    tight 30 ms), but it is still the only onset whose long gap agrees."""
+    rig.hello()
+    rig.sync()
+    rig.delay = 0.06
+    h = rig.handle()
+    await rig.speak(h, (0.0, 0.1), (0.3, 0.3), (0.0, 0.3), (0.3, 0.3))
+    rig.report(rig.device_onsets())
+    assert rig.cp.path_delay() == pytest.approx(0.06, abs=1e-3)
+    await rig.clock.advance(2.5)
+    h2 = rig.handle()
+    m2 = client_playout.heard_measured(h2)
+    start2 = await rig.speak(h2, (0.0, 0.05), (0.3, 0.3))
+    onset = rig.cp.log.onsets[-1]
+    rig.report([(onset.onset.at + 0.14, onset.onset.gap + 0.08)])
+    await asyncio.sleep(0)
+    assert onset.device is not None
+    assert m2.result().at == pytest.approx(start2 + 0.14, abs=2e-4)
+
+
+async def test_enable_before_the_audio_output_exists_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = VirtualClock()
+    session = FakeSession(FakeSink(clock))
+    session.output.audio = None
+    with caplog.at_level(logging.WARNING, "livekit_segments.client_playout"):
+        cp = client_playout.enable(session, FakeRoom(), _clock=clock, _timer=clock.call_at)
+    assert "after `await session.start" in caplog.text
+    cp.close()
