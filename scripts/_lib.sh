@@ -261,3 +261,22 @@ compare_series() {
     done
     return $rc
 }
+
+# read_branches: sets BRANCH_NAMES, BRANCH_LAST (patch count) and BRANCH_TESTS (space-separated)
+# from $PATCHES_DIR/branches (see that file); needs SERIES (list_series) to check the counts.
+read_branches() {
+    local f="$PATCHES_DIR/branches" name last tests n=0
+    BRANCH_NAMES=() BRANCH_LAST=() BRANCH_TESTS=()
+    [[ -f $f ]] || die "$f not found: it lists the pull-request branches (NAME LAST TEST...)"
+    while read -r name last tests; do
+        n=$((n + 1))
+        [[ -z $name || $name == \#* ]] && continue
+        git check-ref-format --branch "$name" >/dev/null 2>&1 || die "$f:$n: '$name' is not a valid branch name"
+        [[ $last =~ ^[0-9]{4}$ ]] || die "$f:$n: LAST must be a 4-digit patch number, got '$last'"
+        ((10#$last >= 1 && 10#$last <= ${#SERIES[@]})) ||
+            die "$f:$n: LAST $last is outside the series (0001..$(printf '%04d' ${#SERIES[@]}))"
+        [[ -n $tests ]] || die "$f:$n: branch $name names no test module"
+        BRANCH_NAMES+=("$name") BRANCH_LAST+=("$((10#$last))") BRANCH_TESTS+=("$tests")
+    done <"$f"
+    ((${#BRANCH_NAMES[@]})) || die "$f lists no branch"
+}
