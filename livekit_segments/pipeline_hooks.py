@@ -414,12 +414,13 @@ def _update(turn: SpeechHandle, tracker: GenerationTracker, ts: HandleState | No
         if activity is None:
             return
         ts.session = activity.session
-    if not ts.response_over and ts.next_index == 1 and not turn.interrupted:
+    if ts.next_index == 1 and (not ts.response_over or not ts.settled):
         # the reply handle's first response is over once a break closed it and it has played
         # out (the model's end closes the whole reply, which is the handle's own meaning)
         j = tracker.returned
         if j >= 0 and tracker.last_of_response(j) == j and tracker.end_bound != j + 1:
-            ts.response_over = True
+            if not turn.interrupted:
+                ts.response_over = True
             # its response is over: the reply handle can no longer start playing
             if ts.frame_out is not None or not ts.settled:
                 cancel_playout(ts)
@@ -513,10 +514,6 @@ def wrap_forward_generation(original: F) -> F:
                 sync_playout(target_st)
                 target_st.frame_out = None
             if tracker is not None:
-                if tracker.has_breaks and not target_st.settled and turn._interrupt_fut.done():
-                    # interrupted: nothing after this segment plays, so its handle never
-                    # starts (without breaks, as upstream: the handle's end settles it)
-                    cancel_playout(target_st)
                 tracker.returned = j
                 if getattr(kwargs.get("tts_data"), "error", None) is not None:
                     # upstream starts no segment after a failed synthesis (1.8 on; before, the
