@@ -261,8 +261,12 @@ def _observed_steps(runs: Callable[[], LabelRun | None]) -> Iterator[None]:
     """Records upstream's end-of-speech and start-of-speech bookkeeping of the agent (the
     activity's ``_on_end_of_agent_speech``, the recognition's ``_on_start_of_agent_speech``)
     into the current run's log; the originals are restored on exit."""
-    end_orig = _activity_mod.AgentActivity._on_end_of_agent_speech
-    start_orig = AudioRecognition._on_start_of_agent_speech
+    # (releases before these steps existed record nothing for them)
+    end_orig = getattr(_activity_mod.AgentActivity, "_on_end_of_agent_speech", None)
+    start_orig = getattr(AudioRecognition, "_on_start_of_agent_speech", None)
+    if end_orig is None or start_orig is None:
+        yield
+        return
 
     @functools.wraps(end_orig)
     def on_end(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -394,21 +398,31 @@ class LabelRun:
         h.add_done_callback(lambda _: self.record("done", i, h.interrupted))
 
     def snapshot(self) -> tuple[Any, ...]:
-        """What upstream's decisions read, at an idle point."""
+        """What upstream's decisions read, at an idle point (a release without one of these
+        internals reads "n/a" in both runs)."""
         session = self.session
         assert session is not None
         act = session._activity
-        paused = None if act is None else act._paused_speech
+
+        def read(name: str) -> Any:
+            return None if act is None else getattr(act, name, "n/a")
+
+        paused = read("_paused_speech")
+        timer = read("_false_interruption_timer")
         return (
             "snap",
             session.agent_state,  # the property upstream reads: equal in both runs
             session.user_state,
-            None if act is None else act._interruption_by_audio_activity_enabled,
-            None
-            if paused is None
-            else (self.hidx(paused.handle), paused.agent_state, paused.timeout),
-            None if act is None else act._false_interruption_timer is not None,
-            None if act is None else act._false_interruption_pending,
+            read("_interruption_by_audio_activity_enabled"),
+            paused
+            if paused is None or paused == "n/a"
+            else (
+                self.hidx(paused.handle),
+                getattr(paused, "agent_state", "n/a"),
+                getattr(paused, "timeout", "n/a"),
+            ),
+            timer if timer in (None, "n/a") else True,
+            read("_false_interruption_pending"),
             None if act is None else self.hidx(act._current_speech),
             tuple((h.interrupted, h.done(), h.allow_interruptions) for h in self.replies),
             self.sink.held,

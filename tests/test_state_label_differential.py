@@ -25,12 +25,14 @@ the shrunk `LabelCase`; ``check(<that case>)`` replays it alone.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, Phase, event, given, seed, settings, strategies as st
+from packaging.version import Version
 
 from .gen_cases import SEED
 from .label_driver import (
@@ -309,6 +311,11 @@ NAMED: dict[str, tuple[LabelCase, list[str], list[str]]] = {
 }
 
 
+_AGENTS_VERSION = Version(importlib.metadata.version("livekit-agents"))
+# the release whose upstream reactions the named flows were written against
+_FLOWS_CHECKED_ON = Version("1.8.9")
+
+
 @pytest.mark.parametrize("name", list(NAMED))
 def test_named_flow(name: str) -> None:
     case, on_label, reactions = NAMED[name]
@@ -316,11 +323,19 @@ def test_named_flow(name: str) -> None:
     acted = _acts_on_label(runs[0])
     missing = [a for a in on_label if a not in acted]
     assert not missing, f"{name}: {missing} not taken while the label was on ({runs[0].acts})"
-    kinds = {entry[0] for entry in runs[1].log}
-    absent = [r for r in reactions if r not in kinds]
-    assert not absent, f"{name}: the session never reacted with {absent}: {runs[1].log}"
     bad = check(case, runs=runs)
     assert not bad, "\n".join([name, repr(case), *bad])
+    kinds = {entry[0] for entry in runs[1].log}
+    absent = [r for r in reactions if r not in kinds]
+    if absent and _AGENTS_VERSION < _FLOWS_CHECKED_ON:
+        # the flow's reaction is upstream's own, and some older releases do not make it: the
+        # runs were still compared above; the newest release (the main suite) must show it
+        pytest.skip(
+            f"livekit-agents {_AGENTS_VERSION} does not react with {absent} in this flow "
+            f"(upstream's behaviour in that release; required from {_FLOWS_CHECKED_ON}); "
+            "both runs still matched"
+        )
+    assert not absent, f"{name}: the session never reacted with {absent}: {runs[1].log}"
 
 
 def test_without_breaks_there_is_no_label() -> None:
