@@ -4,12 +4,17 @@ The supported range is ``SUPPORTED_VERSIONS`` (1.6.0 to 1.8.x). What differs, an
 
 | what                                   | releases          | how it is met                      |
 |----------------------------------------|-------------------|------------------------------------|
-| `SpeechHandle.interrupt(source=...)`,  | 1.8.2 on          | segment handles pass `interrupt()` |
-| `InterruptionSource`                   | (absent before)   | keywords through to the turn; the  |
-|                                        |                   | type is never imported             |
+| `SpeechHandle.interrupt(source=...)`,  | 1.8.2 on          | a segment handle's `interrupt()`   |
+| `InterruptionSource`                   | (absent before)   | has the release's own signature    |
+|                                        |                   | (handle_state picks it from        |
+|                                        |                   | `inspect.signature`); the type is  |
+|                                        |                   | never imported                     |
 | playback-started listener order (rtc   | 1.6.0 to 1.8.3    | `playout_started` is resolved from |
 | `EventEmitter` keeps a set before      | (livekit rtc      | `first_frame_fut.set_result`, not  |
-| livekit 1.1.20)                        | 1.1.8 to 1.1.18)  | from a listener of its own         |
+| livekit 1.1.20)                        | 1.1.8 to 1.1.18)  | from a listener of its own; an     |
+|                                        |                   | interruption inside the report is  |
+|                                        |                   | told by `on_playback_started`'s    |
+|                                        |                   | marker, not by listener order      |
 | `AudioOutput.on_playback_progressed`   | 1.7.1 on          | `report_playback_progress` below   |
 | (sinks report played stretches)        |                   | calls it where it exists           |
 | `SpeechHandle.exception()`             | 1.6.5 on          | `speech_error` below: None where   |
