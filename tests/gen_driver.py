@@ -98,7 +98,36 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 # ---------------------------------------------------------------- fakes with a log
 
 
-class GenSink(VirtualAudioOutput):
+class DrivenSink(VirtualAudioOutput):
+    """The virtual-clock sink as a case driver sees it: what it may do next."""
+
+    # what the driver may do (the only places that read the fake's internals)
+
+    def can_start(self) -> bool:
+        head = self._head()
+        return (
+            self.start_mode == "manual"
+            and head is not None
+            and head.started_at is None
+            and not self.held
+        )
+
+    def can_finish(self) -> bool:
+        seg = self.playing
+        return (
+            self.finish_mode == "manual"
+            and seg is not None
+            and seg.flushed
+            and not seg.finish_requested
+        )
+
+    @property
+    def idle(self) -> bool:
+        """Every segment captured so far has played out (or was cleared)."""
+        return all(s.finished for s in self.segments)
+
+
+class GenSink(DrivenSink):
     """The virtual-clock sink, logging every call it gets."""
 
     def __init__(self, run: Run, clock: VirtualClock, *, start: str, finish: str) -> None:
@@ -135,31 +164,6 @@ class GenSink(VirtualAudioOutput):
     def _finish(self, seg: SinkSegment, *, interrupted: bool) -> None:
         super()._finish(seg, interrupted=interrupted)
         self.log.append(("finish", self.segments.index(seg), interrupted))
-
-    # what the driver may do (the only places that read the fake's internals)
-
-    def can_start(self) -> bool:
-        head = self._head()
-        return (
-            self.start_mode == "manual"
-            and head is not None
-            and head.started_at is None
-            and not self.held
-        )
-
-    def can_finish(self) -> bool:
-        seg = self.playing
-        return (
-            self.finish_mode == "manual"
-            and seg is not None
-            and seg.flushed
-            and not seg.finish_requested
-        )
-
-    @property
-    def idle(self) -> bool:
-        """Every segment captured so far has played out (or was cleared)."""
-        return all(s.finished for s in self.segments)
 
 
 class GenTextSink(FakeTextSink):

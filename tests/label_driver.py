@@ -49,22 +49,17 @@ from livekit_segments.testing import (
     OfflineTTS,
     PlayedSegment,
     RecordingTextOutput,
-    VirtualAudioOutput,
     VirtualClock,
 )
 
 from .fakes import SAMPLE_RATE, ScriptedAgent
-from .gen_driver import VirtualTimeLoop
+from .gen_driver import DrivenSink, Stuck, VirtualTimeLoop
 
 CLOCK0 = 1_800_000_000.0
 MAX_POINTS = 300  # actions per case; a case needs far fewer
 FALSE_INTERRUPTION_TIMEOUT = 1.0
 ELAPSE = 1.5  # one "elapse" action: past the false-interruption timeout
 MIN_INTERRUPTION = 0.5  # seconds of user speech that interrupt (upstream's min_duration)
-
-
-class Stuck(AssertionError):
-    """The session stopped making progress."""
 
 
 # ---------------------------------------------------------------- the case
@@ -122,7 +117,7 @@ class LabelCase:
 # ---------------------------------------------------------------- fakes
 
 
-class PausableSink(VirtualAudioOutput):
+class PausableSink(DrivenSink):
     """The virtual-clock sink, pausable as upstream's false-interruption handling needs, with
     a log of every call upstream makes on it (into the run's reaction log)."""
 
@@ -170,26 +165,9 @@ class PausableSink(VirtualAudioOutput):
 
     @property
     def idle(self) -> bool:
-        """Every segment captured so far has played out (or was cleared)."""
-        return all(s.finished for s in self.segments) and self._capturing is None
-
-    def can_start(self) -> bool:
-        head = self._head()
-        return (
-            self.start_mode == "manual"
-            and head is not None
-            and head.started_at is None
-            and not self.held
-        )
-
-    def can_finish(self) -> bool:
-        seg = self.playing
-        return (
-            self.finish_mode == "manual"
-            and seg is not None
-            and seg.flushed
-            and not seg.finish_requested
-        )
+        """Every segment captured so far has played out (or was cleared), and no capture is
+        under way."""
+        return DrivenSink.idle.fget(self) and self._capturing is None  # type: ignore[attr-defined]
 
 
 class LabelAgent(ScriptedAgent):
