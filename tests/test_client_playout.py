@@ -820,6 +820,8 @@ async def test_a_step_is_matched_by_a_long_silence_alone(rig: Rig) -> None:
     await asyncio.sleep(0)
     assert onset.device is not None
     assert m2.result().at == pytest.approx(start2 + 0.14, abs=2e-4)
+    # the next response is placed by the new delay at once (one onset per response)
+    assert rig.cp.path_delay() == pytest.approx(0.14, abs=2e-4)
 
 
 async def test_enable_before_the_audio_output_exists_says_so(

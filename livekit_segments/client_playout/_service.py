@@ -510,6 +510,7 @@ class ClientPlayout:
             d_ref = 0.1
 
         chosen: SentOnset | None = None
+        step = False
         near = [o for o in cands if _gap_ok(gap, o.onset.gap)]
         if comp.unmatched and device - comp.unmatched[-1][0] <= SUSPECT:
             # the path just did something unexplained: one onset near the old estimate may
@@ -528,6 +529,7 @@ class ClientPlayout:
                 chosen = tight[0]
             if chosen is not None and abs(device - chosen.onset.at - d_ref) > MAX_STEP:
                 chosen = None
+            step = chosen is not None
         if chosen is None:
             logger.debug(
                 "client playout: device onset %.3f (gap %.0f ms) unmatched; d_ref %.1f ms; "
@@ -542,6 +544,10 @@ class ClientPlayout:
                 self._measure_open()
             return
         chosen.device = device
+        if step:
+            # the gap alone identified it: the path moved, and the next response (often
+            # the next onset at all) is placed by the new delay, not a median with the old
+            comp.delays.clear()
         comp.delays.append(device - chosen.onset.at)
         logger.debug(
             "client playout: device onset %.3f (gap %.0f ms) matched at %.1f ms",
