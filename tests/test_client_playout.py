@@ -297,6 +297,22 @@ def test_clock_offset_uses_the_minimum_round_trip() -> None:
     assert clock.uncertainty == pytest.approx(0.01, abs=2e-4)
 
 
+def test_a_client_clock_running_at_another_rate_is_followed() -> None:
+    """The page's clock runs 400 ppm fast against the agent's: 12 ms within 30 s. The
+    offset follows the fitted rate, so a time 30 s after the first exchange converts
+    within 1 ms."""
+    clock = ClockOffset()
+    rate = 400e-6
+    for k in range(6):
+        agent = 1000.0 + 10.0 * k
+        client = (agent - 1000.0) * (1 + rate) + 50.0  # client = 50 s + elapsed * (1 + rate)
+        rtt = 0.001 if k != 2 else 0.0005  # the best exchange is an early one
+        clock.add(ClockOffset.exchange(client, agent + rtt / 2, agent + rtt / 2, client + rtt))
+    later_agent = 1000.0 + 80.0
+    later_client = 80.0 * (1 + rate) + 50.0
+    assert clock.to_agent(later_client) == pytest.approx(later_agent, abs=1e-3)
+
+
 def test_clock_jump_replaces_the_window() -> None:
     clock = ClockOffset()
     clock.add(ClockOffset.exchange(0.0, 100.01, 100.01, 0.02))

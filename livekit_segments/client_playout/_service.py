@@ -446,12 +446,18 @@ class ClientPlayout:
                 # the client rounds to 0.1 ms: an instant round trip may come out a hair < 0
                 if not -0.001 <= ex.rtt <= 10.0:
                     raise Rejected("malformed", "t3 does not fit its exchange")
-                ex = Exchange(offset=ex.offset, rtt=max(ex.rtt, 0.0))
+                ex = Exchange(offset=ex.offset, rtt=max(ex.rtt, 0.0), at=ex.at)
         except Rejected as err:
             raise self._reject(caller, err) from None
         comp.last_q = sync.q
         if sync.prev is not None:
             comp.pending.pop(sync.prev[0], None)
+        if ex is not None:
+            logger.debug(
+                "client playout: clock exchange offset %.1f ms, round trip %.1f ms",
+                ex.offset * 1000,
+                ex.rtt * 1000,
+            )
         if ex is not None and comp.clock.add(ex):
             self._logs.warn(caller, "clock-jump", "the client's clock jumped; re-synced")
         if sync.rx is not None:
