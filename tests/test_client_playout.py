@@ -982,3 +982,21 @@ async def test_a_clear_drops_segments_that_waited_in_the_sinks_queue() -> None:
     assert rig.cp.log.segment_at(s3) is not None
     assert [o.onset.at for o in rig.cp.log.onsets] == pytest.approx([s1, s3 + 0.06], abs=1e-3)
     rig.cp.close()
+
+
+async def test_a_back_to_back_response_is_measured_once_the_device_played_it(rig: Rig) -> None:
+    """No onset of its own: measured from the previous response's audio as soon as its own
+    audio has played out on the device (and its earlier onsets were reported), not only at
+    start + 7.5 s, which a session that ends soon after never reaches."""
+    rig.hello()
+    rig.sync()
+    rig.delay = 0.15
+    h1, h2 = rig.handle(), rig.handle()
+    m2 = client_playout.heard_measured(h2)
+    s1 = await rig.speak(h1, (0.0, 0.04), (0.3, 0.6))
+    rig.report(rig.device_onsets())
+    s2 = await rig.speak(h2, (0.3, 0.6))
+    await rig.clock.advance_to(s2 + 0.6 + 0.15 + 1.0 + 0.01)
+    got = m2.result()
+    assert got.how == "measured" and got.at == pytest.approx(s2 + 0.15, abs=2e-4)
+    assert got.measured_from == pytest.approx(s1 + 0.04 - s2, abs=2e-4)

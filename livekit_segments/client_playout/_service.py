@@ -39,6 +39,7 @@ SYNC_PERIOD = 10.0
 DEFAULT_RX = 0.05  # receive-side delay assumed when the companion sent no estimate
 MEASURE_WINDOW = 5.0  # seconds around a response's start where a matched onset measures it
 REPORT_SLACK = 2.5  # how long after that window a report may still arrive
+REPORT_SOON = 1.0  # after the device played a response, its earlier onsets were reported
 DELAY_MEDIAN_OF = 3
 MAX_STEP = 0.3  # the largest change of the path delay a match by gap alone may reveal
 # Re-acquisition after the path moved beyond the matcher's window: a lag search over the
@@ -198,6 +199,7 @@ class ClientPlayout:
         self._open: list[_Response] = []
         self.log = SendLog(clock)
         self.log.on_segment_started = self._on_segment_started
+        self.log.on_segment_finished = self._on_segment_finished
         self._tap: PlayoutTap | None = None
         self.handles: weakref.WeakSet[SpeechHandle] = weakref.WeakSet()
 
@@ -315,6 +317,32 @@ class ClientPlayout:
             self._timer(start + MEASURE_WINDOW + REPORT_SLACK, lambda: self._deadline(rec))
         )
         self._try_measure(rec)
+        if rec.segment is not None and rec.segment.finished:
+            self._early_deadline(rec)
+
+    def _on_segment_finished(self, seg: SentSegment) -> None:
+        for rec in self._open:
+            if rec.segment is seg:
+                self._early_deadline(rec)
+
+    def _early_deadline(self, rec: _Response) -> None:
+        """A response whose own audio has no onset (back to back after the previous one)
+        is measured from earlier audio as soon as the device has played it, not only at
+        the 7.5 s deadline."""
+        seg = rec.segment
+        if rec.measured is not None or rec.start is None or seg is None or seg.end is None:
+            return
+        start = rec.start
+        if not seg.clocked or any(
+            not o.dropped and start - 1e-6 <= o.onset.at <= start + MEASURE_WINDOW
+            for o in self.log.onsets
+        ):
+            return  # its own onset measures it (or the 7.5 s deadline says it did not)
+        at = seg.end + (self.path_delay() or 0.0) + REPORT_SOON
+        if at <= self._clock():
+            self._deadline(rec)
+        else:
+            rec.cancel_timers.append(self._timer(at, lambda: self._deadline(rec)))
 
     def _on_segment_started(self, seg: SentSegment) -> None:
         # a handle may be tracked before its segment was anchored (listener order)
