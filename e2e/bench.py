@@ -1,6 +1,6 @@
 """Benchmark B8 (issue 22, item 5) from `scripts/heard-e2e` runs: runs the profiles, or reads
 their JSON, and judges the targets with the bench's statistics (percentile bootstrap of the
-95th percentile, `livekit_segments.bench.stats`), never with timed asserts.
+95th percentile, `benchmarks.stats`), never with timed asserts.
 
     .venv/bin/python -m e2e.bench --runs 3 --out out/heard-e2e [--markdown out/b8.md]
     .venv/bin/python -m e2e.bench --from out/heard-e2e --markdown out/b8.md
@@ -266,7 +266,7 @@ def record_section(b8: dict[str, Any], command: str) -> str:
         "Chromium with real WebRTC through the user-space impaired path, ground truth from a "
         "PulseAudio null-sink recording. Errors are the agent side's times minus the truth; "
         "p95 of their absolute values with a percentile-bootstrap 95% interval "
-        f"(`livekit_segments.bench.stats`). Commit `{commit[:12]}`, "
+        f"(`benchmarks.stats`). Commit `{commit[:12]}`, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, 1-minute load average "
         f"during the sessions {load} on {os.cpu_count()} CPUs.\n\n" + markdown(b8) + f"{_END}\n"
     )

@@ -160,9 +160,15 @@ def frames(amplitude: float, seconds: float) -> list[rtc.AudioFrame]:
 class Rig:
     """A session with the module enabled, a companion, and a device `d` seconds behind."""
 
-    def __init__(self, *, linked: str | None = "user", identity: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        linked: str | None = "user",
+        identity: str | None = None,
+        sink: type[FakeSink] | None = None,
+    ) -> None:
         self.clock = VirtualClock()
-        self.sink = FakeSink(self.clock)
+        self.sink = (sink or FakeSink)(self.clock)
         self.session = FakeSession(self.sink, linked)
         self.room = FakeRoom()
         self.cp = client_playout.enable(
@@ -289,6 +295,22 @@ def test_clock_offset_uses_the_minimum_round_trip() -> None:
     assert clock.best is not None and math.isclose(clock.best.offset, 3600.0, abs_tol=1e-9)
     assert clock.to_agent(100.0) == pytest.approx(3700.0, abs=2e-4)
     assert clock.uncertainty == pytest.approx(0.01, abs=2e-4)
+
+
+def test_a_client_clock_running_at_another_rate_is_followed() -> None:
+    """The page's clock runs 400 ppm fast against the agent's: 12 ms within 30 s. The
+    offset follows the fitted rate, so a time 30 s after the first exchange converts
+    within 1 ms."""
+    clock = ClockOffset()
+    rate = 400e-6
+    for k in range(6):
+        agent = 1000.0 + 10.0 * k
+        client = (agent - 1000.0) * (1 + rate) + 50.0  # client = 50 s + elapsed * (1 + rate)
+        rtt = 0.001 if k != 2 else 0.0005  # the best exchange is an early one
+        clock.add(ClockOffset.exchange(client, agent + rtt / 2, agent + rtt / 2, client + rtt))
+    later_agent = 1000.0 + 80.0
+    later_client = 80.0 * (1 + rate) + 50.0
+    assert clock.to_agent(later_client) == pytest.approx(later_agent, abs=1e-3)
 
 
 def test_clock_jump_replaces_the_window() -> None:
@@ -736,14 +758,21 @@ async def test_an_instant_round_trip_rounded_below_zero_still_counts(rig: Rig) -
     assert rig.cp._companion is not None and rig.cp._companion.clock.uncertainty == 0.0
 
 
-@pytest.mark.parametrize(("seed", "unseen"), [(1, 0.0), (2, 0.0), (3, 0.2), (4, 0.2)])
+@pytest.mark.parametrize(
+    ("seed", "unseen", "after"),
+    [(1, 0.0, 0.2), (2, 0.0, 0.2), (3, 0.2, 0.2), (4, 0.2, 0.2)]
+    + [(s, u, 0.6) for s in (5, 6, 7) for u in (0.0, 0.2)]
+    + [(8, 0.2, 0.45), (9, 0.0, 0.45)]
+    + [(10, 0.0, 1.0), (11, 0.2, 1.0)],
+)
 async def test_matching_is_never_wrong_over_speech_like_audio_with_a_step(
-    seed: int, unseen: float
+    seed: int, unseen: float, after: float
 ) -> None:
     """Many onsets per response, pauses shorter and longer than the gap, back-to-back
     responses, device jitter, gaps stretched by the jitter buffer, a step of the path delay
-    from 60 to 200 ms, and (`unseen`) onsets the device reports that the agent has no record
-    of: every match is the right onset, and the estimate follows the step."""
+    from 60 ms to `after` (0.45 s and more: beyond the matcher's window, re-acquired), and
+    (`unseen`) onsets the device reports that the agent has no record of: every match is the
+    right onset, and the estimate follows the step."""
     rng = np.random.default_rng(seed)
     rig = Rig()
     rig.hello()
@@ -751,7 +780,7 @@ async def test_matching_is_never_wrong_over_speech_like_audio_with_a_step(
     step_at = T_START + 20.0
 
     def d(t: float) -> float:
-        return 0.06 if t < step_at else 0.2
+        return 0.06 if t < step_at else after
 
     truth: dict[int, float] = {}  # id(sent onset) -> its true device time
     sent: list[Any] = []  # every onset the agent sent (its log keeps only 30 s)
@@ -765,7 +794,7 @@ async def test_matching_is_never_wrong_over_speech_like_audio_with_a_step(
         await rig.speak(h, *chunks)
         if rng.random() < 0.7:
             await rig.clock.advance(float(rng.uniform(0.3, 1.5)))  # else back to back
-        await rig.clock.advance(0.25)  # the device has played what was sent
+        await rig.clock.advance(d(rig.clock.now) + 0.05)  # the device played what was sent
         batch = []
         new = [o for o in rig.cp.log.onsets if id(o) not in truth]
         sent += new
@@ -784,7 +813,7 @@ async def test_matching_is_never_wrong_over_speech_like_audio_with_a_step(
     wrong = [o for o in matched if abs(o.device - truth[id(o)]) > 1e-3]  # type: ignore[operator]
     assert wrong == []
     assert len(matched) >= 0.75 * (1 - unseen) * len(truth)
-    assert rig.cp.path_delay() == pytest.approx(0.2, abs=0.01)
+    assert rig.cp.path_delay() == pytest.approx(after, abs=0.01)
     rig.cp.close()
 
 
@@ -807,6 +836,8 @@ async def test_a_step_is_matched_by_a_long_silence_alone(rig: Rig) -> None:
     await asyncio.sleep(0)
     assert onset.device is not None
     assert m2.result().at == pytest.approx(start2 + 0.14, abs=2e-4)
+    # the next response is placed by the new delay at once (one onset per response)
+    assert rig.cp.path_delay() == pytest.approx(0.14, abs=2e-4)
 
 
 async def test_enable_before_the_audio_output_exists_says_so(
@@ -819,3 +850,153 @@ async def test_enable_before_the_audio_output_exists_says_so(
         cp = client_playout.enable(session, FakeRoom(), _clock=clock, _timer=clock.call_at)
     assert "after `await session.start" in caplog.text
     cp.close()
+
+
+@pytest.mark.parametrize("new_delay", [0.55, 0.62])
+async def test_a_jump_beyond_the_matchers_window_is_reacquired_within_two_responses(
+    rig: Rig, new_delay: float
+) -> None:
+    """The path moves by more than the 60 ms window and more than a match by gap alone may
+    reveal (e.g. the jitter buffer jumping by 380 ms): the onsets of the first response after
+    it line up at the new lag, so the second response is predicted with the new delay and
+    every match is the right onset."""
+    rig.hello()
+    rig.sync()
+    rig.delay = 0.2
+    for _ in range(3):
+        h = rig.handle()
+        await rig.speak(h, (0.0, 0.05), (0.3, 0.3), (0.0, 0.3), (0.3, 0.4), (0.0, 0.25), (0.3, 0.2))
+        rig.report(rig.device_onsets()[-3:])
+        await rig.clock.advance(1.0)
+    assert rig.cp.path_delay() == pytest.approx(0.2, abs=2e-4)
+    rig.delay = new_delay
+    before = len(rig.cp.log.onsets)
+    h1 = rig.handle()
+    m1 = client_playout.heard_measured(h1)
+    await rig.speak(h1, (0.0, 0.05), (0.3, 0.3), (0.0, 0.3), (0.3, 0.4), (0.0, 0.25), (0.3, 0.2))
+    await rig.clock.advance(max(new_delay, 0.2) + 0.05)
+    # one report per onset, as they become due on the device
+    for t, gap in rig.device_onsets()[before:]:
+        rig.report([(t, gap + (new_delay - 0.2 if t == rig.device_onsets()[before][0] else 0))])
+    assert rig.cp.path_delay() == pytest.approx(new_delay, abs=2e-4)
+    got = m1.result()
+    assert got.how == "measured" and got.path_delay == pytest.approx(new_delay, abs=2e-4)
+    matched = [o for o in rig.cp.log.onsets if o.device is not None]
+    assert all(
+        o.device == pytest.approx(o.onset.at + d, abs=2e-4)
+        for o, d in _delays(rig, matched, before, new_delay)
+    )
+    await rig.clock.advance(1.0)
+    h2 = rig.handle()
+    v2 = client_playout.heard(h2)
+    start2 = await rig.speak(h2, (0.0, 0.05), (0.3, 0.3))
+    await rig.clock.advance(new_delay + 0.05)
+    assert v2.result().how == "predicted"
+    assert v2.result().at == pytest.approx(start2 + new_delay, abs=2e-4)
+
+
+def _delays(rig: Rig, matched: list[Any], before: int, new_delay: float) -> list[tuple[Any, float]]:
+    index = {id(o): k for k, o in enumerate(rig.cp.log.onsets)}
+    return [(o, new_delay if index[id(o)] >= before else 0.2) for o in matched]
+
+
+class BufferingSink(FakeSink):
+    """Like RoomIO's output with its forwarding channel: a segment may be captured and
+    flushed whole while the previous one still plays; its playback_started comes when its
+    first frame reaches the source (the test says when)."""
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        await io.AudioOutput.capture_frame(self, frame)
+        self.frames += 1
+
+
+async def _speak_now(rig: Rig, h: FakeHandle, *chunks: tuple[float, float]) -> float:
+    """A segment into an idle BufferingSink: it starts playing at once."""
+    start = rig.clock.now
+    first = True
+    for amp, secs in chunks:
+        for f in frames(amp, secs):
+            await rig.tap.capture_frame(f)
+            if first:
+                first = False
+                rig.sink.on_playback_started(created_at=start)
+                h.started(start)
+            await rig.clock.advance(0.02)
+    rig.tap.flush()
+    return start
+
+
+async def test_a_segment_flushed_before_its_playback_started_is_still_analyzed() -> None:
+    """Back to back with a buffering sink: response 2 is captured and flushed while response
+    1 plays. Its onsets are on the send clock, and its audio counts for the gap of the
+    next onset (the device hears it: a gap spanning it would never match)."""
+    rig = Rig(sink=BufferingSink)
+    rig.hello()
+    rig.sync()
+    h1, h2, h3 = rig.handle(), rig.handle(), rig.handle()
+    s1 = rig.clock.now
+    for f in frames(0.3, 0.5):
+        await rig.tap.capture_frame(f)
+    rig.tap.flush()
+    rig.sink.on_playback_started(created_at=s1)
+    h1.started(s1)
+    # response 2 (silence, speech, a pause, speech) captured and flushed at once
+    for amp, secs in ((0.0, 0.1), (0.3, 0.3), (0.0, 0.3), (0.3, 0.3)):
+        for f in frames(amp, secs):
+            await rig.tap.capture_frame(f)
+    rig.tap.flush()
+    await rig.clock.advance_to(s1 + 0.5)
+    rig.sink.on_playback_started(created_at=s1 + 0.5)
+    h2.started(s1 + 0.5)
+    await rig.clock.advance_to(s1 + 1.5)
+    await rig.clock.advance(1.0)
+    s3 = await _speak_now(rig, h3, (0.3, 0.2))
+    ats = [o.onset.at for o in rig.cp.log.onsets]
+    gaps = [o.onset.gap for o in rig.cp.log.onsets]
+    # response 2's start follows response 1 after 0.1 s: no onset; its pause makes one
+    assert ats == pytest.approx([s1, s1 + 1.2, s3], abs=1e-3)
+    assert gaps[1:] == pytest.approx([0.3, s3 - (s1 + 1.5)], abs=1e-3)
+    seg2 = rig.cp.log.segment_at(s1 + 0.5)
+    assert seg2 is not None and seg2.first_audible == pytest.approx(s1 + 0.6, abs=1e-3)
+    rig.cp.close()
+
+
+async def test_a_clear_drops_segments_that_waited_in_the_sinks_queue() -> None:
+    rig = Rig(sink=BufferingSink)
+    rig.hello()
+    rig.sync()
+    s1 = rig.clock.now
+    for f in frames(0.3, 0.3):
+        await rig.tap.capture_frame(f)
+    rig.tap.flush()
+    rig.sink.on_playback_started(created_at=s1)
+    for amp, secs in ((0.0, 0.3), (0.3, 0.3)):  # never plays: cleared while queued
+        for f in frames(amp, secs):
+            await rig.tap.capture_frame(f)
+    rig.tap.flush()
+    await rig.clock.advance(0.2)
+    rig.tap.clear_buffer()
+    await rig.clock.advance(1.0)
+    h3 = rig.handle()
+    s3 = await _speak_now(rig, h3, (0.0, 0.06), (0.3, 0.2))  # its playback_started is its own
+    assert rig.cp.log.segment_at(s3) is not None
+    assert [o.onset.at for o in rig.cp.log.onsets] == pytest.approx([s1, s3 + 0.06], abs=1e-3)
+    rig.cp.close()
+
+
+async def test_a_back_to_back_response_is_measured_once_the_device_played_it(rig: Rig) -> None:
+    """No onset of its own: measured from the previous response's audio as soon as its own
+    audio has played out on the device (and its earlier onsets were reported), not only at
+    start + 7.5 s, which a session that ends soon after never reaches."""
+    rig.hello()
+    rig.sync()
+    rig.delay = 0.15
+    h1, h2 = rig.handle(), rig.handle()
+    m2 = client_playout.heard_measured(h2)
+    s1 = await rig.speak(h1, (0.0, 0.04), (0.3, 0.6))
+    rig.report(rig.device_onsets())
+    s2 = await rig.speak(h2, (0.3, 0.6))
+    await rig.clock.advance_to(s2 + 0.6 + 0.15 + 1.0 + 0.01)
+    got = m2.result()
+    assert got.how == "measured" and got.at == pytest.approx(s2 + 0.15, abs=2e-4)
+    assert got.measured_from == pytest.approx(s1 + 0.04 - s2, abs=2e-4)

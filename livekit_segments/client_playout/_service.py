@@ -39,8 +39,17 @@ SYNC_PERIOD = 10.0
 DEFAULT_RX = 0.05  # receive-side delay assumed when the companion sent no estimate
 MEASURE_WINDOW = 5.0  # seconds around a response's start where a matched onset measures it
 REPORT_SLACK = 2.5  # how long after that window a report may still arrive
+REPORT_SOON = 1.0  # after the device played a response, its earlier onsets were reported
 DELAY_MEDIAN_OF = 3
 MAX_STEP = 0.3  # the largest change of the path delay a match by gap alone may reveal
+# Re-acquisition after the path moved beyond the matcher's window: a lag search over the
+# recent unmatched device onsets. A lag is taken when at least REACQUIRE_SUPPORT device onsets
+# agree on it (within REACQUIRE_TOL, gaps agreeing) and no other lag has as much support.
+REACQUIRE_TOL = 0.015
+REACQUIRE_SUPPORT = 2
+REACQUIRE_KEEP = 15.0  # seconds of unmatched device onsets kept for the search
+SEARCH_BACK = 2.0  # the longest path delay considered
+SUSPECT = 3.0  # seconds after an unmatched device onset in which single matches are not taken
 STALE = 30.0
 
 How = Literal["measured", "predicted", "unavailable"]
@@ -108,6 +117,8 @@ class _Companion:
     rx: float | None = None
     net: float | None = None
     delays: deque[float] = field(default_factory=lambda: deque(maxlen=DELAY_MEDIAN_OF))
+    # device onsets no agent onset matched yet: (device time, gap), for re-acquisition
+    unmatched: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=16))
 
 
 class _Response:
@@ -188,6 +199,7 @@ class ClientPlayout:
         self._open: list[_Response] = []
         self.log = SendLog(clock)
         self.log.on_segment_started = self._on_segment_started
+        self.log.on_segment_finished = self._on_segment_finished
         self._tap: PlayoutTap | None = None
         self.handles: weakref.WeakSet[SpeechHandle] = weakref.WeakSet()
 
@@ -305,6 +317,32 @@ class ClientPlayout:
             self._timer(start + MEASURE_WINDOW + REPORT_SLACK, lambda: self._deadline(rec))
         )
         self._try_measure(rec)
+        if rec.segment is not None and rec.segment.finished:
+            self._early_deadline(rec)
+
+    def _on_segment_finished(self, seg: SentSegment) -> None:
+        for rec in self._open:
+            if rec.segment is seg:
+                self._early_deadline(rec)
+
+    def _early_deadline(self, rec: _Response) -> None:
+        """A response whose own audio has no onset (back to back after the previous one)
+        is measured from earlier audio as soon as the device has played it, not only at
+        the 7.5 s deadline."""
+        seg = rec.segment
+        if rec.measured is not None or rec.start is None or seg is None or seg.end is None:
+            return
+        start = rec.start
+        if not seg.clocked or any(
+            not o.dropped and start - 1e-6 <= o.onset.at <= start + MEASURE_WINDOW
+            for o in self.log.onsets
+        ):
+            return  # its own onset measures it (or the 7.5 s deadline says it did not)
+        at = seg.end + (self.path_delay() or 0.0) + REPORT_SOON
+        if at <= self._clock():
+            self._deadline(rec)
+        else:
+            rec.cancel_timers.append(self._timer(at, lambda: self._deadline(rec)))
 
     def _on_segment_started(self, seg: SentSegment) -> None:
         # a handle may be tracked before its segment was anchored (listener order)
@@ -436,12 +474,18 @@ class ClientPlayout:
                 # the client rounds to 0.1 ms: an instant round trip may come out a hair < 0
                 if not -0.001 <= ex.rtt <= 10.0:
                     raise Rejected("malformed", "t3 does not fit its exchange")
-                ex = Exchange(offset=ex.offset, rtt=max(ex.rtt, 0.0))
+                ex = Exchange(offset=ex.offset, rtt=max(ex.rtt, 0.0), at=ex.at)
         except Rejected as err:
             raise self._reject(caller, err) from None
         comp.last_q = sync.q
         if sync.prev is not None:
             comp.pending.pop(sync.prev[0], None)
+        if ex is not None:
+            logger.debug(
+                "client playout: clock exchange offset %.1f ms, round trip %.1f ms",
+                ex.offset * 1000,
+                ex.rtt * 1000,
+            )
         if ex is not None and comp.clock.add(ex):
             self._logs.warn(caller, "clock-jump", "the client's clock jumped; re-synced")
         if sync.rx is not None:
@@ -490,42 +534,148 @@ class ClientPlayout:
         cands = [
             o
             for o in self.log.onsets
-            if o.device is None and not o.dropped and device - 2.0 <= o.onset.at <= device - 0.005
+            if o.device is None
+            and not o.dropped
+            and device - SEARCH_BACK <= o.onset.at <= device - 0.005
         ]
-        if not cands:
-            return
         d_ref = self.path_delay()
         first = not comp.delays
         if d_ref is None:
             d_ref = 0.1
 
-        def gap_diff(o: SentOnset) -> float:
-            return abs(min(gap, 5.0) - min(o.onset.gap, 5.0))
-
-        def gap_ok(o: SentOnset) -> bool:
-            return gap_diff(o) <= max(0.05, 0.25 * min(gap, o.onset.gap, 5.0))
-
         chosen: SentOnset | None = None
-        near = [o for o in cands if gap_ok(o)]
+        step = False
+        near = [o for o in cands if _gap_ok(gap, o.onset.gap)]
+        if comp.unmatched and device - comp.unmatched[-1][0] <= SUSPECT:
+            # the path just did something unexplained: one onset near the old estimate may
+            # be a coincidence, so only a lag several onsets agree on is taken
+            near = []
         if near:
             best = min(near, key=lambda o: abs(device - o.onset.at - d_ref))
             if abs(device - best.onset.at - d_ref) <= (0.25 if first else 0.06):
                 chosen = best
-        if chosen is None:
+        if chosen is None and near:
             # a step of the path delay: the onset whose gap alone identifies it
-            tight = [o for o in cands if gap_diff(o) <= 0.03]
+            tight = [o for o in cands if _gap_diff(gap, o.onset.gap) <= 0.03]
             if len(near) == 1:
                 chosen = near[0]
             elif len(tight) == 1:
                 chosen = tight[0]
             if chosen is not None and abs(device - chosen.onset.at - d_ref) > MAX_STEP:
                 chosen = None
+            step = chosen is not None
         if chosen is None:
+            logger.debug(
+                "client playout: device onset %.3f (gap %.0f ms) unmatched; d_ref %.1f ms; "
+                "candidates (send, gap ms): %s",
+                device,
+                gap * 1000,
+                d_ref * 1000,
+                [(round(o.onset.at, 3), round(o.onset.gap * 1000)) for o in cands],
+            )
+            comp.unmatched.append((device, gap))
+            if self._reacquire(comp):
+                self._measure_open()
             return
         chosen.device = device
+        if step:
+            # the gap alone identified it: the path moved, and the next response (often
+            # the next onset at all) is placed by the new delay, not a median with the old
+            comp.delays.clear()
         comp.delays.append(device - chosen.onset.at)
+        logger.debug(
+            "client playout: device onset %.3f (gap %.0f ms) matched at %.1f ms",
+            device,
+            gap * 1000,
+            (device - chosen.onset.at) * 1000,
+        )
+        comp.unmatched.clear()
+        self._measure_open()
+
+    def _measure_open(self) -> None:
         for rec in list(self._open):
             self._try_measure(rec)
+
+    def _reacquire(self, comp: _Companion) -> bool:
+        """After the path moved beyond the matcher's window (a step, a jump of the jitter
+        buffer), find the new delay from the sequence of recent unmatched device onsets: the
+        lag at which the most of them line up with the agent's onsets (gaps agreeing).
+        Taken only when at least REACQUIRE_SUPPORT distinct onsets agree, two more than still
+        fit the current estimate, and no other lag has as much support, so a repeating
+        rhythm does not pick a wrong lag."""
+        if not comp.unmatched:
+            return False
+        latest = comp.unmatched[-1][0]
+        while comp.unmatched and comp.unmatched[0][0] < latest - REACQUIRE_KEEP:
+            comp.unmatched.popleft()
+        pairs: list[tuple[float, int, SentOnset]] = []  # (lag, device onset index, agent onset)
+        for i, (device, gap) in enumerate(comp.unmatched):
+            for o in self.log.onsets:
+                if (
+                    o.device is None
+                    and not o.dropped
+                    and device - SEARCH_BACK <= o.onset.at <= device - 0.005
+                    and _gap_ok(gap, o.onset.gap)
+                ):
+                    pairs.append((device - o.onset.at, i, o))
+        if len(pairs) < REACQUIRE_SUPPORT:
+            return False
+
+        def support(lag: float, tol: float = REACQUIRE_TOL) -> list[tuple[float, int, SentOnset]]:
+            # one agent onset per device onset, and each agent onset once: closest lag first
+            near = sorted(
+                (p for p in pairs if abs(p[0] - lag) <= tol),
+                key=lambda p: abs(p[0] - lag),
+            )
+            used_dev: set[int] = set()
+            used_sent: set[int] = set()
+            out = []
+            for p in near:
+                if p[1] in used_dev or id(p[2]) in used_sent:
+                    continue
+                used_dev.add(p[1])
+                used_sent.add(id(p[2]))
+                out.append(p)
+            return out
+
+        scored = sorted(((len(support(p[0])), p[0]) for p in pairs), key=lambda x: (-x[0], x[1]))
+        best_n, best_lag = scored[0]
+        need = REACQUIRE_SUPPORT
+        d_ref = statistics.median(comp.delays) if comp.delays else None
+        if d_ref is not None and abs(best_lag - d_ref) > 0.06:
+            # leaving the current estimate takes more than the onsets that still fit it
+            need = max(need, len(support(d_ref, 0.06)) + 2)
+        if best_n < need:
+            return False
+        for n, lag in scored[1:]:
+            if n < best_n:
+                break
+            if abs(lag - best_lag) > 2 * REACQUIRE_TOL:
+                return False  # two different lags explain the onsets equally well: wait
+        chosen = support(statistics.median(p[0] for p in support(best_lag)))
+        if len(chosen) < REACQUIRE_SUPPORT:
+            return False
+        chosen.sort(key=lambda p: p[2].onset.at)
+        comp.delays.clear()
+        for lag, _, o in chosen:
+            o.device = o.onset.at + lag
+            comp.delays.append(lag)
+        comp.unmatched.clear()
+        logger.info(
+            "client playout: the path delay moved to %.0f ms; re-acquired on %d onsets",
+            statistics.median(comp.delays) * 1000,
+            len(chosen),
+        )
+        return True
+
+
+def _gap_diff(device_gap: float, sent_gap: float) -> float:
+    return abs(min(device_gap, 5.0) - min(sent_gap, 5.0))
+
+
+def _gap_ok(device_gap: float, sent_gap: float) -> bool:
+    # gaps are a fingerprint: speech after 2.3 s of silence does not match speech after 250 ms
+    return _gap_diff(device_gap, sent_gap) <= max(0.05, 0.25 * min(device_gap, sent_gap, 5.0))
 
 
 class DeviceOutput:

@@ -11,6 +11,7 @@ frame arrived if the TTS fell behind (the queue ran dry).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,6 +36,7 @@ class SentSegment:
     end: float | None = None  # send time after its last sample
     first_audible: float | None = None  # send time of its first audible sample
     clocked: bool = True  # False: analysis stopped (joined late, paused, or failed)
+    captured: float = 0.0  # when its first frame reached the tap
     finished: bool = False
     onsets: list[SentOnset] = field(default_factory=list)
     _pending: list[tuple[float, npt.NDArray[np.float64], int]] = field(default_factory=list)
@@ -63,10 +65,12 @@ class SendLog:
         self.on_segment_finished: Callable[[SentSegment], None] | None = None
 
     def prune(self) -> None:
-        horizon = self.clock() - KEEP
+        now = self.clock()
+        horizon = now - KEEP
         self.onsets = [o for o in self.onsets if o.onset.at >= horizon]
+        # a segment not anchored yet (it waits in the sink's queue) is kept
         self.segments = [
-            s for s in self.segments if not s.finished or (s.end or s.start or 0) >= horizon
+            s for s in self.segments if not s.finished or (s.end or s.start or now) >= horizon
         ]
 
     def segment_at(self, start: float, tolerance: float = 0.005) -> SentSegment | None:
@@ -92,6 +96,10 @@ class PlayoutTap(io.AudioOutput):
         self.log = log
         self.measuring = False
         self._seg: SentSegment | None = None
+        # segments captured whose playback_started has not come yet, oldest first: a sink
+        # that buffers (RoomIO's forwarding channel) may take a whole segment, flush
+        # included, while the previous one still plays, so the event comes later
+        self._waiting: deque[SentSegment] = deque()
         self._failed = False
 
     @property
@@ -103,7 +111,8 @@ class PlayoutTap(io.AudioOutput):
             self._guard(self._on_frame, frame)
         elif self._seg is None:
             # a segment that starts unmeasured stays unmeasured
-            self._seg = SentSegment(clocked=False)
+            self._seg = SentSegment(clocked=False, captured=self.log.clock())
+            self._waiting.append(self._seg)
         if self.next_in_chain:
             await self.next_in_chain.capture_frame(frame)
         await super().capture_frame(frame)
@@ -126,8 +135,13 @@ class PlayoutTap(io.AudioOutput):
         super().pause()
 
     def on_playback_started(self, *, created_at: float) -> None:
-        if self._seg is not None and self._seg.clocked and self._seg.start is None:
-            self._guard(self._anchor, created_at)
+        # one event per segment that plays, in capture order; an event for audio captured
+        # before the tap was there (enable() during a reply) belongs to none of ours
+        seg = None
+        if self._waiting and self._waiting[0].captured <= created_at + 0.005:
+            seg = self._waiting.popleft()
+        if seg is not None and seg.clocked and seg.start is None:
+            self._guard(self._anchor, seg, created_at)
         super().on_playback_started(created_at=created_at)
 
     # -- send clock --
@@ -142,8 +156,9 @@ class PlayoutTap(io.AudioOutput):
 
     def _on_frame(self, frame: rtc.AudioFrame) -> None:
         if self._seg is None:
-            self._seg = SentSegment()
+            self._seg = SentSegment(captured=self.log.clock())
             self.log.segments.append(self._seg)
+            self._waiting.append(self._seg)
         seg = self._seg
         if not seg.clocked:
             return
@@ -154,9 +169,7 @@ class PlayoutTap(io.AudioOutput):
         else:
             self._place(seg, *item)
 
-    def _anchor(self, created_at: float) -> None:
-        seg = self._seg
-        assert seg is not None
+    def _anchor(self, seg: SentSegment, created_at: float) -> None:
         seg.start = created_at
         seg._next = created_at
         pending, seg._pending = seg._pending, []
@@ -164,6 +177,8 @@ class PlayoutTap(io.AudioOutput):
             self._place(seg, *item)
         if self.log.on_segment_started:
             self.log.on_segment_started(seg)
+        if seg.finished and self.log.on_segment_finished:
+            self.log.on_segment_finished(seg)
 
     def _place(
         self, seg: SentSegment, arrival: float, amp: npt.NDArray[np.float64], sr: int
@@ -187,6 +202,12 @@ class PlayoutTap(io.AudioOutput):
 
     def _end_segment(self, *, cleared_at: float | None) -> None:
         seg, self._seg = self._seg, None
+        if cleared_at is not None:
+            # what waited in the sink's queue never plays: no playback_started comes for it
+            for waiting in self._waiting:
+                self._guard(self._unclock, waiting, cleared_at)
+                waiting.finished = True
+            self._waiting.clear()
         if seg is None:
             return
         if cleared_at is not None:
@@ -194,7 +215,8 @@ class PlayoutTap(io.AudioOutput):
             if seg.end is not None:
                 seg.end = min(seg.end, cleared_at)
         seg.finished = True
-        seg._pending = []
+        if seg.start is not None:
+            seg._pending = []  # else kept: placed when its playback_started comes
         if seg.start is not None and self.log.on_segment_finished:
             self.log.on_segment_finished(seg)
         self.log.prune()
