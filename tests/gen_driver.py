@@ -55,6 +55,18 @@ def turn_of(handle: SpeechHandle) -> SpeechHandle:
     return t
 
 
+async def until_idle() -> None:
+    """Returns once nothing else on the loop is ready to run (timers due later stay)."""
+    loop = asyncio.get_running_loop()
+    for _ in range(10_000):
+        await asyncio.sleep(0)
+        ready = loop._ready  # type: ignore[attr-defined]
+        timers = loop._scheduled  # type: ignore[attr-defined]
+        if not ready and not (timers and timers[0].when() <= loop.time()):
+            return
+    raise Stuck("the event loop never went idle")
+
+
 class _VirtualTimeSelector:
     """Wraps the loop's selector: where the loop would sleep until its next timer, the
     virtual time jumps there instead. I/O (another thread's call_soon_threadsafe) still wakes
@@ -570,15 +582,7 @@ class Run:
         return self.case.choices[i] if i < len(self.case.choices) else self.case.fallback
 
     async def idle(self) -> None:
-        """Returns once nothing else on the loop is ready to run."""
-        loop = asyncio.get_running_loop()
-        for _ in range(10_000):
-            await asyncio.sleep(0)
-            ready = loop._ready  # type: ignore[attr-defined]
-            timers = loop._scheduled  # type: ignore[attr-defined]
-            if not ready and not (timers and timers[0].when() <= loop.time()):
-                return
-        raise Stuck("the event loop never went idle")
+        await until_idle()
 
     def record_state(self, t: int, point: int) -> None:
         state = tuple(

@@ -53,7 +53,7 @@ from livekit_segments.testing import (
 )
 
 from .fakes import SAMPLE_RATE, ScriptedAgent
-from .gen_driver import DrivenSink, Stuck, VirtualTimeLoop
+from .gen_driver import DrivenSink, Stuck, VirtualTimeLoop, until_idle
 
 CLOCK0 = 1_800_000_000.0
 MAX_POINTS = 300  # actions per case; a case needs far fewer
@@ -504,15 +504,7 @@ class LabelRun:
                 turn.interrupt()
 
     async def idle(self) -> None:
-        """Returns once nothing on the loop is ready to run (timers due later stay)."""
-        loop = asyncio.get_running_loop()
-        for _ in range(10_000):
-            await asyncio.sleep(0)
-            ready = loop._ready  # type: ignore[attr-defined]
-            timers = loop._scheduled  # type: ignore[attr-defined]
-            if not ready and not (timers and timers[0].when() <= loop.time()):
-                return
-        raise Stuck("the event loop never went idle")
+        await until_idle()
 
     def in_gap(self) -> bool:
         """The model waits after a break that followed some text, and all it said so far has
