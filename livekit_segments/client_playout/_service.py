@@ -176,7 +176,44 @@ class _Response:
         self.settle_measured(UNAVAILABLE)
 
 
-class ClientPlayout:
+class _SessionFollower:
+    """Follows one session: the handles it announces, until it (or this) closes."""
+
+    _session: Any
+    _closed: bool
+    handles: weakref.WeakSet[SpeechHandle]
+
+    def _follow(self) -> None:
+        self._session.on("speech_created", self._on_speech_created)
+        self._session.on("close", self._on_session_close)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Stop following the session and release what this holds; settle what waits."""
+        if self._closed:
+            return
+        self._closed = True
+        self._session.off("speech_created", self._on_speech_created)
+        self._session.off("close", self._on_session_close)
+        self._release()
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def _on_session_close(self, _ev: object) -> None:
+        self.close()
+
+    def _on_speech_created(self, ev: Any) -> None:
+        self.handles.add(ev.speech_handle)
+
+
+class ClientPlayout(_SessionFollower):
     """The agent side for one session: see `livekit_segments.client_playout.enable`."""
 
     def __init__(
@@ -220,37 +257,18 @@ class ClientPlayout:
                 "client playout: the session has no audio output (yet): heard() will be "
                 "unavailable; call client_playout.enable() after `await session.start(...)`"
             )
-        self._session.on("speech_created", self._on_speech_created)
-        self._session.on("close", self._on_session_close)
+        self._follow()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        """Unregister the RPC methods, take the tap out, settle every pending signal."""
-        if self._closed:
-            return
-        self._closed = True
+    def _release(self) -> None:
+        # unregister the RPC methods, take the tap out, settle every pending signal
         local = self._room.local_participant
         for name in METHODS:
             local.unregister_rpc_method(name)
         self._room.off("participant_disconnected", self._on_participant_disconnected)
-        self._session.off("speech_created", self._on_speech_created)
-        self._session.off("close", self._on_session_close)
         if self._tap is not None and self._session.output.audio is self._tap:
             self._session.output.audio = self._tap.original
         self._tap = None
         self._forget_companion()
-
-    async def aclose(self) -> None:
-        self.close()
-
-    def _on_session_close(self, _ev: object) -> None:
-        self.close()
-
-    def _on_speech_created(self, ev: Any) -> None:
-        self.handles.add(ev.speech_handle)
 
     def _on_participant_disconnected(self, participant: Any) -> None:
         comp = self._companion
@@ -678,7 +696,7 @@ def _gap_ok(device_gap: float, sent_gap: float) -> bool:
     return _gap_diff(device_gap, sent_gap) <= max(0.05, 0.25 * min(device_gap, sent_gap, 5.0))
 
 
-class DeviceOutput:
+class DeviceOutput(_SessionFollower):
     """The sink is the device (console): device start = playout_started + the output latency
     the audio API reports, read when the response starts. See `enable_device_output`."""
 
@@ -699,32 +717,12 @@ class DeviceOutput:
         self._open: list[_Response] = []
 
     def start(self) -> None:
-        self._session.on("speech_created", self._on_speech_created)
-        self._session.on("close", self._on_session_close)
+        self._follow()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        """Stop following the session; settle what waits."""
-        if self._closed:
-            return
-        self._closed = True
-        self._session.off("speech_created", self._on_speech_created)
-        self._session.off("close", self._on_session_close)
+    def _release(self) -> None:
         open_, self._open = self._open, []
         for rec in open_:
             rec.settle_all()
-
-    async def aclose(self) -> None:
-        self.close()
-
-    def _on_session_close(self, _ev: object) -> None:
-        self.close()
-
-    def _on_speech_created(self, ev: Any) -> None:
-        self.handles.add(ev.speech_handle)
 
     def track(self, rec: _Response, start: float | None) -> None:
         latency = None if start is None or self._closed else self._latency()
