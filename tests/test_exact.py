@@ -376,6 +376,31 @@ async def test_tts_failure_then_tool_step_plays_the_follow_up_under_the_turn() -
     assert started[-1] == (len(t.sink.segments) - 1, True)
 
 
+async def test_response_cut_by_a_failed_synthesis_ends_before_its_reply_is_committed() -> None:
+    # nothing after a failed synthesis plays, so the response ends when that segment returns,
+    # as a response that played out does: before the reply's message is committed, although
+    # the model had already started more text of the same response
+    t = Turn(
+        [["One.", SegmentBreak(id="b"), "Two.", FlushSentinel(), "Three."]],
+        tts_config=TTSConfig(fail_on={"Two"}),
+    )
+    order: list[str] = []
+    turn = await t.start()
+    assert t.session is not None
+    b = await t.handle_created(1)
+    b.add_done_callback(lambda _: order.append("b done"))
+
+    @t.session.on("conversation_item_added")
+    def _added(ev: Any) -> None:
+        if ev.item.type == "message" and ev.item.role == "assistant":
+            order.append("committed")
+
+    await t.turn_result()
+    await t.close()
+    assert turn.done() and b.playout_started.result() is None
+    assert order == ["b done", "committed"]
+
+
 # ------------------------------------------------------------------ 4. agent state
 
 
