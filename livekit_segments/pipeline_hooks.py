@@ -96,6 +96,7 @@ class GenerationTracker:
         self.turn: SpeechHandle | None = None  # set by the first forward_generation call
         self.turn_st: HandleState | None = None  # its state, set with it
         self.has_breaks = False
+        self.first_break_at = 0  # segments started when the first break came
         self.breaks: dict[int, SegmentBreak] | None = None  # segment -> the break opening it
         # segment counts at which a response was closed (a break, or the model's end)
         self.bounds: list[int] | tuple[()] = ()
@@ -142,6 +143,7 @@ class GenerationTracker:
                 self.pending = value  # the last break before the text labels it
                 if not self.has_breaks:
                     self.has_breaks = True
+                    self.first_break_at = self.segments
                     if self.llm_task is not None:
                         self.llm_task.add_done_callback(self._on_llm_done)
                 # a response that has played out ends here; otherwise its last segment's
@@ -185,6 +187,12 @@ class GenerationTracker:
         if self.cut is not None and self.cut >= j and (last is None or self.cut < last):
             return self.cut
         return last
+
+    def read_a_break(self) -> bool:
+        """Whether upstream read a break of this generation. After a failed synthesis it
+        stops reading at the next segment's start (`_produce_segments` raises there): a break
+        seen after that was read by nobody."""
+        return self.has_breaks and (self.cut is None or self.first_break_at <= self.cut + 1)
 
     def _wake(self) -> None:
         # only a break, or the model's end once a break was seen, gets here
@@ -418,7 +426,12 @@ def _update(turn: SpeechHandle, tracker: GenerationTracker, ts: HandleState | No
         # the reply handle's first response is over once a break closed it and it has played
         # out (the model's end closes the whole reply, which is the handle's own meaning)
         j = tracker.returned
-        if j >= 0 and tracker.last_of_response(j) == j and tracker.end_bound != j + 1:
+        if (
+            j >= 0
+            and tracker.last_of_response(j) == j
+            and tracker.end_bound != j + 1
+            and tracker.read_a_break()
+        ):
             if not turn.interrupted:
                 ts.response_over = True
             # its response is over: the reply handle can no longer start playing

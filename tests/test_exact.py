@@ -401,6 +401,27 @@ async def test_response_cut_by_a_failed_synthesis_ends_before_its_reply_is_commi
     assert order == ["b done", "committed"]
 
 
+async def test_a_break_after_a_failed_synthesis_changes_nothing() -> None:
+    # upstream stops reading the model's output at the first segment after a failed
+    # synthesis: a SegmentBreak there is never read, so the reply behaves as with a plain flush
+    async def run(brk: FlushSentinel) -> list[str]:
+        t = Turn(
+            [["Boom one.", FlushSentinel(), "Two.", brk, "Three."]],
+            tts_config=TTSConfig(fail_on={"Boom one"}),
+        )
+        order: list[str] = []
+        turn = await t.start()
+        assert t.session is not None
+        turn.playout_started.add_done_callback(lambda f: order.append(f"playout {f.result()}"))
+        t.session.on("agent_state_changed", lambda ev: order.append(ev.new_state))
+        await t.turn_result()
+        await t.close()
+        assert len(t.handles) == 1
+        return order
+
+    assert await run(SegmentBreak(id="b")) == await run(FlushSentinel())
+
+
 # ------------------------------------------------------------------ 4. agent state
 
 
