@@ -72,7 +72,6 @@ class HandleState:
     open_handle: SegmentSpeechHandle | None = None
     open_tracker: Any = None  # the generation that opened it
     open_first = -1  # its first segment, numbered within that generation
-    watching = False  # ends the open handle when the turn is interrupted
     newest: HandleState | None = None  # the state of the newest segment handle
     forwarded_any = False
     # turn only: the session, and whether its state shows "thinking" between responses

@@ -77,12 +77,9 @@ class GenerationTracker:
         self,
         task: asyncio.Task[Any] | None,
         llm_task: asyncio.Task[Any] | None = None,
-        functions: list[Any] | None = None,
     ) -> None:
         self.task = task
         self.llm_task = llm_task  # the model's task: its end closes the last response
-        # the tool calls the model made, as upstream collects them
-        self.functions = functions
         # every field set here, none left to a class-level default: these are read per
         # segment, and CPython 3.11 specializes no read of a class attribute through an
         # instance (each is a full lookup, about three times a specialized read)
@@ -236,11 +233,7 @@ def wrap_perform_llm_inference(original: F) -> F:
     @functools.wraps(original)
     def perform_llm_inference(*args: Any, **kwargs: Any) -> Any:
         llm_task, gen_data = original(*args, **kwargs)
-        tracker = GenerationTracker(
-            _task_of_loop(_running_loop()),
-            llm_task,
-            getattr(gen_data, "generated_functions", None),
-        )
+        tracker = GenerationTracker(_task_of_loop(_running_loop()), llm_task)
         text_ch = gen_data.text_ch
         tracker.send_nowait = text_ch.send_nowait
         # the producer task reads the channel when it starts, after this returns
@@ -293,11 +286,6 @@ def _settle(turn: SpeechHandle, ts: HandleState | None) -> None:
         finish_segment(seg, interrupted=False)
 
 
-def _on_interrupted(turn: SpeechHandle) -> None:
-    # upstream's own end of the reply drops the "thinking" label (state_label)
-    _settle(turn, peek_state(turn))
-
-
 def wrap_speech_handle_cancel(original: F) -> F:
     """`SpeechHandle._cancel`, which every interruption goes through: the turn's open segment
     handle ends within the call (``interrupt()`` or ``session.interrupt()`` has returned with
@@ -333,18 +321,10 @@ def wrap_speech_handle_mark_done(original: F) -> F:
     return _mark_done  # type: ignore[return-value]
 
 
-def _watch_interrupt(turn: SpeechHandle, ts: HandleState) -> None:
-    if not ts.watching:
-        ts.watching = True
-        interrupt_fut = getattr(turn, "_interrupt_fut", None)
-        if isinstance(interrupt_fut, asyncio.Future) and not interrupt_fut.done():
-            interrupt_fut.add_done_callback(lambda _: _on_interrupted(turn))
-
-
 def _watch(turn: SpeechHandle, ts: HandleState, tracker: GenerationTracker) -> None:
-    """Ends the generation's open segment handle on the turn's interruption and at the end
-    of the generation (registered once per generation, at its first segment handle)."""
-    _watch_interrupt(turn, ts)
+    """Ends the generation's open segment handle at the end of the generation (registered
+    once per generation, at its first segment handle; the turn's interruption ends it in
+    the `SpeechHandle._cancel` wrapper)."""
     generations = getattr(turn, "_generations", None)
     if generations:
 
