@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from livekit.agents import FlushSentinel, ModelSettings, function_tool
+from livekit.agents.voice import generation as _generation_mod
 from livekit.agents.voice.speech_handle import SpeechHandle
 from livekit_segments import SegmentBreak
 
@@ -376,6 +377,11 @@ async def test_tts_failure_then_tool_step_plays_the_follow_up_under_the_turn() -
     assert started[-1] == (len(t.sink.segments) - 1, True)
 
 
+@pytest.mark.skipif(
+    "error" not in getattr(_generation_mod._TTSGenerationData, "__dataclass_fields__", {}),
+    reason="a failed synthesis is visible to the patch from livekit-agents 1.8 on "
+    "(_TTSGenerationData.error); before, such a response ends with its generation",
+)
 async def test_response_cut_by_a_failed_synthesis_ends_before_its_reply_is_committed() -> None:
     # nothing after a failed synthesis plays, so the response ends when that segment returns,
     # as a response that played out does: before the reply's message is committed, although
