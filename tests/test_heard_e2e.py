@@ -371,3 +371,22 @@ def test_b8_section_replaces_itself_in_benchmarks_md(tmp_path: Path) -> None:
     second = "<!-- b8-record commit=b -->\nnew\n<!-- /b8-record -->\n"
     write_record(doc, second)
     assert doc.read_text() == "# Benchmarks\n\nB1 ...\n\n" + second
+
+
+def test_b8_section_names_the_sessions_commit_time_and_load() -> None:
+    # judged again later (--from), the section still says what the sessions ran on and when
+    from e2e.bench import judge, record_section
+
+    runs = [
+        {
+            **_run([(1.0, 2.0)] * 3),
+            "commit": "d51c7931b9e8" + "0" * 28,
+            "load_average": [load, 1.0, 1.0],
+            "recording": {"start": start},
+        }
+        for load, start in ((2.5, 1796619846.6), (6.0, 1796619700.0))
+    ]
+    section = record_section(judge(runs), "python -m e2e.bench --from out")
+    assert "commit=d51c7931b9e8" in section.splitlines()[0]
+    assert "Commit `d51c7931b9e8`, 2026-12-07 05:01 UTC" in section
+    assert "load average during the sessions 2.5-6.0 on" in section
