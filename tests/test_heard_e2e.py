@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -390,3 +391,21 @@ def test_b8_section_names_the_sessions_commit_time_and_load() -> None:
     assert "commit=d51c7931b9e8" in section.splitlines()[0]
     assert "Commit `d51c7931b9e8`, 2026-12-07 05:01 UTC" in section
     assert "load average during the sessions 2.5-6.0 on" in section
+
+
+def test_the_recording_server_runs_at_the_sinks_rate() -> None:
+    # Chromium opens its stream at the server's default rate: at 44.1 kHz against the 48 kHz
+    # sink the server resamples, and the AudioContext's clock drifted ~400 ppm from
+    # performance.now() (measured); at the sink's own rate nothing is resampled
+    from e2e.recorder import RATE, PulseServer
+
+    server = PulseServer()
+    server.start()
+    try:
+        info = subprocess.run(
+            ["pactl", "info"], env=server.env, capture_output=True, text=True, check=True
+        ).stdout
+    finally:
+        server.stop()
+    spec = next(line for line in info.splitlines() if line.startswith("Default Sample Spec"))
+    assert spec.endswith(f" {RATE}Hz"), spec
