@@ -43,8 +43,9 @@ __all__ = ["main"]
 
 logger = logging.getLogger("heard-e2e")
 _ONSET_SEARCH = int(0.03 * RATE)  # how far from the correlation's lag an onset may lie
-_TAIL_S = 2.0
-_NICE = -10  # after the last response: its audio plays out and reports arrive
+_TAIL_S = 2.0  # after the last response: its audio plays out and reports arrive
+_WARMUP_S = 1.5  # between the page being ready and the session starting (see run())
+_NICE = -10  # the harness raises its own priority to this where allowed (_raise_priority)
 
 
 @dataclass
@@ -169,6 +170,10 @@ async def _run(opts: Options) -> dict[str, Any]:
                 f"the page did not get ready within 60 s; see {opts.log_dir / 'browser.log'}"
             ) from None
         logger.info("page ready: %s", page)
+        # the browser's audio output opens some time after the page is ready (measured: a
+        # response that starts at once lost its start without the companion at 48 kHz), as a
+        # user's has by the time an agent first speaks in a room
+        await asyncio.sleep(_WARMUP_S)
         boosted = browser.boost(opts.niceness)
         if agent_side is not None:
             agent_side.connect(server)
