@@ -379,7 +379,7 @@ async def test_tts_failure_then_tool_step_plays_the_follow_up_under_the_turn() -
 
 @pytest.mark.skipif(
     "error" not in getattr(_generation_mod._TTSGenerationData, "__dataclass_fields__", {}),
-    reason="a failed synthesis is visible to the patch from livekit-agents 1.8 on "
+    reason="a failed synthesis is visible to the patch from livekit-agents 1.8.6 on "
     "(_TTSGenerationData.error); before, such a response ends with its generation",
 )
 async def test_response_cut_by_a_failed_synthesis_ends_before_its_reply_is_committed() -> None:
