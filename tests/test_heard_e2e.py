@@ -4,8 +4,10 @@ responses in a recording. The browser run itself is CI's short profile (scripts/
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 
 from e2e import truth
 from e2e.profile import ProfileError, Stage, parse_profile, stage_at
-from e2e.relay import PathModel, UdpRelay, is_rtp_or_rtcp
+from e2e.relay import PathModel, RelayProcess, UdpRelay, is_rtp_or_rtcp
 from e2e.run import after_change
 
 RTP = bytes([0x80, 111]) + bytes(30)
@@ -122,11 +124,44 @@ async def test_relay_forwards_both_ways_between_learned_peers() -> None:
         assert (await asyncio.wait_for(got["a"], 5)).endswith(b"from-b")
         ta.sendto(RTP + b"from-a", ("127.0.0.1", relay.port_a))
         assert (await asyncio.wait_for(got["b"], 5)).endswith(b"from-a")
-        assert relay.model.forward.forwarded == 2 and relay.model.back.forwarded == 1
+        # the first packet found nobody to deliver to: not counted as forwarded
+        assert relay.model.forward.forwarded == 1 and relay.model.back.forwarded == 1
     finally:
         ta.close()
         tb.close()
         relay.close()
+
+
+def test_the_relay_process_forwards_while_this_process_runs_no_event_loop() -> None:
+    # the harness's relay lives in its own process: packets keep moving while the agent's
+    # process is busy (here: blocked in recv, with no event loop at all)
+    relay = RelayProcess("0:0:0", start=time.time(), seed=1)
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert relay.pid != os.getpid()
+        for s in (a, b):
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(10)
+        b.sendto(STUN + b"hello-from-b", ("127.0.0.1", relay.port_b))  # nobody at A yet
+        a.sendto(STUN + b"from-a", ("127.0.0.1", relay.port_a))
+        assert b.recv(2048).endswith(b"from-a")
+        relay.set_start(time.time())
+        b.sendto(RTP + b"from-b", ("127.0.0.1", relay.port_b))
+        assert a.recv(2048).endswith(b"from-b")
+    finally:
+        a.close()
+        b.close()
+        stats = relay.close()
+    assert stats == {
+        "forward": {"forwarded": 1, "dropped": 0, "reordered": 0},
+        "back": {"forwarded": 1, "dropped": 0, "reordered": 0},
+    }
+
+
+def test_a_relay_process_that_cannot_start_says_so() -> None:
+    with pytest.raises(RuntimeError, match="relay process exited"):
+        RelayProcess("not-a-profile", start=0.0)
 
 
 def test_relay_ports_are_loopback() -> None:
