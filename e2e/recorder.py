@@ -15,10 +15,20 @@ that is exactly one block, ``arrival - (samples before it) / rate`` is an upper 
 recording's start, and the smallest of these bounds is the tightest. What remains is how
 soon a block reaches us after it was rendered (scheduling), at least zero;
 `Recording.clock_bound_ms` reports the spread of the best bounds as its size.
+
+The bounds are taken per `ANCHOR_S` window, not once for the whole recording, because the
+sink's rate is not exactly its nominal one. With the companion's AudioContext playing, the
+sink rendered about 290 ppm more samples than time passed: its bounds fell by 11 ms over 40 s,
+and that context's clock ran fast against ``performance.now()`` by the same amount. With no
+client the bounds stay within 0.1 ms. Real devices are off their nominal rate too, by tens of
+ppm. With one start for the whole recording, every sample was dated by the samples rendered
+after it: up to 25 ms early at the start of an 85 s session. So sample ``n`` is placed by
+the bounds of the blocks near it (`Recording.time_of`).
 """
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import os
 import shutil
@@ -31,11 +41,21 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["RATE", "PulseServer", "Recorder", "Recording", "block_bounds", "die_with_parent"]
+__all__ = [
+    "RATE",
+    "PulseServer",
+    "Recorder",
+    "Recording",
+    "block_bounds",
+    "die_with_parent",
+    "local_starts",
+]
 
 RATE = 48000
 _FRAGMENT_MS = 5
 _PR_SET_PDEATHSIG = 1
+ANCHOR_S = 2.0  # the window of blocks each local start is taken from
+MIN_BLOCKS = 50  # fewer block-sized reads than this in a window: no anchor from it
 
 
 def die_with_parent() -> None:
@@ -130,10 +150,31 @@ class Recording:
     """How many block-sized reads the start was estimated from."""
     block_ms: float = 0.0
     """The null sink's block: a real device would play it out over this long."""
+    anchors: tuple[tuple[float, float], ...] = ()
+    """(sample, start) pairs in sample order: the recording's start as the blocks near that
+    sample place it (`local_starts`); empty: ``start`` holds everywhere."""
+
+    def _start_near(self, sample: float) -> float:
+        a = self.anchors
+        if not a:
+            return self.start
+        if len(a) == 1:
+            return a[0][1]
+        # between the two nearest anchors, or extrapolated from the first or last two
+        i = min(max(bisect.bisect_right([n for n, _ in a], sample), 1), len(a) - 1)
+        (n0, s0), (n1, s1) = a[i - 1], a[i]
+        return s0 + (s1 - s0) * (sample - n0) / (n1 - n0)
 
     def time_of(self, sample: float) -> float:
         """The ``time.time()`` at which ``sample`` played."""
-        return self.start + sample / RATE
+        return self._start_near(sample) + sample / RATE
+
+    def sample_of(self, at: float) -> float:
+        """The sample that played at ``time.time()`` ``at`` (the inverse of `time_of`)."""
+        n = (at - self.start) * RATE
+        for _ in range(3):  # the local start moves by ppm: this converges at once
+            n = (at - self._start_near(n)) * RATE
+        return n
 
 
 @dataclass
@@ -197,15 +238,14 @@ class Recorder:
         if not bounds:
             err = self._proc.stderr.read().decode() if self._proc.stderr else ""
             raise RuntimeError(f"parec recorded nothing usable: {err.strip()}")
-        bounds.sort()
-        # the bound that the best tenth of blocks reach: how much the estimate could move
-        spread = bounds[max(len(bounds) // 10, 0)] - bounds[0]
+        anchors, spread = local_starts(self._reads, block)
         return Recording(
             pcm=pcm,
-            start=bounds[0],
+            start=anchors[0][1],
             clock_bound_ms=spread * 1000,
             fragments=len(bounds),
             block_ms=block * 1000 / RATE,
+            anchors=tuple(anchors),
         )
 
 
@@ -217,3 +257,29 @@ def block_bounds(reads: list[tuple[float, int, int]]) -> tuple[int, list[float]]
         return 0, []
     block = sizes.most_common(1)[0][0]
     return block, [t - first / RATE for t, first, end in reads if end - first == block]
+
+
+def local_starts(
+    reads: list[tuple[float, int, int]], block: int, window_s: float = ANCHOR_S
+) -> tuple[list[tuple[float, float]], float]:
+    """The recording's start as each `window_s` of block-sized reads places it: (first
+    sample of the window's promptest block, its bound), in order; and the median over the
+    windows of the spread of their best tenth of bounds (how much a local start could move).
+    """
+    per: dict[int, list[tuple[int, float]]] = {}
+    for t, first, end in reads:
+        if end - first == block:
+            per.setdefault(int(first / (window_s * RATE)), []).append((first, t - first / RATE))
+    anchors: list[tuple[float, float]] = []
+    spreads: list[float] = []
+    # a window with few blocks (the recording's last, cut short) is left out: a poor bound
+    # there would tilt the extrapolation past the last anchor
+    enough = [k for k in sorted(per) if len(per[k]) >= MIN_BLOCKS] or sorted(per)
+    for k in enough:
+        items = per[k]
+        first, best = min(items, key=lambda it: it[1])
+        anchors.append((float(first), best))
+        bounds = sorted(b for _, b in items)
+        spreads.append(bounds[len(bounds) // 10] - best)
+    spreads.sort()
+    return anchors, spreads[len(spreads) // 2] if spreads else 0.0

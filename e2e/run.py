@@ -298,7 +298,7 @@ def analyse(
         offset = fa / SAMPLE_RATE
         row["first_audible_offset_ms"] = round(offset * 1000, 2)
         ref0 = int(round((s + offset - t0) * RATE))
-        expected = int(round((s + offset - recording.start) * RATE))
+        expected = int(round(recording.sample_of(s + offset)))
         max_lag = int(truth.MAX_LAG_S * RATE)
         coarse = truth.locate(agent48[ref0 : ref0 + window], rec, expected, max_lag, rate=RATE)
         if coarse is None or coarse.score < 0.5:

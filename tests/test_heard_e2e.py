@@ -264,6 +264,31 @@ def test_recording_start_from_block_sized_reads() -> None:
     assert all(b >= start - 1e-9 for b in bounds)  # each is an upper bound
 
 
+def test_a_sink_off_its_nominal_rate_is_placed_by_the_blocks_near_each_sample() -> None:
+    from e2e.recorder import RATE as REC_RATE, Recording, local_starts
+
+    # a sink that renders 300 ppm more samples than time passes, for 60 s, each block
+    # reaching the reader 0..3 ms after it was rendered
+    start, block, fast = 1000.0, 240, 300e-6
+    reads = []
+    for k in range(60 * REC_RATE // block):
+        rendered = start + k * block / REC_RATE * (1 - fast)
+        reads.append((rendered + 0.001 * ((k * 7) % 4), k * block, (k + 1) * block))
+    anchors, spread = local_starts(reads, block)
+    rec = Recording(
+        pcm=b"",
+        start=anchors[0][1],
+        clock_bound_ms=spread * 1000,
+        fragments=0,
+        anchors=tuple(anchors),
+    )
+    for n in (0, 10 * REC_RATE + 77, 30 * REC_RATE, 59 * REC_RATE + 3):
+        true = start + n / REC_RATE * (1 - fast)
+        assert rec.time_of(n) == pytest.approx(true, abs=0.3e-3)  # one start was 18 ms off
+        assert rec.sample_of(true) == pytest.approx(n, abs=0.3e-3 * REC_RATE)
+    assert spread < 0.004
+
+
 # -- B8 from the runs' JSON
 
 
