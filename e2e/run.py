@@ -370,6 +370,7 @@ def analyse(
         "path": path_stats,
         "audio_bytes_to_page": server.sent_bytes,
         "feeder_late_ms": server.feeder_late_ms,
+        "lead_margin_ms": server.lead_margin_ms,
         "feeder_reanchors": [
             {"at_s": round(at - origin, 3), "drift_ms": round(ms, 2)} for at, ms in server.reanchors
         ],

@@ -1,7 +1,8 @@
-"""The local web side of the harness: serves the page and carries one WebSocket to it.
+"""The local web side of the harness: serves the page and carries two WebSockets to it.
 
-The WebSocket carries the agent's audio frames to the page (binary, s16 mono) and JSON
-messages both ways (the page's readiness, and the stand-in for LiveKit RPC).
+`/audio` carries the agent's audio frames (binary, s16 mono) to the page's audio worker, and
+its reports back (JSON). `/ws` carries JSON both ways on the page's main thread: its
+readiness, and the stand-in for LiveKit RPC.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class PageServer:
         self.ready: asyncio.Future[dict[str, Any]] | None = None
         self.on_message: Callable[[dict[str, Any]], None] | None = None
         self._ws: web.WebSocketResponse | None = None
+        self._audio: web.WebSocketResponse | None = None
         self._runner: web.AppRunner | None = None
         self.sent_bytes = 0
         self.feeder_late_ms = 0.0
@@ -38,12 +40,16 @@ class PageServer:
         self._sends: set[asyncio.Task[None]] = set()
         self.reanchors: list[tuple[float, float]] = []
         """(agent time, ms): where the page re-took its context/wall anchor, and the drift."""
+        self.lead_margin_ms: float | None = None
+        """The least time any frame reached the page's audio worker before its lead ran out
+        (negative: a frame came too late, and its start was lost)."""
 
     async def start(self) -> None:
         """Listen on a free port of 127.0.0.1."""
         self.ready = asyncio.get_running_loop().create_future()
         app = web.Application()
         app.router.add_get("/ws", self._websocket)
+        app.router.add_get("/audio", self._audio_socket)
         for prefix, root in sorted(self.static.items(), key=lambda kv: -len(kv[0])):
             if prefix == "/":
                 app.router.add_get("/", self._index)
@@ -72,25 +78,40 @@ class PageServer:
             data = json.loads(msg.data)
             if data.get("type") == "ready" and self.ready is not None and not self.ready.done():
                 self.ready.set_result(data)
-            elif data.get("type") == "reanchor":
-                self.reanchors.append((float(data["at"]), float(data["driftMs"])))
             elif data.get("type") == "feeder":
                 self.feeder_late_ms = float(data["lateMs"])
             elif self.on_message is not None:
                 self.on_message(data)
         return ws
 
+    async def _audio_socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=1 << 20)
+        await ws.prepare(request)
+        if self._audio is not None:
+            await ws.close(message=b"one page at a time")
+            return ws
+        self._audio = ws
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            data = json.loads(msg.data)
+            if data.get("type") == "reanchor":
+                self.reanchors.append((float(data["at"]), float(data["driftMs"])))
+            elif data.get("type") == "margin":
+                self.lead_margin_ms = float(data["minMs"])
+        return ws
+
     def send_frame(self, start: float, pcm: bytes) -> None:
         """Send a frame of s16 mono audio that starts playing at ``start`` (``time.time()``)."""
-        if self._ws is None or self._ws.closed:
+        if self._audio is None or self._audio.closed:
             return
         self.sent_bytes += len(pcm)
-        self._spawn(self._ws.send_bytes(struct.pack("<d", start) + pcm))
+        self._spawn(self._audio.send_bytes(struct.pack("<d", start) + pcm))
 
     def send_clear(self, at: float) -> None:
         """Recall the audio from ``at`` on."""
-        if self._ws is not None and not self._ws.closed:
-            self._spawn(self._ws.send_str(json.dumps({"type": "clear", "at": at})))
+        if self._audio is not None and not self._audio.closed:
+            self._spawn(self._audio.send_str(json.dumps({"type": "clear", "at": at})))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         # sends keep their order: aiohttp writes each message whole, in call order
@@ -106,7 +127,8 @@ class PageServer:
 
     async def stop(self) -> None:
         """Close the WebSocket and the server."""
-        if self._ws is not None:
-            await self._ws.close()
+        for ws in (self._ws, self._audio):
+            if ws is not None:
+                await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()

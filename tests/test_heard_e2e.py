@@ -198,6 +198,39 @@ def _speechlike(seconds: float, seed: int) -> np.ndarray:
     return np.asarray(x * env / 3, dtype=np.float64)
 
 
+async def test_frames_go_to_the_pages_audio_socket_and_its_reports_come_back() -> None:
+    import struct
+
+    import aiohttp
+
+    from e2e.server import PageServer
+
+    server = PageServer()
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"http://127.0.0.1:{server.port}/audio") as audio:
+                # the socket is the server's once its handler runs: its first report says so
+                await audio.send_json({"type": "margin", "minMs": 12.5})
+                while server.lead_margin_ms is None:
+                    await asyncio.sleep(0)
+                server.send_frame(1234.5, b"\x01\x00\x02\x00")
+                msg = await audio.receive(timeout=10)
+                assert msg.type == aiohttp.WSMsgType.BINARY
+                assert struct.unpack("<d", msg.data[:8])[0] == 1234.5
+                assert msg.data[8:] == b"\x01\x00\x02\x00"
+                server.send_clear(1240.0)
+                assert (await audio.receive_json(timeout=10)) == {"type": "clear", "at": 1240.0}
+                await audio.send_json({"type": "reanchor", "driftMs": 25.0, "at": 1250.0})
+                while not server.reanchors:
+                    await asyncio.sleep(0)
+        assert server.lead_margin_ms == 12.5
+        assert server.reanchors == [(1250.0, 25.0)]
+        assert server.sent_bytes == 4
+    finally:
+        await server.stop()
+
+
 def test_first_audible_and_onset() -> None:
     x = np.zeros(RATE)
     x[1000] = 0.005  # below the -40 dBFS threshold
@@ -405,7 +438,7 @@ def test_analyse_maps_the_recording_to_the_agent_clock() -> None:
             return {}
 
     opts = Options(profile=parse_profile("60:10:0,200:10:0@1"), spec="x", json_path=None)  # type: ignore[arg-type]
-    server = SimpleNamespace(sent_bytes=0, feeder_late_ms=0.0, reanchors=[])
+    server = SimpleNamespace(sent_bytes=0, feeder_late_ms=0.0, reanchors=[], lead_margin_ms=20.0)
     model = PathModel(opts.profile, start=t0)
     out = analyse(opts, run, recording, t0, model, server, Side())  # type: ignore[arg-type]
     r0, r1 = out["responses"]

@@ -1,6 +1,6 @@
 // Plays the agent's frames into the sending track at the context frame the page scheduled
 // them for: what the agent's rtc.AudioSource does when its native queue drains into WebRTC,
-// with a constant lead (harness.js) so that a late main thread does not move the audio.
+// with a constant lead (audio-worker.js) so that a late frame does not move the audio.
 // Silence where nothing is scheduled; a chunk that arrives after its time plays its
 // remaining part only (counted as late). process() allocates nothing: a garbage collection
 // on this realtime thread would be a glitch in the very audio being measured.
@@ -11,8 +11,12 @@ class Feeder extends AudioWorkletProcessor {
     this.head = 0; // chunks before this index are done
     this.lateSamples = 0;
     this.nextReport = 0;
-    this.port.onmessage = (e) => {
+    const onMessage = (e) => {
       const m = e.data;
+      if (m.port !== undefined) {
+        m.port.onmessage = onMessage; // the audio worker's frames come straight from it
+        return;
+      }
       if (m.clearFrom !== undefined) {
         this.chunks = this.chunks.slice(this.head).filter((c) => c.at < m.clearFrom);
         this.head = 0;
@@ -27,6 +31,7 @@ class Feeder extends AudioWorkletProcessor {
       }
       this.chunks.push(m);
     };
+    this.port.onmessage = onMessage;
   }
   process(_inputs, outputs) {
     const out = outputs[0][0];

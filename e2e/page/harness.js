@@ -1,12 +1,11 @@
 // The page of scripts/heard-e2e: the agent's audio arrives over a WebSocket, goes into a
 // MediaStreamTrack, crosses real WebRTC (Opus, NetEq) between two peer connections whose
 // packets pass through the harness's UDP relay, and plays to the default output device
-// through an audio element, as livekit-client plays a remote track by default.
+// through an audio element, as livekit-client plays a remote track by default. The frames
+// themselves are received and scheduled off this thread, in audio-worker.js.
 const params = new URLSearchParams(location.search);
 const relayA = Number(params.get('relayA')); // where pcA sends (it believes pcB is there)
 const relayB = Number(params.get('relayB')); // where pcB sends
-const LEAD_S = 0.1; // constant: part of the path delay the companion measures
-const MAX_DRIFT_S = 0.02;
 const state = (window.harness = { phase: 'starting', errors: [] });
 const log = (...a) => console.log('[page]', ...a);
 
@@ -85,54 +84,39 @@ async function main() {
   }
 
   ws.onmessage = (e) => {
-    if (typeof e.data === 'string') {
-      const msg = JSON.parse(e.data);
-      if (msg.type === 'clear') {
-        if (anchor !== null) feeder.port.postMessage({ clearFrom: Math.round((msg.at + LEAD_S + anchor) * sr) });
-      } else if (msg.type === 'start-companion') {
-        startCompanion({ ws, track, audio, pcB }).catch((err) => {
-          state.errors.push(String(err));
-          ws.send(JSON.stringify({ type: 'companion-failed', error: String(err && err.stack || err) }));
-        });
-      } else if (window.onHarnessMessage) window.onHarnessMessage(msg);
-      return;
-    }
-    schedule(new DataView(e.data).getFloat64(0, true), new Int16Array(e.data, 8));
+    if (typeof e.data !== 'string') return;
+    const msg = JSON.parse(e.data);
+    if (msg.type === 'start-companion') {
+      startCompanion({ ws, track, audio, pcB }).catch((err) => {
+        state.errors.push(String(err));
+        ws.send(JSON.stringify({ type: 'companion-failed', error: String(err && err.stack || err) }));
+      });
+    } else if (window.onHarnessMessage) window.onHarnessMessage(msg);
   };
 
-  // Each frame carries the agent-clock time (time.time(), the same system clock as
-  // Date.now()) at which the agent's source starts playing it. It enters the track LEAD_S
-  // later, at a context frame fixed by one anchor (context time <-> wall time), so frames
-  // stay contiguous and a main thread that is late by less than LEAD_S moves nothing.
-  // The anchor is re-taken at the start of a run of audio if the two clocks drifted apart.
-  let anchor = null; // context seconds minus wall seconds
-  let prevEndWall = -1;
-  let prevEndFrame = -1;
-  const sr = sendCtx.sampleRate;
-  function wallNow() {
+  // the agent's audio: its own WebSocket, received and scheduled in a worker (audio-worker.js)
+  // that hands each frame to the feeder directly; this thread only sends it fresh readings
+  // of the sending context's clock against the wall clock
+  function reading() {
     const ts = sendCtx.getOutputTimestamp();
     if (ts.contextTime > 0) return [ts.contextTime, (performance.timeOrigin + ts.performanceTime) / 1000];
     return [sendCtx.currentTime, Date.now() / 1000];
   }
-  function schedule(startWall, s16) {
-    const f32 = new Float32Array(s16.length);
-    for (let i = 0; i < s16.length; i++) f32[i] = s16[i] / 32768;
-    let at;
-    if (prevEndFrame >= 0 && Math.abs(startWall - prevEndWall) < 0.001) {
-      at = prevEndFrame; // continues the previous frame: no rounding gap
-    } else {
-      const [ctxT, wallT] = wallNow();
-      const fresh = ctxT - wallT;
-      if (anchor === null || Math.abs(fresh - anchor) > MAX_DRIFT_S) {
-        if (anchor !== null) ws.send(JSON.stringify({ type: 'reanchor', driftMs: 1000 * (fresh - anchor), at: startWall }));
-        anchor = fresh;
-      }
-      at = Math.round((startWall + LEAD_S + anchor) * sr);
-    }
-    prevEndWall = startWall + f32.length / sr;
-    prevEndFrame = at + f32.length;
-    feeder.port.postMessage({ at, data: f32 }, [f32.buffer]);
-  }
+  const channel = new MessageChannel();
+  feeder.port.postMessage({ port: channel.port1 }, [channel.port1]);
+  const worker = new Worker('audio-worker.js');
+  await new Promise((resolve, reject) => {
+    worker.onmessage = (e) => {
+      if (e.data.type === 'open') resolve();
+      else reject(new Error('the audio WebSocket failed'));
+    };
+    worker.onerror = (e) => reject(new Error(`audio worker: ${e.message}`));
+    worker.postMessage(
+      { type: 'init', port: channel.port2, sampleRate: sendCtx.sampleRate, reading: reading(), url: `ws://${location.host}/audio` },
+      [channel.port2],
+    );
+  });
+  setInterval(() => worker.postMessage({ type: 'reading', reading: reading() }), 250);
   state.phase = 'ready';
   ws.send(JSON.stringify({ type: 'ready', outputLatency: sendCtx.outputLatency }));
   log('ready');
