@@ -31,18 +31,52 @@ export class OnsetDetector {
     const nch = channels.length;
     if (nch === 0) return;
     const n = channels[0]!.length;
-    for (let i = 0; i < n; i++) {
-      let a = 0;
+    const thr = this.threshold;
+    // Where an audible sample lies is all that matters: the first one in the block may be
+    // an onset, and the last one sets lastAudible. A later onset in the same block needs a
+    // gap no longer than the block, so with the usual gap (0.2 s, blocks of 128 samples)
+    // the samples between them are not looked at: speech costs a few comparisons a block.
+    let first = -1;
+    for (let i = 0; i < n && first < 0; i++) {
       for (let c = 0; c < nch; c++) {
-        const v = Math.abs(channels[c]![i]!);
-        if (v > a) a = v;
-      }
-      if (a >= this.threshold) {
-        const t = start + i / sampleRate;
-        const gap = this.lastAudible === null ? 60 : Math.min(t - this.lastAudible, 60);
-        if (gap >= this.gap - 1e-9) out.push([t, gap]);
-        this.lastAudible = t;
+        const v = channels[c]![i]!;
+        if (v >= thr || -v >= thr) {
+          first = i;
+          break;
+        }
       }
     }
+    if (first < 0) return;
+    if (this.gap - 1e-9 <= (n - 1 - first) / sampleRate) {
+      // a gap this short can also end inside the block: look at every sample
+      for (let i = first; i < n; i++) {
+        let a = 0;
+        for (let c = 0; c < nch; c++) {
+          const v = Math.abs(channels[c]![i]!);
+          if (v > a) a = v;
+        }
+        if (a >= thr) this.audibleAt(start + i / sampleRate, out);
+      }
+      return;
+    }
+    this.audibleAt(start + first / sampleRate, out);
+    let last = first;
+    for (let i = n - 1; i > first && last === first; i--) {
+      for (let c = 0; c < nch; c++) {
+        const v = channels[c]![i]!;
+        if (v >= thr || -v >= thr) {
+          last = i;
+          break;
+        }
+      }
+    }
+    this.lastAudible = start + last / sampleRate;
+  }
+
+  /** An audible sample at `t`: an onset when the silence before it lasted `gap` or more. */
+  audibleAt(t: number, out: Array<[number, number]>): void {
+    const gap = this.lastAudible === null ? 60 : Math.min(t - this.lastAudible, 60);
+    if (gap >= this.gap - 1e-9) out.push([t, gap]);
+    this.lastAudible = t;
   }
 }
