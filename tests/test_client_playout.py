@@ -417,6 +417,54 @@ async def test_a_step_change_of_the_path_delay_is_followed(rig: Rig) -> None:
     assert rig.cp.path_delay() == pytest.approx(0.2, abs=2e-4)
 
 
+async def test_the_prediction_follows_the_jitter_buffer_between_onsets(rig: Rig) -> None:
+    # NetEq raised its delay by 100 ms during a silence: no onset shows it, the companion's
+    # jitter buffer reading does, and the next response is predicted with it
+    rig.hello()
+    rig.sync()
+
+    def jb(ms: float) -> None:
+        rig.q += 1
+        rig.call(
+            client_playout.SYNC, {"v": 1, "q": rig.q, "t0": rig.client_ms(rig.clock.now), "jb": ms}
+        )
+
+    jb(40.0)
+    rig.delay = 0.25
+    h = rig.handle()
+    await rig.speak(h, (0.0, 0.3), (0.3, 0.2))
+    await rig.clock.advance_to(rig.clock.now + 0.5)  # the device has played it
+    rig.report(rig.device_onsets()[-1:])
+    assert rig.cp.path_delay() == pytest.approx(0.25, abs=2e-4)
+    jb(42.0)  # within the noise of a reading: moves it by as much, no more
+    assert rig.cp.path_delay() == pytest.approx(0.252, abs=2e-4)
+    jb(140.0)
+    rig.delay = 0.35
+    h2 = rig.handle()
+    v = client_playout.heard(h2)
+    s2 = await rig.speak(h2, (0.0, 0.3), (0.3, 0.2))
+    assert v.result().how == "predicted"
+    assert v.result().at == pytest.approx(s2 + 0.35, abs=2e-4)
+    # its own onset then matches at the new delay, which the old one had missed by 100 ms
+    await rig.clock.advance_to(rig.clock.now + 0.5)  # the device has played it
+    rig.report(rig.device_onsets()[-1:])
+    assert rig.cp.path_delay() == pytest.approx(0.35, abs=2e-4)
+
+
+async def test_a_companion_that_sends_no_jitter_buffer_reading_is_predicted_as_before(
+    rig: Rig,
+) -> None:
+    rig.hello()
+    rig.sync(rx=40.0)
+    rig.delay = 0.25
+    h = rig.handle()
+    await rig.speak(h, (0.0, 0.3), (0.3, 0.2))
+    await rig.clock.advance_to(rig.clock.now + 0.5)  # the device has played it
+    rig.report(rig.device_onsets()[-1:])
+    rig.sync(rx=140.0)  # rx serves the prior only
+    assert rig.cp.path_delay() == pytest.approx(0.25, abs=2e-4)
+
+
 async def test_without_a_companion_it_is_unavailable_when_playout_starts(rig: Rig) -> None:
     h = rig.handle()
     v = client_playout.heard(h)

@@ -39,6 +39,9 @@ export interface SyncRequest {
   rx?: number;
   /** network one-way estimate from the media transport (ICE round trip / 2), ms */
   net?: number;
+  /** jitter buffer delay over the interval since the previous reading, ms (rx without the
+   * output latency): the agent moves its path delay by its changes */
+  jb?: number;
 }
 
 export interface SyncReply {

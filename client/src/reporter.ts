@@ -19,7 +19,13 @@ import {
   type SyncRequest,
   type TapPath,
 } from './protocol.js';
-import { choosePath, createBrowserTap, type Tap, type TapFactory } from './tap.js';
+import {
+  choosePath,
+  createBrowserTap,
+  type ReceivePath,
+  type Tap,
+  type TapFactory,
+} from './tap.js';
 
 export const CLIENT_NAME = '@livekit-segments/client/0.1.0';
 
@@ -93,6 +99,10 @@ const MAX_PENDING = 64;
 const STARTUP_SYNCS = 4;
 const STARTUP_SYNC_INTERVAL_MS = 250;
 const MAX_SYNC_FAILURES = 3;
+// The jitter buffer's delay is read this often; a change of JB_STEP_MS or more since the last
+// one sent is sent at once (a sync), so the agent's prediction follows NetEq between onsets.
+const JB_POLL_MS = 1000;
+const JB_STEP_MS = 5;
 
 function isAgent(p: RemoteParticipant): boolean {
   const q = p as unknown as { isAgent?: boolean; kind?: number; attributes?: Record<string, string> };
@@ -126,6 +136,7 @@ class Reporter implements PlayoutReporter {
   private helloAttempts = 0;
   private syncFailures = 0;
   private rehellos = 0; // survives reset(): the backoff of re-hellos after refused syncs
+  private sentJb: number | undefined;
   private stopped = false;
   readonly stats: PlayoutReporterStats = {
     path: null,
@@ -231,6 +242,7 @@ class Reporter implements PlayoutReporter {
     this.pending = [];
     this.helloAttempts = 0;
     this.syncFailures = 0;
+    this.sentJb = undefined;
     this.stats.path = null;
   }
 
@@ -312,7 +324,19 @@ class Reporter implements PlayoutReporter {
       this.later(() => void this.sync(epoch), i * STARTUP_SYNC_INTERVAL_MS);
     }
     this.later(() => this.syncForever(epoch), STARTUP_SYNCS * STARTUP_SYNC_INTERVAL_MS);
+    this.later(() => void this.watchJitterBuffer(epoch), JB_POLL_MS);
     await this.tapIfReady();
+  }
+
+  private async watchJitterBuffer(epoch: number): Promise<void> {
+    if (epoch !== this.epoch || !this.params) return;
+    this.later(() => void this.watchJitterBuffer(epoch), JB_POLL_MS);
+    if (!this.tap || !this.tap.valid) return;
+    const path = await this.tap.receivePath();
+    if (epoch !== this.epoch || path.jb === undefined || !Number.isFinite(path.jb)) return;
+    if (this.sentJb === undefined || Math.abs(path.jb - this.sentJb) >= JB_STEP_MS) {
+      await this.sync(epoch, path);
+    }
   }
 
   private syncForever(epoch: number): void {
@@ -321,10 +345,10 @@ class Reporter implements PlayoutReporter {
     this.later(() => this.syncForever(epoch), this.params.sync_s * 1000);
   }
 
-  private async sync(epoch: number): Promise<void> {
+  private async sync(epoch: number, read?: ReceivePath): Promise<void> {
     if (this.tap && !this.tap.valid) this.closeTap();
     void this.tapIfReady(); // a track that could not be tapped yet, or a replaced graph
-    const path = this.tap ? await this.tap.receivePath() : {};
+    const path = read ?? (this.tap ? await this.tap.receivePath() : {});
     await this.enqueue(async () => {
       if (epoch !== this.epoch) return;
       const q = ++this.q;
@@ -334,6 +358,7 @@ class Reporter implements PlayoutReporter {
       const clamp = (x: number) => r1(Math.min(Math.max(x, 0), 5000));
       if (path.rx !== undefined && Number.isFinite(path.rx)) req.rx = clamp(path.rx);
       if (path.net !== undefined && Number.isFinite(path.net)) req.net = clamp(path.net);
+      if (path.jb !== undefined && Number.isFinite(path.jb)) req.jb = clamp(path.jb);
       let text: string;
       try {
         text = await this.rpc(SYNC, req);
@@ -353,6 +378,7 @@ class Reporter implements PlayoutReporter {
       }
       this.syncFailures = 0;
       this.rehellos = 0;
+      if (req.jb !== undefined) this.sentJb = req.jb;
       const reply = parseSyncReply(text);
       const t3 = r1(this.deps.now());
       if (epoch !== this.epoch || reply.q !== q) return;

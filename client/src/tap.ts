@@ -23,17 +23,24 @@ export interface Tap {
   /** Which dating the last `toClientMs` used: the output timestamp, or currentTime + latency. */
   readonly dating: 'output-timestamp' | 'latency' | 'none';
   /**
-   * From the receiver's stats, for the agent's prior before its first match: `rx`, the
-   * receive-side delay in ms (jitter buffer delay over the last interval + output latency), and
-   * `net`, half the ICE candidate pair's current round trip in ms. Either may be missing.
+   * From the receiver's stats: `jb`, the jitter buffer delay in ms over the interval since the
+   * last call; `rx`, the receive-side delay (`jb` + output latency), for the agent's prior
+   * before its first match; and `net`, half the ICE candidate pair's current round trip in
+   * ms. Any may be missing.
    */
-  receivePath(): Promise<{ rx?: number; net?: number }>;
+  receivePath(): Promise<ReceivePath>;
   setParams(threshold: number, gapSeconds: number): void;
   resume(): Promise<void>;
   close(): void;
 }
 
 export type OnsetSink = (contextTime: number, gapSeconds: number) => void;
+
+export interface ReceivePath {
+  rx?: number;
+  net?: number;
+  jb?: number;
+}
 
 export interface TapOptions {
   path: 'auto' | 'plugin' | 'own-graph';
@@ -207,8 +214,8 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
       const latency = ctx.outputLatency || ctx.baseLatency || 0;
       return performance.timeOrigin + clockMap() + (contextTime + latency) * 1000;
     },
-    async receivePath(): Promise<{ rx?: number; net?: number }> {
-      const out: { rx?: number; net?: number } = {};
+    async receivePath(): Promise<ReceivePath> {
+      const out: ReceivePath = {};
       try {
         const report = await track.getRTCStatsReport();
         report?.forEach((s: Record<string, unknown>) => {
@@ -219,7 +226,8 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
               // over the interval since the last read: the lifetime average lags a change
               const [d0, n0] = lastJb;
               if (n > n0) {
-                out.rx = ((d - d0) / (n - n0)) * 1000 + (ctx.outputLatency || ctx.baseLatency || 0) * 1000;
+                out.jb = ((d - d0) / (n - n0)) * 1000;
+                out.rx = out.jb + (ctx.outputLatency || ctx.baseLatency || 0) * 1000;
               }
               lastJb = [d, n];
             }

@@ -133,8 +133,9 @@ class FakeTap implements Tap {
   contextNow(): number {
     return (this.timers.now - 500_000) / 1000;
   }
-  async receivePath(): Promise<{ rx?: number; net?: number }> {
-    return { rx: 42.25, net: 7.04 };
+  jb: number | undefined; // the jitter buffer's delay, once a test sets it
+  async receivePath(): Promise<{ rx?: number; net?: number; jb?: number }> {
+    return this.jb === undefined ? { rx: 42.25, net: 7.04 } : { rx: this.jb + 20, net: 7.04, jb: this.jb };
   }
   setParams(t: number, gap: number): void {
     this.params = [t, gap];
@@ -245,6 +246,31 @@ test('reports onsets once dated in the past, batched, in sequence, at most 4 a s
   assert.equal(room.of(REPORT).length, 4);
   const sent = room.of(REPORT)[3]!.body['o'] as Array<[number, number]>;
   assert.ok(sent[0]![0] <= timers.now);
+  reporter.stop();
+});
+
+test('a change of the jitter buffer delay is sent at once, in a sync; no change sends nothing', async () => {
+  const agent = new FakeParticipant('agent-1', 4);
+  agent.publishAudio();
+  room.join(agent);
+  const reporter = start();
+  await timers.advance(0);
+  const tap = taps[0]!;
+  tap.jb = 40;
+  await timers.advance(1500); // startup syncs, then the first reading: sent, none sent yet
+  const first = room.of(SYNC).filter((c) => c.body['jb'] !== undefined);
+  assert.ok(first.length >= 1);
+  assert.equal(first.at(-1)!.body['jb'], 40);
+  const n = room.of(SYNC).length;
+  tap.jb = 43.5; // less than 5 ms away from what the agent has
+  await timers.advance(3000);
+  assert.equal(room.of(SYNC).length, n);
+  tap.jb = 140; // NetEq raised its delay
+  await timers.advance(1000);
+  const after = room.of(SYNC);
+  assert.equal(after.length, n + 1);
+  assert.equal(after.at(-1)!.body['jb'], 140);
+  assert.equal(after.at(-1)!.body['rx'], 160);
   reporter.stop();
 });
 

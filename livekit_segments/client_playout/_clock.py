@@ -1,6 +1,6 @@
 """Client-to-agent clock offset from NTP-style exchanges, minimum-RTT filtered, with the
-rate difference of the two clocks followed (a page's monotonic clock and the agent's system
-clock may run a few hundred ppm apart: 10 ms within 30 s)."""
+rate difference of the two clocks followed (two machines' clocks differ in rate, and NTP may
+slew one by up to 500 ppm: 15 ms within 30 s)."""
 
 from __future__ import annotations
 

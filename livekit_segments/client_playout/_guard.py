@@ -50,6 +50,7 @@ class Sync:
     prev: tuple[int, float] | None  # (q, t3 in client seconds)
     rx: float | None  # receive-side delay estimate, seconds
     net: float | None  # network one-way estimate from the media transport, seconds
+    jb: float | None = None  # jitter buffer delay over the last interval, seconds
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,8 @@ def parse_sync(payload: str) -> Sync:
         prev = (pq, _num({"t3": p[1]}, "t3", -_T_MAX, _T_MAX) / 1000)
     rx = _num(obj, "rx", 0, 5000) / 1000 if "rx" in obj else None
     net = _num(obj, "net", 0, 5000) / 1000 if "net" in obj else None
-    return Sync(q=q, t0=t0, prev=prev, rx=rx, net=net)
+    jb = _num(obj, "jb", 0, 5000) / 1000 if "jb" in obj else None
+    return Sync(q=q, t0=t0, prev=prev, rx=rx, net=net, jb=jb)
 
 
 def parse_report(payload: str) -> Report:

@@ -116,7 +116,19 @@ class _Companion:
     pending: dict[int, tuple[float, float, float]] = field(default_factory=dict)
     rx: float | None = None
     net: float | None = None
+    jb: float | None = None
     delays: deque[float] = field(default_factory=lambda: deque(maxlen=DELAY_MEDIAN_OF))
+    # the jitter buffer delay the companion had reported when each of `delays` was matched
+    delay_jb: deque[float | None] = field(default_factory=lambda: deque(maxlen=DELAY_MEDIAN_OF))
+
+    def add_delay(self, delay: float) -> None:
+        self.delays.append(delay)
+        self.delay_jb.append(self.jb)
+
+    def clear_delays(self) -> None:
+        self.delays.clear()
+        self.delay_jb.clear()
+
     # device onsets no agent onset matched yet: (device time, gap), for re-acquisition
     unmatched: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=16))
 
@@ -292,7 +304,14 @@ class ClientPlayout(_SessionFollower):
         if comp is None or comp.path == "none":
             return None
         if comp.delays:
-            return statistics.median(comp.delays)
+            # each matched delay, moved by how much the jitter buffer's delay changed since:
+            # NetEq raises and lowers its delay between onsets (after a step of the network
+            # delay it built up 100 ms more over the 3 s of silence that followed)
+            jb = comp.jb
+            return statistics.median(
+                d + (jb - then) if jb is not None and then is not None else d
+                for d, then in zip(comp.delays, comp.delay_jb, strict=True)
+            )
         unc = comp.clock.uncertainty
         if unc is None:
             return None
@@ -510,6 +529,8 @@ class ClientPlayout(_SessionFollower):
             comp.rx = sync.rx
         if sync.net is not None:
             comp.net = sync.net
+        if sync.jb is not None:
+            comp.jb = sync.jb
         t2 = self._clock()
         comp.pending[sync.q] = (sync.t0, t1, t2)
         while len(comp.pending) > 4:
@@ -599,8 +620,8 @@ class ClientPlayout(_SessionFollower):
         if step:
             # the gap alone identified it: the path moved, and the next response (often
             # the next onset at all) is placed by the new delay, not a median with the old
-            comp.delays.clear()
-        comp.delays.append(device - chosen.onset.at)
+            comp.clear_delays()
+        comp.add_delay(device - chosen.onset.at)
         logger.debug(
             "client playout: device onset %.3f (gap %.0f ms) matched at %.1f ms",
             device,
@@ -674,10 +695,10 @@ class ClientPlayout(_SessionFollower):
         if len(chosen) < REACQUIRE_SUPPORT:
             return False
         chosen.sort(key=lambda p: p[2].onset.at)
-        comp.delays.clear()
+        comp.clear_delays()
         for lag, _, o in chosen:
             o.device = o.onset.at + lag
-            comp.delays.append(lag)
+            comp.add_delay(lag)
         comp.unmatched.clear()
         logger.info(
             "client playout: the path delay moved to %.0f ms; re-acquired on %d onsets",
