@@ -25,6 +25,7 @@ from livekit_segments import client_playout
 from livekit_segments.client_playout import Heard
 from livekit_segments.client_playout._clock import ClockOffset
 from livekit_segments.client_playout._detector import MAX_GAP, OnsetDetector, amplitudes
+from livekit_segments.client_playout._service import CODEC_DELAY
 
 SR = 48000
 T_START = 1_800_000_000.0
@@ -349,9 +350,10 @@ async def test_prediction_fires_at_the_predicted_device_start_and_measurement_fo
     assert got1.path_delay == pytest.approx(rig.delay, abs=2e-4)
     assert got1.first_audible_offset == pytest.approx(0.1, abs=2e-4)
     assert got1.measured_from == pytest.approx(0.1, abs=2e-4)
-    # the first response fired on the prior (rtt/2 + rx), before its report came
+    # the first response fired on the prior (rtt/2 + rx + Opus's framing and look-ahead),
+    # before its report came
     assert v1.result().how == "predicted"
-    assert v1.result().at == pytest.approx(s1 + 0.01 + 0.04, abs=2e-4)
+    assert v1.result().at == pytest.approx(s1 + 0.01 + 0.04 + CODEC_DELAY, abs=2e-4)
 
     # response 2, after a pause: the prediction now uses the measured path delay and fires
     # exactly then (virtual clock), before the device's report
@@ -679,7 +681,7 @@ async def test_a_flooding_client_is_rate_limited_with_one_line(
     assert codes and set(codes) == {2002}
     rate_lines = [r for r in caplog.records if "(rate)" in r.getMessage()]
     assert len(rate_lines) == 1
-    assert rig.cp.path_delay() == pytest.approx(0.05, abs=2e-4)  # still the prior
+    assert rig.cp.path_delay() == pytest.approx(0.05 + CODEC_DELAY, abs=2e-4)  # still the prior
 
 
 async def test_a_client_clock_hours_off_that_jumps_is_followed(rig: Rig) -> None:
@@ -721,12 +723,14 @@ def test_detector_matches_the_shared_cases() -> None:
 async def test_the_prior_takes_the_media_transports_one_way_delay(rig: Rig) -> None:
     rig.hello()
     rig.sync(rtt=0.02, rx=30.0)
-    assert rig.cp.path_delay() == pytest.approx(0.01 + 0.03, abs=1e-6)
+    # a frame's first sample travels 10 ms more than the stats show, plus 6.5 ms look-ahead
+    assert CODEC_DELAY == pytest.approx(0.0165)
+    assert rig.cp.path_delay() == pytest.approx(0.01 + 0.03 + CODEC_DELAY, abs=1e-6)
     rig.q += 1
     rig.call(
         client_playout.SYNC, {"v": 1, "q": rig.q, "t0": rig.client_ms(rig.clock.now), "net": 45}
     )
-    assert rig.cp.path_delay() == pytest.approx(0.045 + 0.03, abs=1e-6)
+    assert rig.cp.path_delay() == pytest.approx(0.045 + 0.03 + CODEC_DELAY, abs=1e-6)
 
 
 # -- the sink is the device (console) --

@@ -15,6 +15,7 @@ import pytest
 
 from livekit import rtc
 from livekit_segments import SegmentBreak, client_playout, playout_started
+from livekit_segments.client_playout._service import CODEC_DELAY
 from livekit_segments.testing import VirtualAudioOutput, VirtualClock
 
 from .fakes import SAMPLE_RATE, ScriptedAgent, start_session
@@ -96,10 +97,10 @@ async def test_each_response_of_a_real_session_is_heard() -> None:
     starts = [playout_started(h).result() for h, _, _ in views]
     assert len(views) == 3 and all(s is not None for s in starts)
     timers.run_until(max(starts) + 0.1)
-    # fired on the prior before any report: rtt/2 (0 here) + rx
+    # fired on the prior before any report: rtt/2 (0 here) + rx + Opus's framing, look-ahead
     for (_, heard, _), start in zip(views, sorted(starts), strict=True):
         assert heard.result().how == "predicted"
-        assert heard.result().at == pytest.approx(start + 0.06, abs=1e-6)
+        assert heard.result().at == pytest.approx(start + 0.06 + CODEC_DELAY, abs=1e-6)
 
     # the device heard the first (and only) onset DELAY after it left
     assert len(cp.log.onsets) == 1

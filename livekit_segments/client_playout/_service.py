@@ -37,6 +37,11 @@ METHODS = (HELLO, SYNC, REPORT)
 
 SYNC_PERIOD = 10.0
 DEFAULT_RX = 0.05  # receive-side delay assumed when the companion sent no estimate
+# What the receiver's stats cannot show of a sample's way through Opus at 20 ms frames: the
+# sender fills a frame before it sends it, and jitterBufferDelay averages over a frame's
+# samples, so a frame's first sample travels 20 - 10 = 10 ms longer than net + jb; plus
+# Opus's 6.5 ms look-ahead. For the prior only: matched delays include it.
+CODEC_DELAY = 0.0165
 MEASURE_WINDOW = 5.0  # seconds around a response's start where a matched onset measures it
 REPORT_SLACK = 2.5  # how long after that window a report may still arrive
 REPORT_SOON = 1.0  # after the device played a response, its earlier onsets were reported
@@ -317,7 +322,7 @@ class ClientPlayout(_SessionFollower):
             return None
         # RPC goes agent-SFU-client, like the media; `net` covers a path RPC does not take
         one_way = max(unc, comp.net or 0.0)
-        return one_way + (comp.rx if comp.rx is not None else DEFAULT_RX)
+        return one_way + (comp.rx if comp.rx is not None else DEFAULT_RX) + CODEC_DELAY
 
     # -- per response --
 
