@@ -165,6 +165,20 @@ class Recording:
         (n0, s0), (n1, s1) = a[i - 1], a[i]
         return s0 + (s1 - s0) * (sample - n0) / (n1 - n0)
 
+    @property
+    def fast_ppm(self) -> float:
+        """How much faster than its nominal rate the sink rendered, in ppm (a fit through
+        the local starts; 0 with fewer than two)."""
+        a = self.anchors
+        if len(a) < 2:
+            return 0.0
+        xs = [n / RATE for n, _ in a]
+        ys = [st for _, st in a]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        var = sum((x - mx) ** 2 for x in xs)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
+        return -slope * 1e6
+
     def time_of(self, sample: float) -> float:
         """The ``time.time()`` at which ``sample`` played."""
         return self._start_near(sample) + sample / RATE

@@ -364,6 +364,7 @@ def analyse(
             "sent_start": t0,
             "seconds": round(len(rec) / RATE, 2),
             "clock_bound_ms": round(recording.clock_bound_ms, 3),
+            "sink_fast_ppm": round(recording.fast_ppm, 1),
             "blocks_used": recording.fragments,
             "sink_block_ms": recording.block_ms,
         },

@@ -320,6 +320,7 @@ def test_a_sink_off_its_nominal_rate_is_placed_by_the_blocks_near_each_sample() 
         assert rec.time_of(n) == pytest.approx(true, abs=0.3e-3)  # one start was 18 ms off
         assert rec.sample_of(true) == pytest.approx(n, abs=0.3e-3 * REC_RATE)
     assert spread < 0.004
+    assert rec.fast_ppm == pytest.approx(300, abs=5)
 
 
 # -- B8 from the runs' JSON
