@@ -20,8 +20,11 @@ export interface Tap {
   readonly valid: boolean;
   /** Client-clock ms at which the sample at AudioContext time `contextTime` leaves the device. */
   toClientMs(contextTime: number): number;
-  /** Which dating the last `toClientMs` used: the output timestamp, or currentTime + latency. */
-  readonly dating: 'output-timestamp' | 'latency' | 'none';
+  /**
+   * Which dating the last `toClientMs` used: the output timestamp; a stamp at the render point
+   * (Firefox) plus the latency; or currentTime + latency.
+   */
+  readonly dating: 'output-timestamp' | 'render-timestamp' | 'latency' | 'none';
   /**
    * From the receiver's stats: `jb`, the jitter buffer delay in ms over the interval since the
    * last call; `rx`, the receive-side delay (`jb` + output latency), for the agent's prior
@@ -186,8 +189,15 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
     if (offsets.length > 64) offsets.shift();
     return Math.min(...offsets);
   };
-  // sampled every few ms, only while the fallback is in use (no or an insane output timestamp)
+  // sampled every few ms, only while the fallback is in use (no or an insane output
+  // timestamp); started at once where it is known to be needed, so it is warm by the first
+  // onset (measured in Chromium: the first onset was dated 8 ms off when it started then)
   let sampler: ReturnType<typeof setInterval> | undefined;
+  const stamps = options.dating !== 'latency' && typeof ctx.getOutputTimestamp === 'function';
+  if (!stamps) sampler = setInterval(clockMap, 3);
+  // the whole way from the graph to the device: the context's own buffering (baseLatency;
+  // Chromium 10.7 ms, Firefox 0) plus the system's (outputLatency)
+  const latency = () => (ctx.baseLatency || 0) + (ctx.outputLatency || 0);
   let lastJb: [number, number] = [0, 0];
   const tap: Tap = {
     path,
@@ -198,21 +208,28 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
       return dating;
     },
     toClientMs(contextTime: number): number {
-      const ts =
-        options.dating !== 'latency' && typeof ctx.getOutputTimestamp === 'function'
-          ? ctx.getOutputTimestamp()
-          : undefined;
+      const ts = stamps ? ctx.getOutputTimestamp() : undefined;
       // WebKit before 2024 (bug 264247) scaled contextTime wrongly: trust only a sane stamp
       if (ts && ts.contextTime && ts.performanceTime && Math.abs(ts.contextTime - ctx.currentTime) < 1) {
-        dating = 'output-timestamp';
         if (sampler !== undefined) clearInterval(sampler);
         sampler = undefined;
-        return performance.timeOrigin + ts.performanceTime + (contextTime - ts.contextTime) * 1000;
+        const at = performance.timeOrigin + ts.performanceTime + (contextTime - ts.contextTime) * 1000;
+        // Firefox (153) dates the stamp back by as much as its contextTime lags currentTime,
+        // so it maps the render point, not the output: the stamp's age equals that lag
+        // (Chromium's is under one callback period, its lag the whole latency). Measured
+        // against a recording: 36-40 ms early without this.
+        const lag = (ctx.currentTime - ts.contextTime) * 1000;
+        const age = performance.now() - ts.performanceTime;
+        if (lag > 5 && Math.abs(age - lag) < 1) {
+          dating = 'render-timestamp';
+          return at + latency() * 1000;
+        }
+        dating = 'output-timestamp';
+        return at;
       }
       dating = 'latency';
       sampler ??= setInterval(clockMap, 3);
-      const latency = ctx.outputLatency || ctx.baseLatency || 0;
-      return performance.timeOrigin + clockMap() + (contextTime + latency) * 1000;
+      return performance.timeOrigin + clockMap() + (contextTime + latency()) * 1000;
     },
     async receivePath(): Promise<ReceivePath> {
       const out: ReceivePath = {};
@@ -227,7 +244,7 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
               const [d0, n0] = lastJb;
               if (n > n0) {
                 out.jb = ((d - d0) / (n - n0)) * 1000;
-                out.rx = out.jb + (ctx.outputLatency || ctx.baseLatency || 0) * 1000;
+                out.rx = out.jb + latency() * 1000;
               }
               lastJb = [d, n];
             }
