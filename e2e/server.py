@@ -66,40 +66,39 @@ class PageServer:
         return web.FileResponse(PAGE_DIR / "index.html")
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=1 << 20)
-        await ws.prepare(request)
-        if self._ws is not None:
-            await ws.close(message=b"one page at a time")
-            return ws
-        self._ws = ws
-        async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
-                continue
-            data = json.loads(msg.data)
-            if data.get("type") == "ready" and self.ready is not None and not self.ready.done():
-                self.ready.set_result(data)
-            elif data.get("type") == "feeder":
-                self.feeder_late_ms = float(data["lateMs"])
-            elif self.on_message is not None:
-                self.on_message(data)
-        return ws
+        return await self._socket(request, "_ws", self._page_message)
 
     async def _audio_socket(self, request: web.Request) -> web.WebSocketResponse:
+        return await self._socket(request, "_audio", self._audio_message)
+
+    async def _socket(
+        self, request: web.Request, slot: str, on_json: Callable[[dict[str, Any]], None]
+    ) -> web.WebSocketResponse:
+        # one page at a time: the socket is kept in `slot`, and its JSON messages handled
         ws = web.WebSocketResponse(max_msg_size=1 << 20)
         await ws.prepare(request)
-        if self._audio is not None:
+        if getattr(self, slot) is not None:
             await ws.close(message=b"one page at a time")
             return ws
-        self._audio = ws
+        setattr(self, slot, ws)
         async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
-                continue
-            data = json.loads(msg.data)
-            if data.get("type") == "reanchor":
-                self.reanchors.append((float(data["at"]), float(data["driftMs"])))
-            elif data.get("type") == "margin":
-                self.lead_margin_ms = float(data["minMs"])
+            if msg.type == WSMsgType.TEXT:
+                on_json(json.loads(msg.data))
         return ws
+
+    def _page_message(self, data: dict[str, Any]) -> None:
+        if data.get("type") == "ready" and self.ready is not None and not self.ready.done():
+            self.ready.set_result(data)
+        elif data.get("type") == "feeder":
+            self.feeder_late_ms = float(data["lateMs"])
+        elif self.on_message is not None:
+            self.on_message(data)
+
+    def _audio_message(self, data: dict[str, Any]) -> None:
+        if data.get("type") == "reanchor":
+            self.reanchors.append((float(data["at"]), float(data["driftMs"])))
+        elif data.get("type") == "margin":
+            self.lead_margin_ms = float(data["minMs"])
 
     def send_frame(self, start: float, pcm: bytes) -> None:
         """Send a frame of s16 mono audio that starts playing at ``start`` (``time.time()``)."""

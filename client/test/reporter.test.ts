@@ -175,6 +175,16 @@ function start(opts: Parameters<typeof startPlayoutReporter>[1] = {}) {
   return startPlayoutReporter(room as unknown as Room, { onError: (e) => errors.push(e), ...opts }, deps);
 }
 
+/** An agent with an audio track in the room, the reporter started, its tap made. */
+async function startWithAgent() {
+  const agent = new FakeParticipant('agent-1', 4);
+  agent.publishAudio();
+  room.join(agent);
+  const reporter = start();
+  await timers.advance(0);
+  return { agent, reporter, tap: taps[0]! };
+}
+
 test('finds the agent, says hello, syncs, and taps its audio track', async () => {
   room.join(new FakeParticipant('user-2', 0)); // a standard participant: not the agent
   const agent = new FakeParticipant('agent-1', 4);
@@ -205,12 +215,7 @@ test('finds the agent, says hello, syncs, and taps its audio track', async () =>
 });
 
 test('reports onsets once dated in the past, batched, in sequence, at most 4 a second', async () => {
-  const agent = new FakeParticipant('agent-1', 4);
-  agent.publishAudio();
-  room.join(agent);
-  const reporter = start();
-  await timers.advance(0);
-  const tap = taps[0]!;
+  const { reporter, tap } = await startWithAgent();
   // an onset before the agent can convert times (no completed exchange yet) waits
   tap.onOnset(tap.contextNow(), 60);
   await timers.advance(0);
@@ -250,12 +255,7 @@ test('reports onsets once dated in the past, batched, in sequence, at most 4 a s
 });
 
 test('a change of the jitter buffer delay is sent at once, in a sync; no change sends nothing', async () => {
-  const agent = new FakeParticipant('agent-1', 4);
-  agent.publishAudio();
-  room.join(agent);
-  const reporter = start();
-  await timers.advance(0);
-  const tap = taps[0]!;
+  const { reporter, tap } = await startWithAgent();
   tap.jb = 40;
   await timers.advance(1500); // startup syncs, then the first reading: sent, none sent yet
   const first = room.of(SYNC).filter((c) => c.body['jb'] !== undefined);
