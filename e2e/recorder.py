@@ -17,10 +17,11 @@ soon a block reaches us after it was rendered (scheduling), at least zero;
 `Recording.clock_bound_ms` reports the spread of the best bounds as its size.
 
 The bounds are taken per `ANCHOR_S` window, not once for the whole recording, because the
-sink's rate is not exactly its nominal one. With the companion's AudioContext playing, the
-sink rendered about 290 ppm more samples than time passed: its bounds fell by 11 ms over 40 s,
-and that context's clock ran fast against ``performance.now()`` by the same amount. With no
-client the bounds stay within 0.1 ms. Real devices are off their nominal rate too, by tens of
+sink's rate is not exactly its nominal one. With Chromium playing into it, the sink rendered
+240-340 ppm more samples than time passed in 13 of B8's 15 sessions (with and without the
+companion; 0 in the other two): in one, its bounds fell by 11 ms over 40 s, and the
+companion's AudioContext clock ran fast against ``performance.now()`` by the same amount.
+With no client the bounds stay within 0.1 ms. Real devices are off their nominal rate too, by tens of
 ppm. With one start for the whole recording, every sample was dated by the samples rendered
 after it: up to 25 ms early at the start of an 85 s session. So sample ``n`` is placed by
 the bounds of the blocks near it (`Recording.time_of`).
