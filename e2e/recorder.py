@@ -21,10 +21,10 @@ sink's rate is not exactly its nominal one. With Chromium playing into it, the s
 240-340 ppm more samples than time passed in 13 of B8's 15 sessions (with and without the
 companion; 0 in the other two): in one, its bounds fell by 11 ms over 40 s, and the
 companion's AudioContext clock ran fast against ``performance.now()`` by the same amount.
-With no client the bounds stay within 0.1 ms. Real devices are off their nominal rate too, by tens of
-ppm. With one start for the whole recording, every sample was dated by the samples rendered
-after it: up to 25 ms early at the start of an 85 s session. So sample ``n`` is placed by
-the bounds of the blocks near it (`Recording.time_of`).
+With no client the bounds stay within 0.1 ms. Real devices are off their nominal rate too,
+by tens of ppm. With one start for the whole recording, every sample was dated by the
+samples rendered after it: up to 25 ms early at the start of an 85 s session. So sample
+``n`` is placed by the bounds of the blocks near it (`Recording.time_of`).
 """
 
 from __future__ import annotations

@@ -195,7 +195,7 @@ async def _run(opts: Options) -> dict[str, Any]:
 
         # the agent's modules and the page's setup stay alive for the whole run: frozen, a
         # full collection skips them (measured: ~115 ms otherwise, 30 s in, longer than the
-        # page's 100 ms lead for the frames of a response that starts after silence)
+        # page's lead for the frames of a response that starts after silence)
         gc.collect()
         gc.freeze()
         origin = time.time()

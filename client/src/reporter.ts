@@ -43,8 +43,9 @@ export interface PlayoutReporterOptions {
   workletUrl?: string;
   /**
    * How to date a sample at the output device (docs/client-playout.md): `auto` (default) uses
-   * `getOutputTimestamp()` when sane, else `currentTime` + `outputLatency`; `latency` forces
-   * the latter (for comparisons against a recording).
+   * `getOutputTimestamp()` when sane (adding the latency to a stamp at the render point, as
+   * Firefox's), else `currentTime` + `baseLatency` + `outputLatency`; `latency` forces the
+   * latter (for comparisons against a recording).
    */
   dating?: 'auto' | 'latency';
   /** Called with every error (RPC failures, audio setup); default: `console.warn`. */

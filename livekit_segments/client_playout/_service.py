@@ -311,7 +311,7 @@ class ClientPlayout(_SessionFollower):
         if comp.delays:
             # each matched delay, moved by how much the jitter buffer's delay changed since:
             # NetEq raises and lowers its delay between onsets (after a step of the network
-            # delay it built up 100 ms more over the 3 s of silence that followed)
+            # delay it built up about 120 ms more over the 3 s of silence that followed)
             jb = comp.jb
             return statistics.median(
                 d + (jb - then) if jb is not None and then is not None else d
