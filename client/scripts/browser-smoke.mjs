@@ -130,13 +130,16 @@ window.run = async (mode) => {
   if (mode === 'latency') delete AudioContext.prototype.getOutputTimestamp;
   const src = new AudioContext();
   await src.resume();
+  // a context's clock starts some time after resume() returns (with PulseAudio, up to a
+  // second or more for a page's first): the gates are placed on it once it runs
+  while (src.currentTime < 0.05) await new Promise((r) => setTimeout(r, 20));
   const osc = src.createOscillator(); osc.frequency.value = 300;
   const gate = src.createGain(); gate.gain.value = 0;
   const dest = src.createMediaStreamDestination();
   osc.connect(gate).connect(dest); osc.start();
-  // the first gate opens 1.5 s in: a new context's output stream takes a while to start
-  // (with PulseAudio, a first opening 0.5 s in was sometimes lost before it)
-  const t0 = src.currentTime + 1.5;
+  // the first gate opens 3 s in: the companion's context (made when the tap is) takes a while
+  // to start playing into PulseAudio (an opening 0.5 s in was lost before it)
+  const t0 = src.currentTime + 3;
   const ons = [];
   for (let k = 0; k < 4; k++) { const on = t0 + k * 0.6; gate.gain.setValueAtTime(0.3, on); gate.gain.setValueAtTime(0, on + 0.3); ons.push(on); }
   const track = new Emitter();
@@ -178,7 +181,8 @@ window.run = async (mode) => {
     delete opts.audioContext.resume; // the user clicked
     await reporter.resume();
   }
-  await new Promise((r) => setTimeout(r, mode === 'suspended' ? 4200 : 4500));
+  // until a second after the last gate closed, on the source's own clock
+  while (src.currentTime < ons[ons.length - 1] + 1.3) await new Promise((r) => setTimeout(r, 50));
   // expected device times of the gate openings: source context time -> performance time
   const ts = getTs.call(src);
   AudioContext.prototype.getOutputTimestamp = getTs;
@@ -243,7 +247,13 @@ for (const mode of ['own-graph', 'plugin', 'latency', 'forced-latency', 'suspend
   check(out.stats.dating === wantDating, `dating ${out.stats.dating}`);
   if (mode === 'suspended') check(out.mutedWhileSuspended === false, 'element not muted while our context is suspended');
   check(out.errors.length === 0, `errors ${out.errors}`);
-  check(JSON.stringify(out.reports.map((r) => r.gap)) === JSON.stringify([60000, 300, 300, 300]), 'one report per gate opening, with its gap');
+  // one report per gate opening, with its gap: the first is the first onset ever (60 s), the
+  // others the 300 ms the gate was closed, as the companion's graph played it. That may differ
+  // by a few ms (in CI, once, 310 ms: right after a resume the way from the source to the
+  // companion's context grew by 10 ms between two openings, and the recording agreed).
+  const gaps = out.reports.map((r) => r.gap);
+  check(gaps.length === 4 && gaps[0] === 60000 && gaps.slice(1).every((g) => Math.abs(g - 300) <= 15),
+    `one report per gate opening, with its gap (got ${JSON.stringify(gaps)})`);
   // the fallback reads currentTime on the main thread, which moves in audio-callback steps
   // without a recording, at least the consistency of the dating: against the source
   // context's own output timestamps (Firefox rounds performance.now() to 1 ms, with jitter)
