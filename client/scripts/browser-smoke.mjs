@@ -35,11 +35,13 @@ async function canRun(cmd) {
 }
 
 // How far a reported device time may be from the recording's onset. Measured with the output
-// timestamp: Chromium 156 within 4.0 ms, Firefox 153 within 5.7 ms (both early); with the
-// fallback (currentTime + latency) Chromium's outputLatency moves by 8 ms now and then:
-// within 9.7 ms (docs/client-playout.md, "Dating a sample at the device"). The rest is margin
-// for a loaded machine. Firefox's timestamp without the latency was 36-40 ms early.
-const RECORDING_TOLERANCE_MS = (mode) => (mode.endsWith('latency') ? 15 : 10);
+// timestamp: Chromium 156 within 4.0 ms (early); with the fallback (currentTime + latency)
+// Chromium's outputLatency moves by 8 ms now and then: within 9.7 ms. Firefox 153 came out
+// early in every mode, by 2-6 ms on a quiet machine and by up to 10.2 ms during a CI run
+// (docs/client-playout.md, "Dating a sample at the device"). The rest is margin for a loaded
+// machine. Firefox's timestamp without the latency was 36-40 ms early: still caught.
+const RECORDING_TOLERANCE_MS = (mode) =>
+  browserName === 'firefox' ? 20 : mode.endsWith('latency') ? 15 : 10;
 
 /**
  * Records the null sink's monitor (48 kHz mono s16) with parec and places it on the clock as
