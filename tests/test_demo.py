@@ -208,6 +208,29 @@ async def test_sink_finishes_each_segment_exactly_once() -> None:
     assert len(runs[0].pcm) < 20 * 960 and len(runs[1].pcm) == 2 * 960
 
 
+async def test_the_first_frame_is_in_the_source_before_playback_started_listeners_run() -> None:
+    """Listeners run synchronously: work in them must not hold the first frame back from the
+    native source, which would start it later than `created_at` says (and leave a gap after
+    it, the next frame being placed by the source's queue)."""
+    sink = RealtimeAudioSink(sample_rate=24000)
+    queued: list[float] = []
+
+    def listener(_ev: object) -> None:
+        assert sink.source is not None
+        queued.append(sink.source.queued_duration)
+
+    sink.on("playback_started", listener)
+    tone = rtc.AudioFrame(struct.pack("<h", 9000) * 480, 24000, 1, 480)
+    try:
+        for _ in range(3):
+            await sink.capture_frame(tone)
+        sink.flush()
+        await sink.wait_for_playout()
+    finally:
+        await sink.aclose()
+    assert len(queued) == 1 and queued[0] > 0
+
+
 async def test_sink_clear_before_any_audio_still_finishes_the_segment() -> None:
     sink = RealtimeAudioSink(sample_rate=24000)
     tone = rtc.AudioFrame(struct.pack("<h", 9000) * 480, 24000, 1, 480)

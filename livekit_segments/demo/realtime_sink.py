@@ -143,6 +143,7 @@ class SinkSegment:
     """Times the source ran dry in the middle of it (an audible gap each)."""
     interrupted: bool = False
     flushed: bool = False
+    announced: bool = False  # playback_started was emitted for it
 
     @property
     def finished(self) -> bool:
@@ -313,10 +314,16 @@ class RealtimeAudioSink(io.AudioOutput):
                 if seg.started_at is not None and len(self.recording.runs) > runs:
                     seg.underruns += 1  # the frame came too late: the listener heard a gap
                 seg.pushed += frame.duration
-                if seg.started_at is None:
+                announce = seg.started_at is None
+                if announce:
                     seg.started_at = start
-                    self.on_playback_started(created_at=start)
                 capture = self._capture = asyncio.ensure_future(source.capture_frame(frame))
+                if announce:
+                    # once the capture's first step has put the frame into the native queue:
+                    # the listeners run synchronously, and a few ms of their work before it
+                    # would start the source that much after `start` (and the next frame,
+                    # placed by the queue, a gap after the first)
+                    asyncio.get_running_loop().call_soon(self._announce, seg)
                 try:
                     # shielded: cancelling this task (aclose) must not abandon the native
                     # capture; aclose waits for it
@@ -340,7 +347,14 @@ class RealtimeAudioSink(io.AudioOutput):
         if not seg.finished:
             self._finish(seg, played=seg.pushed, interrupted=False, at=time.time())
 
+    def _announce(self, seg: SinkSegment) -> None:
+        if seg.announced or seg.started_at is None:
+            return
+        seg.announced = True
+        self.on_playback_started(created_at=seg.started_at)
+
     def _finish(self, seg: SinkSegment, *, played: float, interrupted: bool, at: float) -> None:
+        self._announce(seg)  # a segment cleared right after its first frame started
         seg.finished_at = at
         end = self.recording.end
         seg.ended_at = at if interrupted or end is None else min(end, at)
