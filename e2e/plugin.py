@@ -238,9 +238,20 @@ class AgentSide:
             if m.how == "measured" and m.at is not None:
                 measured_at = m.at
                 extra["measured_from_s"] = m.measured_from
+                extra["measured_left_out_ms"] = self._left_out(m)
         else:
             extra["measured_how"] = "pending"
         return AgentResult(how=how, fired_at=fired_at, measured_at=measured_at, extra=extra)
+
+    def _left_out(self, m: Any) -> float | None:
+        """How much of the measuring onset's sound the agent found the device left out."""
+        if self.cp is None or m.measured_from is None or m.path_delay is None:
+            return None
+        sent_at = m.at - m.path_delay + m.measured_from
+        for o in self.cp.log.onsets:
+            if abs(o.onset.at - sent_at) < 1e-6:
+                return None if o.mute is None else round(o.mute * 1000, 2)
+        return None
 
     def stats(self) -> dict[str, Any]:
         """RPC bytes and calls per method, and what the page measured of the companion."""

@@ -328,19 +328,33 @@ def analyse(
             truth_fine_score=round(fine.score, 3) if fine is not None else None,
         )
         t_truth = s + lag
-        # where the response starts after silence, the truth is its onset in the recording,
-        # mapped back by first_audible_offset (the definition itself); the correlation only
-        # finds it. NetEq may stretch the audio right after an onset, so the lag of the
-        # waveform a few ms later can differ; the difference is kept as a check
+        # where the response starts after silence, the path may leave out its first sound
+        # (WebRTC mutes up to ~20 ms of it after silence), so the recording's onset can be
+        # later audio than the agent's first audible sample: the truth is where the waveform
+        # from that sample lines up, searched only where the onset allows it
         if truth.onset_after(agent, a0 + fa, SAMPLE_RATE) == a0 + fa:
             near = expected + int(round(lag * RATE))
             onset = truth.onset_after(rec, max(near - _ONSET_SEARCH, 0), RATE)
             if onset is not None and abs(onset - near) <= _ONSET_SEARCH:
                 t_onset = recording.time_of(onset) - offset
-                row["correlation_minus_onset_ms"] = round((t_truth - t_onset) * 1000, 2)
-                row["truth_by"] = "onset"
-                row["truth_path_ms"] = round((t_onset - s) * 1000, 2)
-                t_truth = t_onset
+                left_out = [int(round(x * RATE)) for x in truth.LEFT_OUT_S]
+                placed = truth.locate(
+                    agent48[ref0 : ref0 + fine_window],
+                    rec,
+                    expected,
+                    onset - expected - left_out[0],
+                    rate=RATE,
+                    min_lag=onset - expected - left_out[1],
+                )
+                if placed is not None and placed.score >= 0.6:
+                    t_truth = recording.time_of(expected + placed.lag_samples) - offset
+                    row["truth_by"] = "waveform-at-onset"
+                    row["truth_fine_score"] = round(placed.score, 3)
+                else:  # the waveform is no help (a fricative): the onset itself
+                    t_truth = t_onset
+                    row["truth_by"] = "onset"
+                row["truth_path_ms"] = round((t_truth - s) * 1000, 2)
+                row["audible_after_ms"] = round((t_onset - t_truth) * 1000, 2)
             else:
                 problems.append(f"response {i} starts after silence but has no onset near it")
         if agent_side is not None:

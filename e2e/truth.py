@@ -11,10 +11,12 @@ Where in the recording a response's first audible sample is: the harness cross-c
 the agent's own audio from that sample on with the recording, searching lags in
 ``[0, MAX_LAG_S]``: the waveform over `WINDOW_S`, then over `FINE_WINDOW_S` within
 `FINE_RANGE_S` of that. Where the response starts after silence (>= `GAP_S`), the onset in
-the recording near that lag (the first audible sample after the silence) is the truth: it is
-where the user starts hearing it, even when NetEq stretches the audio right after it. Where
-the response follows the previous one with no silence between them, no onset exists, and
-the correlation's lag at the start of the response is the truth.
+the recording near that lag (the first audible sample after the silence) bounds the search:
+the path can leave out the first milliseconds of sound after silence (`LEFT_OUT_S`), so the
+truth is where the waveform from the agent's first audible sample lines up within that
+range, and the onset itself where the waveform does not correlate. Where the response
+follows the previous one with no silence between them, no onset exists, and the
+correlation's lag at the start of the response is the truth.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy.typing as npt
 
 __all__ = [
     "GAP_S",
+    "LEFT_OUT_S",
     "MAX_LAG_S",
     "THRESHOLD",
     "WINDOW_S",
@@ -50,6 +53,10 @@ FINE_RANGE_S = 0.005
 of the voice, so the waveform cannot lock one period off."""
 MAX_LAG_S = 1.0
 """The longest path (network + jitter buffer + output) the search allows."""
+LEFT_OUT_S = (-0.002, 0.03)
+"""How much of a response's first sound after silence the path may leave out: the truth at
+an onset is searched this far before the recording's onset (2-20 ms measured: WebRTC mutes
+the start of sound after silence; plain Opus does not), and 2 ms after it."""
 
 Floats = npt.NDArray[np.float64]
 

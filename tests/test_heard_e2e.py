@@ -377,7 +377,11 @@ def test_b8_judges_p95_with_the_bench_statistics() -> None:
 # -- the whole analysis on a synthetic session: known path, known agent-side errors
 
 
-def test_analyse_maps_the_recording_to_the_agent_clock() -> None:
+@pytest.mark.parametrize("left_out_ms", [0.0, 9.0])
+def test_analyse_maps_the_recording_to_the_agent_clock(left_out_ms: float) -> None:
+    """The truth is where the agent's audio plays, also when the path left out the first
+    milliseconds of sound after silence (WebRTC does: the recording's onset is then later
+    audio than the agent's first audible sample)."""
     from types import SimpleNamespace
 
     from e2e.agent_session import SAMPLE_RATE, AgentRun, ResponseRecord
@@ -415,6 +419,8 @@ def test_analyse_maps_the_recording_to_the_agent_clock() -> None:
     shift = int(round(path * REC_RATE))
     rec = np.random.default_rng(9).normal(0, 20, len(agent48) + shift + REC_RATE)
     rec[shift : shift + len(agent48)] += 0.7 * agent48
+    first = shift + int(np.flatnonzero(np.abs(0.7 * agent48) >= 0.01 * 32768)[0])
+    rec[first : first + int(left_out_ms * REC_RATE / 1000)] = 0.0
     recording = Recording(
         pcm=np.clip(rec, -32768, 32767).astype("<i2").tobytes(),
         start=rec_start,
@@ -444,7 +450,8 @@ def test_analyse_maps_the_recording_to_the_agent_clock() -> None:
     out = analyse(opts, run, recording, t0, model, server, Side())  # type: ignore[arg-type]
     r0, r1 = out["responses"]
     assert out["completed"], out["problems"]
-    assert r0["truth_by"] == "onset" and r1["truth_by"] in ("fine", "coarse")
+    assert r0["truth_by"] == "waveform-at-onset" and r1["truth_by"] in ("fine", "coarse")
+    assert r0["audible_after_ms"] == pytest.approx(left_out_ms, abs=0.2)
     # 7 ms of leading silence, and the buzz needs 4 samples (48 kHz) to reach -40 dBFS
     assert r0["first_audible_offset_ms"] == pytest.approx(7.0 + 4 / 48, abs=0.1)
     for r in (r0, r1):  # the truth is the path, to a sample or two
