@@ -24,7 +24,14 @@ from livekit.agents.voice import io
 from livekit_segments import client_playout
 from livekit_segments.client_playout import Heard
 from livekit_segments.client_playout._clock import ClockOffset
-from livekit_segments.client_playout._detector import MAX_GAP, OnsetDetector, amplitudes
+from livekit_segments.client_playout._detector import (
+    MAX_GAP,
+    OnsetDetector,
+    amplitudes,
+    decode_envelope,
+    encode_envelope,
+    envelope_shift,
+)
 from livekit_segments.client_playout._service import CODEC_DELAY
 
 SR = 48000
@@ -242,9 +249,29 @@ class Rig:
         self.tap.flush()
         return start
 
-    def report(self, device_times: list[tuple[float, float]], caller: str = "user") -> str:
+    async def speak_pcm(self, handle: FakeHandle, pcm: np.ndarray) -> float:
+        """Send one response's audio (int16 samples at SR) in 20 ms frames, paced in real time."""
+        start = t = self.clock.now
+        for k in range(0, len(pcm), 960):
+            chunk = np.ascontiguousarray(pcm[k : k + 960])
+            await self.tap.capture_frame(rtc.AudioFrame(chunk.tobytes(), SR, 1, len(chunk)))
+            if handle._result is None:
+                handle.started(start)
+            await asyncio.sleep(0)
+            t += len(chunk) / SR
+            await self.clock.advance_to(t)
+        self.tap.flush()
+        return start
+
+    def report(
+        self,
+        device_times: list[tuple[float, float]] | list[tuple[float, float, str]],
+        caller: str = "user",
+    ) -> str:
         self.q += 1
-        onsets = [[round(self.client_ms(t), 1), round(g * 1000, 1)] for t, g in device_times]
+        onsets = [
+            [round(self.client_ms(t), 1), round(g * 1000, 1), *rest] for t, g, *rest in device_times
+        ]
         return self.call(client_playout.REPORT, {"v": 1, "q": self.q, "o": onsets}, caller)
 
     def device_onsets(self) -> list[tuple[float, float]]:
@@ -330,7 +357,14 @@ async def test_prediction_fires_at_the_predicted_device_start_and_measurement_fo
     rig: Rig,
 ) -> None:
     hello = rig.hello()
-    assert hello == {"v": 1, "thr": 0.01, "gap_ms": 200.0, "sync_s": 10.0, "max_onsets": 8}
+    assert hello == {
+        "v": 1,
+        "thr": 0.01,
+        "gap_ms": 200.0,
+        "sync_s": 10.0,
+        "max_onsets": 8,
+        "env_bins": 64,
+    }
     rig.sync()
 
     # response 1: 100 ms of leading silence, then speech; the device reports its onset
@@ -596,6 +630,9 @@ async def test_without_a_linked_participant_nobody_is_accepted() -> None:
         ("report", "{not json", "malformed"),
         ("report", "[1, 2]", "malformed"),
         ("report", {"v": 1, "q": 99, "o": [[1, 2, 3]]}, "malformed"),
+        ("report", {"v": 1, "q": 99, "o": [[1, 2, "no spaces"]]}, "malformed"),
+        ("report", {"v": 1, "q": 99, "o": [[1, 2, "A" * 65]]}, "malformed"),
+        ("report", {"v": 1, "q": 99, "o": [[1, 2, "AB", 4]]}, "malformed"),
         ("report", {"v": 1, "q": 99, "o": [[float("nan"), 2]]}, "malformed"),
         ("report", '{"v": 1, "q": 99, "o": [[NaN, 2]]}', "malformed"),
         ("report", {"v": 1, "q": 99, "o": [[1, 70000]]}, "malformed"),
@@ -718,6 +755,102 @@ def test_detector_matches_the_shared_cases() -> None:
         flat = [x for pair in found for x in pair]
         want = [x for pair in case["onsets"] for x in pair]
         assert flat == pytest.approx(want, abs=1e-9), case["name"]
+
+
+def _speechlike(seconds: float, seed: int) -> np.ndarray:
+    """A 140 Hz buzz whose loudness changes every few ms, after a slow attack: an envelope
+    with features, as speech has (a steady tone has none to place)."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    t = np.arange(n) / SR
+    steps = np.repeat(rng.uniform(0.05, 0.6, n // 240 + 1), 240)[:n]
+    attack = np.minimum(t / 0.015, 1.0)
+    x = steps * attack * np.sign(np.sin(2 * np.pi * 140 * t)) * np.abs(np.sin(2 * np.pi * 140 * t))
+    return np.asarray(x, dtype=np.float64)
+
+
+def test_an_envelope_is_found_where_the_device_left_out_the_start() -> None:
+    x = np.abs(_speechlike(0.2, 3))
+    onset = int(np.flatnonzero(x >= 0.01)[0])
+    for left_out_ms in (0.0, 4.0, 9.0, 17.5):
+        k = onset + int(left_out_ms * SR / 1000)
+        env = encode_envelope(x[k:], SR, 32)
+        assert len(env) == 32
+        lead = 96
+        found = envelope_shift(np.concatenate([np.zeros(lead), x[onset:]]), lead, SR, env)
+        assert found is not None
+        shift, score = found
+        assert shift * 1000 == pytest.approx(left_out_ms, abs=0.1)
+        assert score > 0.99
+    # one character per 1 ms bin, 1.5 dB steps: full scale is level 64 (clamped to 63)
+    assert encode_envelope(np.full(480, 0.5), SR, 4) == "8888"
+    assert decode_envelope("8A") == pytest.approx([10 ** ((60 * 1.5 - 96) / 20), 0.0])
+
+
+def test_the_envelope_matches_the_shared_cases() -> None:
+    """The companion's unit tests encode the same cases (client/test/detector.test.ts)."""
+    from pathlib import Path
+
+    cases = json.loads((Path(__file__).parent / "fixtures" / "envelope_cases.json").read_text())
+    for case in cases["cases"]:
+        blocks = [np.abs(np.array(b, dtype=np.float64)).max(axis=0) for b in case["blocks"]]
+        amp = np.concatenate(blocks)[case["onset_index"] :]
+        assert encode_envelope(amp, case["sample_rate"], case["bins"]) == case["envelope"]
+
+
+async def test_the_devices_envelope_corrects_an_onset_whose_start_was_left_out(
+    rig: Rig,
+) -> None:
+    """WebRTC can mute the first milliseconds of sound after silence: the device's first
+    audible sample is then later audio. With its envelope, the agent still measures the path
+    from its own first audible sample; an older companion's bare onset is taken as it is."""
+    rig.hello()
+    rig.sync()
+    x = _speechlike(0.4, 7)
+    pcm = (np.concatenate([np.zeros(SR // 10), x]) * 32767).astype(np.int16)
+    left_out = 0.009
+    for with_envelope in (True, False):
+        h = rig.handle()
+        m = client_playout.heard_measured(h)
+        s = await rig.speak_pcm(h, pcm)
+        sent = rig.cp.log.onsets[-1]
+        first = SR // 10 + int(np.flatnonzero(np.abs(pcm[SR // 10 :]) >= 328)[0])
+        assert sent.onset.at == pytest.approx(s + first / SR, abs=1e-4)
+        i = first + int(left_out * SR)
+        amp = np.abs(pcm[i:].astype(np.float64)) / 32768
+        device = sent.onset.at + rig.delay + left_out
+        await rig.clock.advance_to(device + 0.5)
+        if with_envelope:
+            rig.report([(device, sent.onset.gap, encode_envelope(amp, SR, 32))])
+        else:
+            rig.report([(device, sent.onset.gap)])
+        await asyncio.sleep(0)
+        got = m.result()
+        assert got.how == "measured"
+        if with_envelope:
+            assert sent.mute == pytest.approx(left_out, abs=1e-4)
+            assert got.path_delay == pytest.approx(rig.delay, abs=2e-4)
+        else:
+            assert sent.mute is None
+            assert got.path_delay == pytest.approx(rig.delay + left_out, abs=2e-4)
+        await rig.clock.advance(1.0)
+
+
+async def test_an_envelope_that_does_not_fit_leaves_the_onset_as_it_is(rig: Rig) -> None:
+    rig.hello()
+    rig.sync()
+    h = rig.handle()
+    m = client_playout.heard_measured(h)
+    pcm = (np.concatenate([np.zeros(SR // 10), _speechlike(0.4, 7)]) * 32767).astype(np.int16)
+    await rig.speak_pcm(h, pcm)
+    sent = rig.cp.log.onsets[-1]
+    device = sent.onset.at + rig.delay
+    await rig.clock.advance_to(device + 0.5)
+    # another sound's envelope (a steady loud start, then silence): nothing fits it
+    rig.report([(device, sent.onset.gap, "8" * 4 + "A" * 28)])
+    await asyncio.sleep(0)
+    assert sent.mute is None
+    assert m.result().path_delay == pytest.approx(rig.delay, abs=2e-4)
 
 
 async def test_the_prior_takes_the_media_transports_one_way_delay(rig: Rig) -> None:

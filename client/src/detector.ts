@@ -80,3 +80,73 @@ export class OnsetDetector {
     this.lastAudible = t;
   }
 }
+
+/**
+ * The envelope that follows an onset, shared with the agent (`encode_envelope` in
+ * livekit_segments/client_playout/_detector.py; docs/client-playout.md, "Envelopes"): the RMS
+ * amplitude of each 1 ms bin from the onset's first audible sample (sample i is in bin
+ * floor(i * 1000 / sampleRate)), one base64url character per bin, in 1.5 dB steps above
+ * -96 dBFS. The agent places it in its own audio: WebRTC can leave out the first milliseconds
+ * of sound after silence, so the first audible sample here may be later audio than the
+ * agent's. Written like OnsetDetector: its source text is also the worklet's.
+ */
+export class OnsetEnvelope {
+  bins: number;
+  sampleRate: number;
+  sums: number[];
+  counts: number[];
+  pos: number;
+  active: boolean;
+
+  constructor(bins: number, sampleRate: number) {
+    this.bins = bins;
+    this.sampleRate = sampleRate;
+    this.sums = [];
+    this.counts = [];
+    this.pos = 0;
+    this.active = false;
+  }
+
+  /** Start a new envelope: its first sample is the onset's. */
+  begin(): void {
+    this.sums = new Array<number>(this.bins).fill(0);
+    this.counts = new Array<number>(this.bins).fill(0);
+    this.pos = 0;
+    this.active = true;
+  }
+
+  /**
+   * Consume samples `from` to `n - 1` of a block (no channels: silence); the encoded envelope
+   * once its last bin is full, else null.
+   */
+  feed(channels: ArrayLike<ArrayLike<number>>, from: number, n: number): string | null {
+    if (!this.active) return null;
+    const nch = channels.length;
+    for (let i = from; i < n; i++) {
+      const k = Math.floor((this.pos * 1000) / this.sampleRate);
+      if (k >= this.bins) break;
+      let a = 0;
+      for (let c = 0; c < nch; c++) {
+        const v = Math.abs(channels[c]![i]!);
+        if (v > a) a = v;
+      }
+      this.sums[k] = this.sums[k]! + a * a;
+      this.counts[k] = this.counts[k]! + 1;
+      this.pos++;
+    }
+    return Math.floor((this.pos * 1000) / this.sampleRate) >= this.bins ? this.finish() : null;
+  }
+
+  /** End the envelope with the bins filled so far (all of them once complete). */
+  finish(): string {
+    const abc = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+    let out = '';
+    for (let k = 0; k < this.bins && this.counts[k]! > 0; k++) {
+      const rms = Math.sqrt(this.sums[k]! / this.counts[k]!);
+      const level = rms > 0 ? Math.floor((20 * Math.log10(rms) + 96) / 1.5 + 0.5) : 0;
+      out += abc[Math.min(Math.max(level, 0), 63)];
+    }
+    this.active = false;
+    return out;
+  }
+}

@@ -1,4 +1,4 @@
-export { OnsetDetector } from './detector.js';
+export { OnsetDetector, OnsetEnvelope } from './detector.js';
 export {
   HELLO,
   type HelloReply,
@@ -6,6 +6,7 @@ export {
   MAX_PAYLOAD,
   PROTOCOL_VERSION,
   REPORT,
+  type ReportedOnset,
   type ReportRequest,
   SYNC,
   type SyncReply,

@@ -26,6 +26,8 @@ export interface HelloReply {
   sync_s: number;
   /** most onsets one report may carry */
   max_onsets: number;
+  /** 1 ms bins of envelope the agent wants with each onset; 0 (or absent: an older agent): none */
+  env_bins: number;
 }
 
 export interface SyncRequest {
@@ -50,11 +52,13 @@ export interface SyncReply {
   t2: number;
 }
 
+export type ReportedOnset = [number, number] | [number, number, string];
+
 export interface ReportRequest {
   v: 1;
   q: number;
-  /** onsets: [device time in client ms, gap ms] */
-  o: Array<[number, number]>;
+  /** onsets: [device time in client ms, gap ms] or [device time, gap, envelope] */
+  o: ReportedOnset[];
 }
 
 /** Rounds to 0.1 ms, as the protocol sends numbers. */
@@ -80,6 +84,7 @@ export function parseHelloReply(text: string): HelloReply {
     gap_ms: num('gap_ms', 1, 10000),
     sync_s: num('sync_s', 1, 3600),
     max_onsets: Math.floor(num('max_onsets', 1, 64)),
+    env_bins: o['env_bins'] === undefined ? 0 : Math.floor(num('env_bins', 0, 64)),
   };
 }
 

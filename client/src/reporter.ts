@@ -14,6 +14,7 @@ import {
   parseSyncReply,
   r1,
   REPORT,
+  type ReportedOnset,
   type ReportRequest,
   SYNC,
   type SyncRequest,
@@ -124,7 +125,7 @@ class Reporter implements PlayoutReporter {
   private q = 0;
   private prev: [number, number] | undefined;
   private agentSynced = false;
-  private pending: Array<[number, number]> = [];
+  private pending: ReportedOnset[] = [];
   private tap: Tap | undefined;
   private tapTrack: RemoteAudioTrack | undefined;
   private tapping = false;
@@ -411,8 +412,9 @@ class Reporter implements PlayoutReporter {
           dating: this.options.dating ?? 'auto',
           threshold: this.params.thr,
           gapSeconds: this.params.gap_ms / 1000,
+          envelopeBins: this.params.env_bins,
         },
-        (t, gap) => this.onOnset(tap, t, gap),
+        (t, gap, env) => this.onOnset(tap, t, gap, env),
       );
       if (epoch !== this.epoch || this.stopped) {
         tap.close();
@@ -427,12 +429,15 @@ class Reporter implements PlayoutReporter {
     }
   }
 
-  private onOnset(tap: Tap, contextTime: number, gap: number): void {
+  private onOnset(tap: Tap, contextTime: number, gap: number, env?: string): void {
     if (tap !== this.tap) return;
     const t = tap.toClientMs(contextTime);
     this.stats.dating = tap.dating;
     if (!Number.isFinite(t) || !Number.isFinite(gap)) return;
-    this.pending.push([r1(t), r1(Math.min(gap, 60) * 1000)]);
+    const onset: [number, number] = [r1(t), r1(Math.min(gap, 60) * 1000)];
+    // an agent that asked for none (an older one) refuses an onset with an envelope
+    const bins = this.params?.env_bins ?? 0;
+    this.pending.push(env && bins > 0 ? [...onset, env.slice(0, bins)] : onset);
     if (this.pending.length > MAX_PENDING) this.pending.splice(0, this.pending.length - MAX_PENDING);
     this.flush();
   }

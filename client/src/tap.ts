@@ -37,7 +37,8 @@ export interface Tap {
   close(): void;
 }
 
-export type OnsetSink = (contextTime: number, gapSeconds: number) => void;
+/** An onset: its AudioContext time, the silence before it, and its envelope (if asked for). */
+export type OnsetSink = (contextTime: number, gapSeconds: number, envelope?: string) => void;
 
 export interface ReceivePath {
   rx?: number;
@@ -54,6 +55,8 @@ export interface TapOptions {
   dating?: 'auto' | 'latency';
   threshold: number;
   gapSeconds: number;
+  /** 1 ms bins of each onset's envelope (the agent's `env_bins`); 0: none. */
+  envelopeBins?: number;
 }
 
 export type TapFactory = (
@@ -117,12 +120,16 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
     numberOfInputs: 1,
     numberOfOutputs: 1,
     outputChannelCount: [2],
-    processorOptions: { threshold: options.threshold, gap: options.gapSeconds },
+    processorOptions: {
+      threshold: options.threshold,
+      gap: options.gapSeconds,
+      envBins: options.envelopeBins ?? 0,
+    },
   });
   node.port.onmessage = (e: MessageEvent) => {
-    const m = e.data as { type?: string; t?: number; gap?: number };
+    const m = e.data as { type?: string; t?: number; gap?: number; env?: unknown };
     if (m.type === 'onset' && typeof m.t === 'number' && typeof m.gap === 'number') {
-      onOnset(m.t, m.gap);
+      onOnset(m.t, m.gap, typeof m.env === 'string' ? m.env : undefined);
     }
   };
 

@@ -77,6 +77,8 @@ class FakeRoom extends EventEmitter {
   calls: Call[] = [];
   failHello = 0;
   failSync = false;
+  helloExtra: Record<string, unknown> = {}; // an agent of this version adds env_bins
+
   constructor(private timers: Timers) {
     super();
   }
@@ -89,7 +91,7 @@ class FakeRoom extends EventEmitter {
           this.failHello -= 1;
           throw new Error('1400 unsupported method');
         }
-        return JSON.stringify({ v: 1, thr: 0.01, gap_ms: 200, sync_s: 10, max_onsets: 2 });
+        return JSON.stringify({ v: 1, thr: 0.01, gap_ms: 200, sync_s: 10, max_onsets: 2, ...this.helloExtra });
       }
       if (p.method === SYNC) {
         if (this.failSync) throw new Error('2002 rejected');
@@ -120,7 +122,7 @@ class FakeTap implements Tap {
   params: [number, number] | undefined;
   constructor(
     public options: TapOptions,
-    public onOnset: (t: number, gap: number) => void,
+    public onOnset: (t: number, gap: number, env?: string) => void,
     private timers: Timers,
   ) {
     this.path = options.webAudioMix ? 'plugin' : 'own-graph';
@@ -252,6 +254,24 @@ test('reports onsets once dated in the past, batched, in sequence, at most 4 a s
   const sent = room.of(REPORT)[3]!.body['o'] as Array<[number, number]>;
   assert.ok(sent[0]![0] <= timers.now);
   reporter.stop();
+});
+
+test("onsets carry their envelope when the agent asks for one, and not to an older agent", async () => {
+  for (const bins of [32, undefined]) {
+    room.helloExtra = bins === undefined ? {} : { env_bins: bins };
+    room.calls = [];
+    taps.length = 0;
+    const { reporter, tap, agent } = await startWithAgent();
+    assert.equal(tap.options.envelopeBins, bins ?? 0);
+    await timers.advance(300);
+    tap.onOnset(tap.contextNow(), 0.3, 'z73150vAAAAAAAAA');
+    await timers.advance(1000);
+    const sent = room.of(REPORT).map((r) => r.body['o']);
+    const t = (sent[0] as Array<[number, number]>)[0]![0];
+    assert.deepEqual(sent, [[bins ? [t, 300, 'z73150vAAAAAAAAA'] : [t, 300]]]);
+    reporter.stop();
+    room.leave(agent);
+  }
 });
 
 test('a change of the jitter buffer delay is sent at once, in a sync; no change sends nothing', async () => {

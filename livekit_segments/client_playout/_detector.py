@@ -6,6 +6,7 @@ least ``thr``; an onset is an audible sample that follows at least ``gap`` secon
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,3 +65,69 @@ class OnsetDetector:
         hits = np.flatnonzero(gaps >= self.gap - 1e-9)
         self.last_audible = float(times[-1])
         return [Onset(at=float(times[i]), gap=float(gaps[i])) for i in hits]
+
+
+# -- the onset's envelope (docs/client-playout.md, "Envelopes") --
+
+ENVELOPE_BINS = 64  # 1 ms bins from the onset's first audible sample: fewer lock on a pitch period
+ENVELOPE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_DB_FLOOR = -96.0
+_DB_STEP = 1.5
+MUTE_SEARCH = (-0.002, 0.03)  # seconds of the onset's sound the device may have left out
+MIN_ENVELOPE_SCORE = 0.9  # cosine of the two envelopes: below, the onset is taken as it is
+
+
+def _bin_edges(sample_rate: int, bins: int) -> npt.NDArray[np.int64]:
+    # sample i (from the onset) is in bin floor(i * 1000 / rate): bin k starts at ceil(k*rate/1000)
+    return np.array([-(-k * sample_rate // 1000) for k in range(bins + 1)], dtype=np.int64)
+
+
+def encode_envelope(amp: npt.NDArray[np.float64], sample_rate: int, bins: int) -> str:
+    """The envelope of ``amp`` (amplitudes from an onset's first audible sample on): one
+    character per 1 ms bin, the bin's RMS amplitude in 1.5 dB steps above -96 dBFS."""
+    edges = _bin_edges(sample_rate, bins)
+    out = []
+    for k in range(bins):
+        part = amp[edges[k] : edges[k + 1]]
+        if part.size == 0:
+            break
+        rms = float(np.sqrt(np.mean(part * part)))
+        # floor(x + 0.5), as the companion rounds (Python rounds ties to even)
+        level = 0 if rms <= 0 else math.floor((20 * math.log10(rms) - _DB_FLOOR) / _DB_STEP + 0.5)
+        out.append(ENVELOPE_ALPHABET[min(max(level, 0), 63)])
+    return "".join(out)
+
+
+def decode_envelope(text: str) -> npt.NDArray[np.float64]:
+    """RMS amplitudes of an encoded envelope (level 0 decodes to 0)."""
+    levels = np.array([ENVELOPE_ALPHABET.index(c) for c in text], dtype=np.float64)
+    rms: npt.NDArray[np.float64] = np.where(
+        levels > 0, 10 ** ((levels * _DB_STEP + _DB_FLOOR) / 20), 0.0
+    )
+    return rms
+
+
+def envelope_shift(
+    amp: npt.NDArray[np.float64], lead: int, sample_rate: int, envelope: str
+) -> tuple[float, float] | None:
+    """Where in the agent's audio the device's envelope starts, in seconds after the agent's
+    onset: how much of the onset's sound the device left out (WebRTC can mute the first
+    milliseconds after silence). ``amp`` holds the agent's amplitudes with the onset at index
+    ``lead``. Returns (shift, score) for the best shift in `MUTE_SEARCH` by the cosine of the
+    two RMS envelopes, or None when the audio is too short or silent."""
+    device = decode_envelope(envelope)
+    bins = len(device)
+    edges = _bin_edges(sample_rate, bins)
+    lo = max(-lead, round(MUTE_SEARCH[0] * sample_rate))
+    hi = min(round(MUTE_SEARCH[1] * sample_rate), len(amp) - lead - int(edges[-1]))
+    if bins == 0 or hi < lo or not np.any(device):
+        return None
+    csum = np.concatenate(([0.0], np.cumsum(amp * amp)))
+    shifts = np.arange(lo, hi + 1)
+    starts = lead + shifts[:, None] + edges[None, :]  # (shifts, bins + 1)
+    sums = csum[starts[:, 1:]] - csum[starts[:, :-1]]
+    agent = np.sqrt(sums / np.diff(edges)[None, :])
+    norm = np.sqrt((agent * agent).sum(axis=1) * float(device @ device))
+    score = (agent @ device) / np.maximum(norm, 1e-18)
+    best = int(np.argmax(score))
+    return float(shifts[best]) / sample_rate, float(score[best])

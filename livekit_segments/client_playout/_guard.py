@@ -19,6 +19,7 @@ RATE_PER_S = 20.0
 RATE_BURST = 20.0
 LOG_EVERY = 10.0
 _SID = re.compile(r"[A-Za-z0-9_-]{8,32}")
+_ENVELOPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _PATHS = ("plugin", "own-graph", "none")
 NOTICES = frozenset({"clock-jump"})  # logged, but the call was accepted
 
@@ -56,7 +57,8 @@ class Sync:
 @dataclass(frozen=True)
 class Report:
     q: int
-    onsets: tuple[tuple[float, float], ...]  # (client seconds, gap seconds)
+    # (client seconds, gap seconds, envelope or None): docs/client-playout.md
+    onsets: tuple[tuple[float, float, str | None], ...]
 
 
 def _obj(payload: str) -> dict[str, Any]:
@@ -135,11 +137,14 @@ def parse_report(payload: str) -> Report:
         raise Rejected("malformed", f"'o' must hold 1 to {MAX_ONSETS} onsets")
     onsets = []
     for item in raw:
-        if not isinstance(item, list) or len(item) != 2:
-            raise Rejected("malformed", "an onset must be [t_ms, gap_ms]")
+        if not isinstance(item, list) or len(item) not in (2, 3):
+            raise Rejected("malformed", "an onset must be [t_ms, gap_ms] or [t_ms, gap_ms, env]")
         t = _num({"t": item[0]}, "t", -_T_MAX, _T_MAX) / 1000
         gap = _num({"gap_ms": item[1]}, "gap_ms", 0, 60000) / 1000
-        onsets.append((t, gap))
+        env = item[2] if len(item) == 3 else None
+        if env is not None and not (isinstance(env, str) and _ENVELOPE.fullmatch(env)):
+            raise Rejected("malformed", "an onset's envelope must be 1-64 characters [A-Za-z0-9_-]")
+        onsets.append((t, gap, env))
     return Report(q=q, onsets=tuple(onsets))
 
 

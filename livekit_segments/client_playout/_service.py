@@ -16,7 +16,13 @@ from livekit import rtc
 from livekit.agents.voice.speech_handle import SpeechHandle
 
 from ._clock import ClockOffset, Exchange
-from ._detector import DEFAULT_GAP, DEFAULT_THRESHOLD
+from ._detector import (
+    DEFAULT_GAP,
+    DEFAULT_THRESHOLD,
+    ENVELOPE_BINS,
+    MIN_ENVELOPE_SCORE,
+    envelope_shift,
+)
 from ._guard import (
     MAX_ONSETS,
     LogLimiter,
@@ -134,8 +140,10 @@ class _Companion:
         self.delays.clear()
         self.delay_jb.clear()
 
-    # device onsets no agent onset matched yet: (device time, gap), for re-acquisition
-    unmatched: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=16))
+    # device onsets no agent onset matched yet: (device time, gap, envelope), for re-acquisition
+    unmatched: deque[tuple[float, float, str | None]] = field(
+        default_factory=lambda: deque(maxlen=16)
+    )
 
 
 class _Response:
@@ -495,6 +503,7 @@ class ClientPlayout(_SessionFollower):
                 "gap_ms": DEFAULT_GAP * 1000,
                 "sync_s": SYNC_PERIOD,
                 "max_onsets": MAX_ONSETS,
+                "env_bins": ENVELOPE_BINS,
             },
             separators=(",", ":"),
         )
@@ -559,22 +568,40 @@ class ClientPlayout(_SessionFollower):
                 raise Rejected("order", "report before the first clock exchange")
             now = self._clock()
             onsets = []
-            for t, gap in report.onsets:
+            for t, gap, env in report.onsets:
                 at = comp.clock.to_agent(t)
                 assert at is not None
                 if at > now + max(0.05, 2 * unc):
                     raise Rejected("future", f"onset {at - now:.3f} s in the future")
                 if at < now - STALE:
                     raise Rejected("stale", f"onset {now - at:.1f} s old")
-                onsets.append((at, gap))
+                onsets.append((at, gap, env))
         except Rejected as err:
             raise self._reject(caller, err) from None
         comp.last_q = report.q
-        for at, gap in onsets:
-            self._match(comp, at, gap)
+        for at, gap, env in onsets:
+            self._match(comp, at, gap, env)
         return ""
 
-    def _match(self, comp: _Companion, device: float, gap: float) -> None:
+    @staticmethod
+    def _place(sent: SentOnset, device: float, env: str | None) -> float:
+        """The device time of the agent's onset sample, from the device's onset: WebRTC can
+        leave out the first milliseconds of sound after silence (2-13 ms measured), so the
+        device's first audible sample may be later audio; its envelope says how much later."""
+        if env is None or sent.amp is None:
+            return device
+        found = envelope_shift(sent.amp, sent.lead, sent.rate, env)
+        if found is None or found[1] < MIN_ENVELOPE_SCORE:
+            logger.debug(
+                "client playout: the device's envelope does not fit the onset at %.3f (%s)",
+                sent.onset.at,
+                "no audio" if found is None else f"score {found[1]:.2f}",
+            )
+            return device
+        sent.mute = found[0]
+        return device - found[0]
+
+    def _match(self, comp: _Companion, device: float, gap: float, env: str | None) -> None:
         cands = [
             o
             for o in self.log.onsets
@@ -617,21 +644,23 @@ class ClientPlayout(_SessionFollower):
                 d_ref * 1000,
                 [(round(o.onset.at, 3), round(o.onset.gap * 1000)) for o in cands],
             )
-            comp.unmatched.append((device, gap))
+            comp.unmatched.append((device, gap, env))
             if self._reacquire(comp):
                 self._measure_open()
             return
-        chosen.device = device
+        chosen.device = self._place(chosen, device, env)
         if step:
             # the gap alone identified it: the path moved, and the next response (often
             # the next onset at all) is placed by the new delay, not a median with the old
             comp.clear_delays()
-        comp.add_delay(device - chosen.onset.at)
+        comp.add_delay(chosen.device - chosen.onset.at)
         logger.debug(
-            "client playout: device onset %.3f (gap %.0f ms) matched at %.1f ms",
+            "client playout: device onset %.3f (gap %.0f ms) matched at %.1f ms (sound left "
+            "out at the start: %s)",
             device,
             gap * 1000,
-            (device - chosen.onset.at) * 1000,
+            (chosen.device - chosen.onset.at) * 1000,
+            "unknown" if chosen.mute is None else f"{chosen.mute * 1000:.1f} ms",
         )
         comp.unmatched.clear()
         self._measure_open()
@@ -653,7 +682,7 @@ class ClientPlayout(_SessionFollower):
         while comp.unmatched and comp.unmatched[0][0] < latest - REACQUIRE_KEEP:
             comp.unmatched.popleft()
         pairs: list[tuple[float, int, SentOnset]] = []  # (lag, device onset index, agent onset)
-        for i, (device, gap) in enumerate(comp.unmatched):
+        for i, (device, gap, _env) in enumerate(comp.unmatched):
             for o in self.log.onsets:
                 if (
                     o.device is None
@@ -701,9 +730,9 @@ class ClientPlayout(_SessionFollower):
             return False
         chosen.sort(key=lambda p: p[2].onset.at)
         comp.clear_delays()
-        for lag, _, o in chosen:
-            o.device = o.onset.at + lag
-            comp.add_delay(lag)
+        for lag, i, o in chosen:
+            o.device = self._place(o, o.onset.at + lag, comp.unmatched[i][2])
+            comp.add_delay(o.device - o.onset.at)
         comp.unmatched.clear()
         logger.info(
             "client playout: the path delay moved to %.0f ms; re-acquired on %d onsets",

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from livekit import rtc
 from livekit.agents.voice import io
 
-from ._detector import Onset, OnsetDetector, amplitudes
+from ._detector import ENVELOPE_BINS, MUTE_SEARCH, Onset, OnsetDetector, amplitudes
 
 logger = logging.getLogger("livekit_segments.client_playout")
 
@@ -41,6 +41,13 @@ class SentSegment:
     onsets: list[SentOnset] = field(default_factory=list)
     _pending: list[tuple[float, npt.NDArray[np.float64], int]] = field(default_factory=list)
     _next: float = 0.0
+    _tails: list[_Tail] = field(default_factory=list)  # onsets whose audio is being collected
+
+    def finish_tails(self) -> None:
+        """No more of this segment's audio comes: what follows its onsets is silence."""
+        tails, self._tails = self._tails, []
+        for tail in tails:
+            tail.finish()
 
 
 @dataclass
@@ -51,6 +58,41 @@ class SentOnset:
     segment: SentSegment
     device: float | None = None  # the matched device time (agent clock), once matched
     dropped: bool = False  # cleared before it left the queue: never reached the device
+    # the amplitudes that follow it (from `lead` samples before it), to place the device's
+    # envelope; None until enough was sent
+    amp: npt.NDArray[np.float64] | None = None
+    lead: int = 0
+    rate: int = 0
+    mute: float | None = None  # how much of its sound the device left out (seconds), if known
+
+
+class _Tail:
+    """Collects the amplitudes that follow one onset on the send clock."""
+
+    def __init__(self, sent: SentOnset, rate: int) -> None:
+        self.sent = sent
+        self.rate = rate
+        self.lead = round(-MUTE_SEARCH[0] * rate)  # silence before it: below the threshold
+        self.need = self.lead + int((MUTE_SEARCH[1] + ENVELOPE_BINS / 1000) * rate) + 1
+        self.parts: list[npt.NDArray[np.float64]] = [np.zeros(self.lead)]
+        self.have = self.lead
+
+    def add(self, amp: npt.NDArray[np.float64]) -> bool:
+        """Append; True once complete."""
+        self.parts.append(amp[: self.need - self.have])
+        self.have += len(self.parts[-1])
+        if self.have >= self.need:
+            self.finish()
+            return True
+        return False
+
+    def finish(self) -> None:
+        """Complete with silence: nothing more is sent after a segment's end."""
+        amp = np.concatenate(self.parts)
+        self.sent.amp = np.pad(amp, (0, max(self.need - len(amp), 0)))
+        self.sent.lead = self.lead
+        self.sent.rate = self.rate
+        self.parts = []
 
 
 class SendLog:
@@ -175,6 +217,8 @@ class PlayoutTap(io.AudioOutput):
         pending, seg._pending = seg._pending, []
         for item in pending:
             self._place(seg, *item)
+        if seg.finished:
+            seg.finish_tails()
         if self.log.on_segment_started:
             self.log.on_segment_started(seg)
         if seg.finished and self.log.on_segment_finished:
@@ -184,12 +228,19 @@ class PlayoutTap(io.AudioOutput):
         self, seg: SentSegment, arrival: float, amp: npt.NDArray[np.float64], sr: int
     ) -> None:
         at = max(seg._next, arrival)
+        if seg._tails:
+            # the queue ran dry before this frame: silence went out meanwhile
+            dry = np.zeros(max(round((at - seg._next) * sr), 0))
+            seg._tails = [t for t in seg._tails if not t.add(dry) and not t.add(amp)]
         if seg.first_audible is None:
             seg.first_audible = self.log.detector.first_audible(amp, at, sr)
         for onset in self.log.detector.feed(amp, at, sr):
             sent = SentOnset(onset=onset, segment=seg)
             seg.onsets.append(sent)
             self.log.onsets.append(sent)
+            tail = _Tail(sent, sr)
+            if not tail.add(amp[max(round((onset.at - at) * sr), 0) :]):
+                seg._tails.append(tail)
         seg._next = at + len(amp) / sr
         seg.end = seg._next
 
@@ -217,6 +268,7 @@ class PlayoutTap(io.AudioOutput):
         seg.finished = True
         if seg.start is not None:
             seg._pending = []  # else kept: placed when its playback_started comes
+            self._guard(seg.finish_tails)
         if seg.start is not None and self.log.on_segment_finished:
             self.log.on_segment_finished(seg)
         self.log.prune()
