@@ -75,6 +75,11 @@ export function choosePath(options: Pick<TapOptions, 'path' | 'webAudioMix'>): T
   return options.webAudioMix ? 'plugin' : 'own-graph';
 }
 
+/** How close a stamp's age must be to its lag to count as a render-point stamp (Firefox). */
+const RENDER_POINT_TOLERANCE_MS = 3;
+/** Net votes of stamps that decide a context's kind of stamp for good. */
+const RENDER_POINT_VOTES = 5;
+
 const loaded = new WeakMap<BaseAudioContext, Promise<void>>();
 
 async function loadWorklet(ctx: AudioContext, url?: string): Promise<void> {
@@ -205,6 +210,35 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
   // the whole way from the graph to the device: the context's own buffering (baseLatency;
   // Chromium 10.7 ms, Firefox 0) plus the system's (outputLatency)
   const latency = () => (ctx.baseLatency || 0) + (ctx.outputLatency || 0);
+  // Firefox (153) dates its stamp back by as much as its contextTime lags currentTime, so it
+  // maps the render point, not the output: the stamp's age equals that lag (Chromium's age is
+  // under one callback period, its lag the whole latency). That is a property of the
+  // browser's context, decided once from several stamps while it runs (Firefox rounds
+  // performance.now() to 1 ms with jitter, so one stamp can look like the other kind: the
+  // first onset of a context was once dated 38.9 ms early that way). Measured against a
+  // recording: 36-40 ms early without the correction.
+  type Stamp = { contextTime: number; performanceTime: number };
+  const saneStamp = (): Stamp | undefined => {
+    const ts = stamps ? ctx.getOutputTimestamp() : undefined;
+    // WebKit before 2024 (bug 264247) scaled contextTime wrongly: trust only a sane stamp
+    if (ts && ts.contextTime && ts.performanceTime && Math.abs(ts.contextTime - ctx.currentTime) < 1) {
+      return { contextTime: ts.contextTime, performanceTime: ts.performanceTime };
+    }
+    return undefined;
+  };
+  let renderPoint: boolean | undefined;
+  let votes = 0;
+  const judge = (ts: Stamp): boolean => {
+    if (renderPoint !== undefined) return renderPoint;
+    const lag = (ctx.currentTime - ts.contextTime) * 1000;
+    const age = performance.now() - ts.performanceTime;
+    if (ctx.state === 'running' && lag > 5) {
+      votes += Math.abs(age - lag) < RENDER_POINT_TOLERANCE_MS ? 1 : -1;
+      if (Math.abs(votes) >= RENDER_POINT_VOTES) renderPoint = votes > 0;
+    }
+    return votes > 0;
+  };
+  let judging: ReturnType<typeof setInterval> | undefined;
   let lastJb: [number, number] = [0, 0];
   const tap: Tap = {
     path,
@@ -215,19 +249,12 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
       return dating;
     },
     toClientMs(contextTime: number): number {
-      const ts = stamps ? ctx.getOutputTimestamp() : undefined;
-      // WebKit before 2024 (bug 264247) scaled contextTime wrongly: trust only a sane stamp
-      if (ts && ts.contextTime && ts.performanceTime && Math.abs(ts.contextTime - ctx.currentTime) < 1) {
+      const ts = saneStamp();
+      if (ts) {
         if (sampler !== undefined) clearInterval(sampler);
         sampler = undefined;
         const at = performance.timeOrigin + ts.performanceTime + (contextTime - ts.contextTime) * 1000;
-        // Firefox (153) dates the stamp back by as much as its contextTime lags currentTime,
-        // so it maps the render point, not the output: the stamp's age equals that lag
-        // (Chromium's is under one callback period, its lag the whole latency). Measured
-        // against a recording: 36-40 ms early without this.
-        const lag = (ctx.currentTime - ts.contextTime) * 1000;
-        const age = performance.now() - ts.performanceTime;
-        if (lag > 5 && Math.abs(age - lag) < 1) {
+        if (judge(ts)) {
           dating = 'render-timestamp';
           return at + latency() * 1000;
         }
@@ -273,12 +300,24 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
     },
     close(): void {
       if (sampler !== undefined) clearInterval(sampler);
+      if (judging !== undefined) clearInterval(judging);
       node.port.postMessage({ type: 'stop' });
       node.port.onmessage = null;
       restore();
       if (ownsContext) void ctx.close();
     },
   };
+  if (stamps) {
+    // judged before the first onset needs it: a stamp every 50 ms until decided
+    judging = setInterval(() => {
+      const ts = saneStamp();
+      if (ts) judge(ts);
+      if (renderPoint !== undefined) {
+        clearInterval(judging);
+        judging = undefined;
+      }
+    }, 50);
+  }
   if (ctx.state !== 'running') void ctx.resume().catch(() => undefined);
   return tap;
 };

@@ -1,0 +1,100 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import type { RemoteAudioTrack } from 'livekit-client';
+
+import { createBrowserTap } from '../src/tap.js';
+
+// node has no WebAudio: just enough of it for the own-graph tap
+const g = globalThis as Record<string, unknown>;
+g['AudioContext'] ??= class {};
+g['AudioWorkletNode'] ??= class {
+  port = { onmessage: null as unknown, postMessage: () => undefined };
+  connect(): void {}
+  disconnect(): void {}
+};
+g['MediaStream'] ??= class {};
+
+/**
+ * A running context whose output stamps are `lagMs` behind currentTime and `lagMs + noise`
+ * old when read: Firefox's kind (the render point: age equals lag) when `ageMs` is null,
+ * Chromium's kind (a stamp of the last callback, whatever the lag) when it is a number.
+ */
+class FakeContext {
+  state = 'running';
+  currentTime = 12.5;
+  baseLatency = 0;
+  outputLatency = 0.035;
+  sampleRate = 48000;
+  destination = {};
+  noise = 0;
+  constructor(
+    private readonly lagMs: number,
+    private readonly ageMs: number | null,
+  ) {}
+  audioWorklet = { addModule: async () => undefined };
+  createMediaStreamSource() {
+    return { connect: () => undefined, disconnect: () => undefined };
+  }
+  addEventListener(): void {}
+  removeEventListener(): void {}
+  async resume(): Promise<void> {}
+  async close(): Promise<void> {}
+  getOutputTimestamp() {
+    const age = (this.ageMs ?? this.lagMs) + this.noise;
+    return { contextTime: this.currentTime - this.lagMs / 1000, performanceTime: performance.now() - age };
+  }
+}
+
+async function tapOn(ctx: FakeContext) {
+  const track = {
+    mediaStreamTrack: {},
+    attachedElements: [],
+    on: () => undefined,
+    off: () => undefined,
+  } as unknown as RemoteAudioTrack;
+  return createBrowserTap(
+    track,
+    {
+      path: 'own-graph',
+      audioContext: ctx as unknown as AudioContext,
+      workletUrl: 'onset-worklet.js',
+      webAudioMix: false,
+      threshold: 0.01,
+      gapSeconds: 0.2,
+    },
+    () => undefined,
+  );
+}
+
+test("a context's render-point stamps are recognized once, not stamp by stamp", async () => {
+  const ctx = new FakeContext(35.4, null);
+  const tap = await tapOn(ctx);
+  try {
+    // Firefox rounds performance.now() to 1 ms with jitter: a stamp can look a few ms older
+    for (const noise of [0.3, -0.6, 0.9, 0.2, -0.4, 4.5, -4.0, 0.1]) {
+      ctx.noise = noise;
+      const t = tap.toClientMs(ctx.currentTime);
+      assert.equal(tap.dating, 'render-timestamp', `noise ${noise}`);
+      // the sample at currentTime leaves the device one output latency after now
+      assert.ok(Math.abs(t - (performance.timeOrigin + performance.now() + 35 - noise + 35.4 - 35.4)) < 1.5);
+    }
+  } finally {
+    tap.close();
+  }
+});
+
+test("a context's output stamps are taken as they are", async () => {
+  const ctx = new FakeContext(41.0, 3.0); // Chromium: the whole latency behind, a callback old
+  const tap = await tapOn(ctx);
+  try {
+    for (const noise of [0, 1.5, 6.0, 0.4, 38.0, 0.2]) {
+      ctx.noise = noise;
+      const t = tap.toClientMs(ctx.currentTime);
+      assert.equal(tap.dating, 'output-timestamp', `noise ${noise}`);
+      assert.ok(Math.abs(t - (performance.timeOrigin + performance.now() - 3.0 - noise + 41.0)) < 1.5);
+    }
+  } finally {
+    tap.close();
+  }
+});
