@@ -149,6 +149,7 @@ class AgentSide:
         self._fired_at: dict[int, float] = {}
         self._measured: dict[int, asyncio.Future[Any]] = {}
         self.page_stats: dict[str, Any] = {}
+        self._drift: dict[int, float] = {}
         self.server: PageServer | None = None
         self.failed: str | None = None
 
@@ -203,6 +204,9 @@ class AgentSide:
 
         fired.add_done_callback(stamp)
         self._measured[rec.index] = self.cp_module.heard_measured(rec.handle)
+        comp = getattr(self.cp, "_companion", None)
+        if comp is not None:  # the clock model's fitted rate as the response starts
+            self._drift[rec.index] = round(comp.clock.drift() * 1e6, 1)
 
     async def finish(self, run: AgentRun) -> None:
         """Wait (bounded) for the measurements still on their way."""
@@ -226,6 +230,8 @@ class AgentSide:
                 extra["predicted_at"] = heard.at
             if heard.path_delay is not None:
                 extra["predicted_path_ms"] = round(heard.path_delay * 1000, 2)
+        if rec.index in self._drift:
+            extra["clock_drift_ppm"] = self._drift[rec.index]
         measured_at = None
         if (
             measured is not None
