@@ -255,7 +255,7 @@ class AgentSide:
             return None
         sent_at = m.at - m.path_delay + m.measured_from
         for o in self.cp.log.onsets:
-            if abs(o.onset.at - sent_at) < 1e-6:
+            if abs(o.onset.at - sent_at) < 1e-4:  # float error at epoch seconds
                 return None if o.mute is None else round(o.mute * 1000, 2)
         return None
 
