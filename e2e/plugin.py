@@ -15,6 +15,7 @@ import asyncio
 import inspect
 import logging
 import os
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -150,6 +151,7 @@ class AgentSide:
         self._measured: dict[int, asyncio.Future[Any]] = {}
         self.page_stats: dict[str, Any] = {}
         self._drift: dict[int, float] = {}
+        self._plain: dict[int, float] = {}
         self.server: PageServer | None = None
         self.failed: str | None = None
 
@@ -207,6 +209,8 @@ class AgentSide:
         comp = getattr(self.cp, "_companion", None)
         if comp is not None:  # the clock model's fitted rate as the response starts
             self._drift[rec.index] = round(comp.clock.drift() * 1e6, 1)
+            if comp.delays:  # the path delay before the jitter buffer's change moves it
+                self._plain[rec.index] = round(statistics.median(comp.delays) * 1000, 2)
 
     async def finish(self, run: AgentRun) -> None:
         """Wait (bounded) for the measurements still on their way."""
@@ -232,6 +236,8 @@ class AgentSide:
                 extra["predicted_path_ms"] = round(heard.path_delay * 1000, 2)
         if rec.index in self._drift:
             extra["clock_drift_ppm"] = self._drift[rec.index]
+        if rec.index in self._plain:
+            extra["path_without_jb_ms"] = self._plain[rec.index]
         measured_at = None
         if (
             measured is not None
