@@ -103,8 +103,10 @@ const STARTUP_SYNC_INTERVAL_MS = 250;
 const MAX_SYNC_FAILURES = 3;
 // The jitter buffer's delay is read this often; a change of JB_STEP_MS or more since the last
 // one sent is sent at once (a sync), so the agent's prediction follows NetEq between onsets.
+// With 1 % loss the one-second reading wanders by +-8 ms around a steady level: a smaller step
+// sent that noise (24 syncs in a 40 s session, 311 bytes per response in all).
 const JB_POLL_MS = 1000;
-const JB_STEP_MS = 5;
+const JB_STEP_MS = 10;
 
 function isAgent(p: RemoteParticipant): boolean {
   const q = p as unknown as { isAgent?: boolean; kind?: number; attributes?: Record<string, string> };
