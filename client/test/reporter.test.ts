@@ -295,6 +295,8 @@ test('a change of the jitter buffer delay is sent at once, in a sync; no change 
 });
 
 test('costs at most 300 bytes of payload per response', async () => {
+  room.helloExtra = { env_bins: 64 }; // an agent that asks for envelopes: the dearer case
+  const env = 'z73150vAAAAAAAAA'.repeat(4);
   const agent = new FakeParticipant('agent-1', 4);
   agent.publishAudio();
   room.join(agent);
@@ -304,9 +306,9 @@ test('costs at most 300 bytes of payload per response', async () => {
   const before = reporter.stats.bytesSent;
   // ten responses, 6 s apart, two onsets each (a pause inside), over a minute
   for (let k = 0; k < 10; k++) {
-    tap.onOnset(tap.contextNow(), 2.5);
+    tap.onOnset(tap.contextNow(), 2.5, env);
     await timers.advance(1500);
-    tap.onOnset(tap.contextNow(), 0.4);
+    tap.onOnset(tap.contextNow(), 0.4, env);
     await timers.advance(4500);
   }
   const perResponse = (reporter.stats.bytesSent - before) / 10;
