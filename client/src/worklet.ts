@@ -24,11 +24,8 @@ class LkSegOnsetProcessor extends AudioWorkletProcessor {
     this.stopped = false;
     this.port.onmessage = (e) => {
       const m = e.data || {};
-      if (m.type === 'params') {
-        this.det.threshold = m.threshold;
-        this.det.gap = m.gap;
-        if (m.envBins !== undefined && !this.env.active) this.env.bins = m.envBins;
-      } else if (m.type === 'stop') { this.stopped = true; }
+      if (m.type === 'params') { this.det.threshold = m.threshold; this.det.gap = m.gap; }
+      else if (m.type === 'stop') { this.stopped = true; }
     };
   }
   post(t, gap, env) {

@@ -586,7 +586,7 @@ class ClientPlayout(_SessionFollower):
     @staticmethod
     def _place(sent: SentOnset, device: float, env: str | None) -> float:
         """The device time of the agent's onset sample, from the device's onset: WebRTC can
-        leave out the first milliseconds of sound after silence (2-13 ms measured), so the
+        leave out the first milliseconds of sound after silence (up to 20 ms measured), so the
         device's first audible sample may be later audio; its envelope says how much later."""
         if env is None or sent.amp is None:
             return device

@@ -229,9 +229,10 @@ class PlayoutTap(io.AudioOutput):
     ) -> None:
         at = max(seg._next, arrival)
         if seg._tails:
-            # the queue ran dry before this frame: silence went out meanwhile
-            dry = np.zeros(max(round((at - seg._next) * sr), 0))
-            seg._tails = [t for t in seg._tails if not t.add(dry) and not t.add(amp)]
+            dry = round((at - seg._next) * sr)
+            if dry > 0:  # the queue ran dry before this frame: silence went out meanwhile
+                seg._tails = [t for t in seg._tails if not t.add(np.zeros(dry))]
+            seg._tails = [t for t in seg._tails if not t.add(amp)]
         if seg.first_audible is None:
             seg.first_audible = self.log.detector.first_audible(amp, at, sr)
         for onset in self.log.detector.feed(amp, at, sr):
