@@ -16,15 +16,17 @@ recording's start, and the smallest of these bounds is the tightest. What remain
 soon a block reaches us after it was rendered (scheduling), at least zero;
 `Recording.clock_bound_ms` reports the spread of the best bounds as its size.
 
-The bounds are taken per `ANCHOR_S` window, not once for the whole recording, because the
-sink's rate is not exactly its nominal one. With Chromium playing into it, the sink rendered
-240-340 ppm more samples than time passed in 13 of B8's 15 sessions (with and without the
-companion; 0 in the other two): in one, its bounds fell by 11 ms over 40 s, and the
-companion's AudioContext clock ran fast against ``performance.now()`` by the same amount.
-With no client the bounds stay within 0.1 ms. Real devices are off their nominal rate too,
-by tens of ppm. With one start for the whole recording, every sample was dated by the
+The bounds are taken per window (at least `ANCHOR_S` and `MIN_BLOCKS` blocks), not once for
+the whole recording, because the sink's rate is not exactly its nominal one. With Chromium
+playing into it, the sink rendered 220-340 ppm more samples than time passed in every B8
+session so far (with and without the companion): in one, its bounds fell by 11 ms over 40 s,
+and the companion's AudioContext clock ran fast against ``performance.now()`` by the same
+amount. With no client the bounds stay within 0.1 ms. Real devices are off their nominal rate
+too, by tens of ppm. With one start for the whole recording, every sample was dated by the
 samples rendered after it: up to 25 ms early at the start of an 85 s session. So sample
-``n`` is placed by the bounds of the blocks near it (`Recording.time_of`).
+``n`` is placed by the bounds of the blocks near it (`Recording.time_of`). Renders often
+reach parec two or more at a time (then a read is not one block): in some sessions only
+10-20 reads a second were exactly one block, so the windows grow until they hold enough.
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ __all__ = [
 RATE = 48000
 _FRAGMENT_MS = 5
 _PR_SET_PDEATHSIG = 1
-ANCHOR_S = 2.0  # the window of blocks each local start is taken from
-MIN_BLOCKS = 50  # fewer block-sized reads than this in a window: no anchor from it
+ANCHOR_S = 2.0  # the shortest window of blocks each local start is taken from
+MIN_BLOCKS = 50  # the fewest block-sized reads in a window: it grows until it has them
 
 
 def die_with_parent() -> None:
@@ -277,21 +279,32 @@ def block_bounds(reads: list[tuple[float, int, int]]) -> tuple[int, list[float]]
 def local_starts(
     reads: list[tuple[float, int, int]], block: int, window_s: float = ANCHOR_S
 ) -> tuple[list[tuple[float, float]], float]:
-    """The recording's start as each `window_s` of block-sized reads places it: (first
-    sample of the window's promptest block, its bound), in order; and the median over the
-    windows of the spread of their best tenth of bounds (how much a local start could move).
+    """The recording's start as each window of block-sized reads places it: (first sample of
+    the window's promptest block, its bound), in order; and the median over the windows of
+    the spread of their best tenth of bounds (how much a local start could move).
+
+    A window spans at least `window_s` and holds at least `MIN_BLOCKS` blocks: where few reads
+    are exactly one block (the sink's renders coalesce into larger reads), it grows until it
+    has them, so a sparse stretch still gives anchors instead of none. What is left at the end
+    joins the window before it: a poor bound there would tilt the extrapolation past the last
+    anchor.
     """
-    per: dict[int, list[tuple[int, float]]] = {}
-    for t, first, end in reads:
-        if end - first == block:
-            per.setdefault(int(first / (window_s * RATE)), []).append((first, t - first / RATE))
+    blocks = sorted((first, t - first / RATE) for t, first, end in reads if end - first == block)
+    windows: list[list[tuple[int, float]]] = []
+    cur: list[tuple[int, float]] = []
+    for first, bound in blocks:
+        if len(cur) >= MIN_BLOCKS and first - cur[0][0] >= window_s * RATE:
+            windows.append(cur)
+            cur = []
+        cur.append((first, bound))
+    if cur:
+        if windows and len(cur) < MIN_BLOCKS:
+            windows[-1].extend(cur)
+        else:
+            windows.append(cur)
     anchors: list[tuple[float, float]] = []
     spreads: list[float] = []
-    # a window with few blocks (the recording's last, cut short) is left out: a poor bound
-    # there would tilt the extrapolation past the last anchor
-    enough = [k for k in sorted(per) if len(per[k]) >= MIN_BLOCKS] or sorted(per)
-    for k in enough:
-        items = per[k]
+    for items in windows:
         first, best = min(items, key=lambda it: it[1])
         anchors.append((float(first), best))
         bounds = sorted(b for _, b in items)

@@ -36,7 +36,7 @@ from .agent_session import SAMPLE_RATE, AgentRun, ResponseRecord, run_agent
 from .browser import Browser, cpu_by_thread_name, thread_cpu
 from .plugin import AgentSide, load_agent_side
 from .profile import ProfileError, Stage, parse_profile, stage_at
-from .recorder import RATE, PulseServer, Recorder, Recording
+from .recorder import ANCHOR_S, RATE, PulseServer, Recorder, Recording
 from .relay import RelayProcess
 from .server import PageServer
 
@@ -269,6 +269,11 @@ def analyse(
     changes = after_change(opts.profile, rel)
     rows: list[dict[str, Any]] = []
     problems = list(run.errors)
+    if len(recording.anchors) < 2 and len(rec) > 4 * ANCHOR_S * RATE:
+        # one start for a whole recording dates it at the nominal rate: off by ~10 ms in 40 s
+        problems.append(
+            f"the recording has too few block-sized reads to place it ({recording.fragments})"
+        )
     for i, r in enumerate(run.responses):
         t_rel = rel[i]
         row: dict[str, Any] = {
@@ -380,6 +385,7 @@ def analyse(
             "clock_bound_ms": round(recording.clock_bound_ms, 3),
             "sink_fast_ppm": round(recording.fast_ppm, 1),
             "blocks_used": recording.fragments,
+            "anchors": len(recording.anchors),
             "sink_block_ms": recording.block_ms,
         },
         "path": path_stats,

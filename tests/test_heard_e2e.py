@@ -323,6 +323,31 @@ def test_a_sink_off_its_nominal_rate_is_placed_by_the_blocks_near_each_sample() 
     assert rec.fast_ppm == pytest.approx(300, abs=5)
 
 
+def test_a_sparse_stretch_of_block_sized_reads_still_places_the_recording() -> None:
+    from e2e.recorder import RATE as REC_RATE, Recording, local_starts
+
+    # the same fast sink, but after the first 2 s its renders mostly reach the reader two at a
+    # time: one read in eight is a single block (about 27 per 2 s). Windows of 2 s needing 50
+    # blocks each found only the first, so one start dated the whole recording (11 ms off).
+    start, block, fast = 1000.0, 240, 300e-6
+    reads = []
+    k = 0
+    while k < 40 * REC_RATE // block:
+        size = 1 if k < 400 or len(reads) % 8 == 0 else 2
+        rendered = start + (k + size - 1) * block / REC_RATE * (1 - fast)
+        reads.append((rendered + 0.001 * (len(reads) % 3), k * block, (k + size) * block))
+        k += size
+    anchors, _spread = local_starts(reads, block)
+    assert len(anchors) >= 10
+    rec = Recording(
+        pcm=b"", start=anchors[0][1], clock_bound_ms=0, fragments=0, anchors=tuple(anchors)
+    )
+    for n in (REC_RATE, 20 * REC_RATE + 11, 39 * REC_RATE):
+        true = start + n / REC_RATE * (1 - fast)
+        assert rec.time_of(n) == pytest.approx(true, abs=0.5e-3)
+    assert rec.fast_ppm == pytest.approx(300, abs=10)
+
+
 # -- B8 from the runs' JSON
 
 
