@@ -19,6 +19,7 @@ import gc
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,6 +64,7 @@ class Options:
     companion: bool = True
     niceness: int = 0
     log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="heard-e2e-")))
+    keep_log: bool = False  # True with --log-dir; a temp dir goes once a run completed
 
 
 def _parse(argv: list[str]) -> Options:
@@ -87,7 +89,11 @@ def _parse(argv: list[str]) -> Options:
         action="store_true",
         help="run without the client companion and the agent side (every response unavailable)",
     )
-    p.add_argument("--log-dir", type=Path, help="where the browser log goes (default: a temp dir)")
+    p.add_argument(
+        "--log-dir",
+        type=Path,
+        help="where the browser log goes (default: a temp dir, removed once the run completed)",
+    )
     a = p.parse_args(argv)
     try:
         stages = parse_profile(a.profile)
@@ -106,6 +112,7 @@ def _parse(argv: list[str]) -> Options:
     if a.log_dir is not None:
         a.log_dir.mkdir(parents=True, exist_ok=True)
         opts.log_dir = a.log_dir
+        opts.keep_log = True
     return opts
 
 
@@ -439,11 +446,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = asyncio.run(_run(opts))
     except RuntimeError as e:
-        print(f"heard-e2e: {e}", file=sys.stderr)
+        print(f"heard-e2e: {e} (browser log: {opts.log_dir})", file=sys.stderr)
         return 1
     except asyncio.CancelledError:
-        print("heard-e2e: stopped (SIGTERM)", file=sys.stderr)
+        print(f"heard-e2e: stopped (SIGTERM; browser log: {opts.log_dir})", file=sys.stderr)
         return 143
+    if result["completed"] and not opts.keep_log:
+        shutil.rmtree(opts.log_dir, ignore_errors=True)
+    elif not result["completed"]:
+        print(f"heard-e2e: browser log: {opts.log_dir}", file=sys.stderr)
     opts.json_path.parent.mkdir(parents=True, exist_ok=True)
     opts.json_path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"heard-e2e: profile {opts.spec}, {len(result['responses'])} responses")

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -567,3 +568,35 @@ def test_the_recording_server_runs_at_the_sinks_rate() -> None:
         server.stop()
     spec = next(line for line in info.splitlines() if line.startswith("Default Sample Spec"))
     assert spec.endswith(f" {RATE}Hz"), spec
+
+
+@pytest.mark.parametrize("completed", [True, False])
+def test_the_default_log_dir_goes_once_a_run_completed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, completed: bool
+) -> None:
+    from e2e import run as e2e_run
+
+    seen: list[Path] = []
+
+    async def fake_run(opts: Any) -> dict[str, Any]:
+        (opts.log_dir / "browser.log").write_text("log\n")
+        seen.append(opts.log_dir)
+        problems = [] if completed else ["response 0 never played"]
+        return {
+            "completed": completed,
+            "problems": problems,
+            "responses": [],
+            "recording": {"clock_bound_ms": 0.1},
+        }
+
+    monkeypatch.setattr(e2e_run, "_run", fake_run)
+    monkeypatch.setattr(e2e_run, "_raise_priority", lambda: 0)
+    out = tmp_path / "out.json"
+    assert e2e_run.main(["--profile", "20:0:0", "--json", str(out)]) == (0 if completed else 1)
+    assert seen[0].exists() is not completed  # a failed run keeps its browser log
+    mine = tmp_path / "logs"
+    assert e2e_run.main(["--profile", "20:0:0", "--json", str(out), "--log-dir", str(mine)]) in (
+        0,
+        1,
+    )
+    assert (mine / "browser.log").exists()  # one the caller named is always kept
