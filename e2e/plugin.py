@@ -6,6 +6,10 @@ the harness WebSocket; `RpcStandIn` calls the handler that ``client_playout.enab
 registered on the fake ``room.local_participant`` with an ``rtc.RpcInvocationData`` (caller
 identity ``user``, the participant the session talks to) and sends back
 ``{"type": "rpc-reply", "id", "payload"}`` or ``{..., "error": {"code", "message"}}``.
+The other way (the agent's ``perform_rpc``, for the companion's levels): ``{"type":
+"rpc-call", "id", "method", "payload"}`` to the page, whose fake Room calls the handler the
+companion registered and answers ``{"type": "rpc-call-reply", "id", "payload"}`` or with
+``"error"``.
 The payloads are exactly the protocol's; only the carrier differs (see docs/heard-e2e.md).
 """
 
@@ -17,7 +21,7 @@ import logging
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +48,20 @@ class _LocalParticipant:
     def __init__(self) -> None:
         self.identity = AGENT_IDENTITY
         self.handlers: dict[str, Callable[[rtc.RpcInvocationData], Any]] = {}
+        # (method, payload, timeout) -> reply: the stand-in's way to the page, once it runs
+        self.remote: Callable[[str, str, float], Awaitable[str]] | None = None
+
+    async def perform_rpc(
+        self,
+        *,
+        destination_identity: str,
+        method: str,
+        payload: str,
+        response_timeout: float | None = None,
+    ) -> str:
+        if destination_identity != USER_IDENTITY or self.remote is None:
+            raise rtc.RpcError(1401, "Recipient not found")
+        return await self.remote(method, payload, response_timeout or 10.0)
 
     def register_rpc_method(self, method_name: str, handler: Any = None) -> Any:
         if handler is None:
@@ -80,8 +98,47 @@ class RpcStandIn:
     calls_by_method: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _calls: dict[int, tuple[str, str, asyncio.Future[str]]] = field(default_factory=dict)
+    _next_call: int = 1
+
+    def __post_init__(self) -> None:
+        self.room.local_participant.remote = self.perform
+
+    async def perform(self, method: str, payload: str, timeout: float) -> str:
+        """The agent's call to the page's registered handler (LiveKit's ``perform_rpc``)."""
+        call_id, self._next_call = self._next_call, self._next_call + 1
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = (method, payload, fut)
+        try:
+            msg = {"type": "rpc-call", "id": call_id, "method": method, "payload": payload}
+            await self.server.send_json(msg)
+            return await asyncio.wait_for(fut, timeout)
+        except RuntimeError:
+            raise rtc.RpcError(1503, "Recipient disconnected") from None
+        except asyncio.TimeoutError:
+            raise rtc.RpcError(1502, "Response timeout") from None
+        finally:
+            self._calls.pop(call_id, None)
+
+    def _reply(self, msg: dict[str, Any]) -> None:
+        entry = self._calls.get(msg.get("id", -1))
+        if entry is None or entry[2].done():
+            return
+        method, payload, fut = entry
+        reply = str(msg.get("payload", ""))
+        size = len(payload.encode()) + len(reply.encode())
+        self.bytes_by_method[method] = self.bytes_by_method.get(method, 0) + size
+        self.calls_by_method[method] = self.calls_by_method.get(method, 0) + 1
+        err = msg.get("error")
+        if isinstance(err, dict):
+            fut.set_exception(rtc.RpcError(int(err.get("code", 1500)), str(err.get("message"))))
+        else:
+            fut.set_result(reply)
 
     def on_message(self, msg: dict[str, Any]) -> None:
+        if msg.get("type") == "rpc-call-reply":
+            self._reply(msg)
+            return
         if msg.get("type") != "rpc":
             return
         task = asyncio.get_running_loop().create_task(self._call(msg))

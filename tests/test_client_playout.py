@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -31,6 +31,7 @@ from livekit_segments.client_playout._detector import (
     decode_envelope,
     encode_envelope,
     envelope_shift,
+    levels_fit,
 )
 from livekit_segments.client_playout._service import CODEC_DELAY
 
@@ -79,6 +80,22 @@ class VirtualClock:
 class FakeLocalParticipant:
     def __init__(self) -> None:
         self.methods: dict[str, Callable[[rtc.RpcInvocationData], str]] = {}
+        # the companion's side of agent-to-client calls: (method, payload) -> reply
+        self.remote: Callable[[str, str], Awaitable[str]] | None = None
+        self.performed: list[tuple[str, str, str]] = []
+
+    async def perform_rpc(
+        self,
+        *,
+        destination_identity: str,
+        method: str,
+        payload: str,
+        response_timeout: float | None = None,
+    ) -> str:
+        self.performed.append((destination_identity, method, payload))
+        if self.remote is None:
+            raise rtc.RpcError(1400, "Method not supported at destination")
+        return await self.remote(method, payload)
 
     def register_rpc_method(self, name: str, handler: Any) -> None:
         self.methods[name] = handler
@@ -204,10 +221,11 @@ class Rig:
     def client_ms(self, agent_time: float) -> float:
         return (agent_time + CLIENT_SKEW) * 1000
 
-    def hello(self, sid: str = "sid-0001", path: str = "plugin") -> dict[str, Any]:
-        reply = self.call(
-            client_playout.HELLO, {"v": 1, "sid": sid, "client": "test", "path": path}
-        )
+    def hello(
+        self, sid: str = "sid-0001", path: str = "plugin", levels: bool = False
+    ) -> dict[str, Any]:
+        req = {"v": 1, "sid": sid, "client": "test", "path": path, **({"lv": 1} if levels else {})}
+        reply = self.call(client_playout.HELLO, req)
         self.q = 0
         return dict(json.loads(reply))
 
@@ -642,6 +660,8 @@ async def test_without_a_linked_participant_nobody_is_accepted() -> None:
         ("sync", {"v": 1, "q": 99, "t0": 1, "prev": [1]}, "malformed"),
         ("hello", {"v": 1, "sid": "short", "path": "plugin"}, "malformed"),
         ("hello", {"v": 1, "sid": "abcdefghij", "path": "ears"}, "malformed"),
+        ("hello", {"v": 1, "sid": "abcdefghij", "path": "plugin", "lv": 2}, "malformed"),
+        ("hello", {"v": 1, "sid": "abcdefghij", "path": "plugin", "lv": True}, "malformed"),
     ],
 )
 async def test_malformed_payloads_are_refused(
@@ -1185,3 +1205,147 @@ async def test_a_back_to_back_response_is_measured_once_the_device_played_it(rig
     got = m2.result()
     assert got.how == "measured" and got.at == pytest.approx(s2 + 0.15, abs=2e-4)
     assert got.measured_from == pytest.approx(s1 + 0.04 - s2, abs=2e-4)
+
+
+# -- levels: a back-to-back response measured at its own start
+
+
+def test_levels_line_up_with_the_agents_audio_to_the_sample() -> None:
+    x = np.abs(_speechlike(0.6, 11))
+    for i0 in (2400, 2411, 3000):
+        fit = levels_fit(x, SR, encode_envelope(x[i0:], SR, 210), i0 - 1200, i0 + 1200)
+        assert fit is not None
+        assert fit.index == pytest.approx(i0, abs=2)
+        assert fit.score > 0.99 and fit.score - fit.runner_up > 0.005
+    assert levels_fit(x, SR, "A" * 210, 0, 1000) is None  # silence places nothing
+
+
+class _Device:
+    """The companion's levels of what the device played: the agent's audio `delay` later,
+    plus `stretch` seconds that NetEq inserted (concealment) from `stretch_at` on."""
+
+    def __init__(self, rig: Rig, stretch: float, stretch_at: float) -> None:
+        self.rig, self.stretch, self.stretch_at = rig, stretch, stretch_at
+        self.sent: list[tuple[float, np.ndarray]] = []
+        self.asked: list[dict[str, Any]] = []
+
+    def agent_time(self, device: float) -> float:
+        t = device - self.rig.delay
+        return t - self.stretch if t - self.stretch >= self.stretch_at else t
+
+    async def levels(self, method: str, payload: str) -> str:
+        assert method == client_playout.LEVELS
+        req = json.loads(payload)
+        self.asked.append(req)
+        device = req["t"] / 1000 - CLIENT_SKEW
+        s0, pcm = self.sent[0]
+        amp = np.abs(np.concatenate([p for _, p in self.sent]).astype(np.float64)) / 32768
+        i = math.ceil((self.agent_time(device) - s0) * SR)
+        first = s0 + i / SR + (device - self.agent_time(device))  # the bin's own device time
+        env = encode_envelope(amp[i:], SR, req["n"])
+        return json.dumps({"v": 1, "t": round((first + CLIENT_SKEW) * 1000, 1), "lv": env})
+
+
+async def _two_back_to_back(rig: Rig, device: _Device) -> tuple[Any, Any, float, float]:
+    """A response whose onset is 1.2 s before the next one, which follows with no pause."""
+    h1, h2 = rig.handle(), rig.handle()
+    m1, m2 = client_playout.heard_measured(h1), client_playout.heard_measured(h2)
+    pcm1 = (np.concatenate([np.zeros(SR // 25), _speechlike(1.2, 5)]) * 32767).astype(np.int16)
+    pcm2 = (_speechlike(0.8, 6) * 32767).astype(np.int16)
+    device.sent.append((rig.clock.now, pcm1))
+    s1 = await rig.speak_pcm(h1, pcm1)
+    rig.report(rig.device_onsets())
+    device.sent.append((rig.clock.now, pcm2))
+    s2 = await rig.speak_pcm(h2, pcm2)
+    assert [s for s, _ in device.sent] == [s1, s2]
+    return m1, m2, s1, s2
+
+
+async def test_a_back_to_back_response_is_placed_by_the_devices_levels(rig: Rig) -> None:
+    """NetEq stretched the audio between the last onset and a back-to-back response (12 ms of
+    concealment): measured from that onset it is 12 ms early; the device's levels around its
+    own start place it where it played."""
+    assert rig.hello(levels=True)["lv"] == 1
+    rig.sync()
+    rig.delay = 0.15
+    device = _Device(rig, stretch=0.012, stretch_at=T_START + 0.5)
+    rig.room.local_participant.remote = device.levels
+    m1, m2, s1, s2 = await _two_back_to_back(rig, device)
+    await rig.clock.advance_to(s2 + 3.0)
+    got = m2.result()
+    assert got.how == "measured" and got.measured_from == 0.0
+    assert got.at == pytest.approx(s2 + 0.15 + 0.012, abs=2e-4)
+    assert m1.result().at == pytest.approx(s1 + 0.15, abs=2e-4)
+    (req,) = device.asked  # one request, for the back-to-back response only
+    assert req["n"] == 210
+    # it asked from 55 ms before where the earlier audio put the start
+    assert req["t"] / 1000 - CLIENT_SKEW == pytest.approx(s2 + 0.15 - 0.055, abs=2e-4)
+
+
+async def test_without_levels_a_back_to_back_response_is_measured_from_earlier_audio(
+    rig: Rig,
+) -> None:
+    rig.hello()  # an older companion: no "lv"
+    rig.sync()
+    rig.delay = 0.15
+    device = _Device(rig, stretch=0.012, stretch_at=T_START + 0.5)
+    rig.room.local_participant.remote = device.levels
+    _m1, m2, s1, s2 = await _two_back_to_back(rig, device)
+    await rig.clock.advance_to(s2 + 3.0)
+    assert rig.room.local_participant.performed == []
+    got = m2.result()
+    assert got.how == "measured" and got.measured_from is not None and got.measured_from < -1.0
+    assert got.at == pytest.approx(s2 + 0.15, abs=2e-4)  # 12 ms early: the stretch unseen
+
+
+@pytest.mark.parametrize("answer", ["error", "malformed", "elsewhere", "nothing"])
+async def test_a_levels_request_that_fails_falls_back_to_earlier_audio(
+    rig: Rig, caplog: pytest.LogCaptureFixture, answer: str
+) -> None:
+    """An RPC error, a malformed reply, levels of other audio, or none: the response is
+    measured from earlier audio as before, the malformed reply is logged, nothing hangs."""
+    rig.hello(levels=True)
+    rig.sync()
+    rig.delay = 0.15
+    device = _Device(rig, stretch=0.0, stretch_at=T_START)
+
+    async def remote(method: str, payload: str) -> str:
+        if answer == "error":
+            raise rtc.RpcError(1502, "Response timeout")
+        if answer == "malformed":
+            return json.dumps({"v": 1, "t": 5.0, "lv": "not levels!"})
+        if answer == "nothing":
+            return json.dumps({"v": 1, "t": None, "lv": ""})
+        req = json.loads(payload)
+        return json.dumps({"v": 1, "t": req["t"], "lv": "8" * 20 + "A" * 190})
+
+    rig.room.local_participant.remote = remote
+    with caplog.at_level(logging.WARNING, logger="livekit_segments.client_playout"):
+        _m1, m2, s1, s2 = await _two_back_to_back(rig, device)
+        await rig.clock.advance_to(s2 + 8.0)
+    assert len(rig.room.local_participant.performed) == 1
+    got = m2.result()
+    assert got.how == "measured" and got.measured_from is not None and got.measured_from < -1.0
+    assert got.at == pytest.approx(s2 + 0.15, abs=2e-4)
+    malformed = [r for r in caplog.records if "levels reply" in r.getMessage()]
+    assert len(malformed) == (1 if answer == "malformed" else 0)
+
+
+async def test_a_companion_that_leaves_during_a_levels_request_settles_it(rig: Rig) -> None:
+    rig.hello(levels=True)
+    rig.sync()
+    rig.delay = 0.15
+    device = _Device(rig, stretch=0.0, stretch_at=T_START)
+    never: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def remote(method: str, payload: str) -> str:
+        return await never
+
+    rig.room.local_participant.remote = remote
+    _m1, m2, _s1, s2 = await _two_back_to_back(rig, device)
+    await rig.clock.advance_to(s2 + 0.5)
+    assert len(rig.room.local_participant.performed) == 1 and not m2.done()
+    rig.room.emit("participant_disconnected", SimpleNamespace(identity="user"))
+    await asyncio.sleep(0)
+    assert m2.result().how == "unavailable"
+    assert not rig.cp._tasks  # the request was cancelled, not left running

@@ -150,3 +150,80 @@ export class OnsetEnvelope {
     return out;
   }
 }
+
+/**
+ * The device output's last seconds as 1 ms levels, for the agent's levels requests
+ * (docs/client-playout.md, "Levels"). Bin k holds the context frames from ceil(k * rate / 1000)
+ * on (so it starts at AudioContext time k ms), encoded like an envelope's bins: the RMS of the
+ * loudest channel in 1.5 dB steps above -96 dBFS, 0 for silence. Written like OnsetDetector:
+ * its source text is also the worklet's.
+ */
+export class LevelRing {
+  size: number;
+  rate: number;
+  levels: Uint8Array;
+  bin: number;
+  sum: number;
+  count: number;
+  newest: number;
+
+  /** @param size bins kept (ms) */
+  constructor(size: number, sampleRate: number) {
+    this.size = size;
+    this.rate = sampleRate;
+    this.levels = new Uint8Array(size);
+    this.bin = -1;
+    this.sum = 0;
+    this.count = 0;
+    this.newest = -1;
+  }
+
+  /** Consume a block whose sample 0 is context frame `frame` (no channels: silence). */
+  feed(channels: ArrayLike<ArrayLike<number>>, frame: number, n: number): void {
+    const nch = channels.length;
+    let i = 0;
+    while (i < n) {
+      const k = Math.floor(((frame + i) * 1000) / this.rate);
+      if (k !== this.bin) {
+        this.close();
+        this.bin = k;
+      }
+      const end = Math.min(n, Math.ceil(((k + 1) * this.rate) / 1000) - frame);
+      let s = 0;
+      for (let j = i; j < end; j++) {
+        let a = 0;
+        for (let c = 0; c < nch; c++) {
+          const v = Math.abs(channels[c]![j]!);
+          if (v > a) a = v;
+        }
+        s += a * a;
+      }
+      this.sum += s;
+      this.count += end - i;
+      i = end;
+    }
+  }
+
+  /** The bin being filled is complete: store its level. */
+  close(): void {
+    if (this.bin >= 0 && this.count > 0) {
+      const rms = Math.sqrt(this.sum / this.count);
+      const level = rms > 0 ? Math.floor((20 * Math.log10(rms) + 96) / 1.5 + 0.5) : 0;
+      this.levels[this.bin % this.size] = Math.min(Math.max(level, 0), 63);
+      this.newest = this.bin;
+    }
+    this.sum = 0;
+    this.count = 0;
+  }
+
+  /** Bins `from` to `from + n - 1` that are kept and complete: [first bin, encoded], or null. */
+  read(from: number, n: number): [number, string] | null {
+    const abc = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+    const a = Math.max(from, this.newest - this.size + 1, 0);
+    const b = Math.min(from + n - 1, this.newest);
+    if (this.newest < 0 || b < a) return null;
+    let out = '';
+    for (let k = a; k <= b; k++) out += abc[this.levels[k % this.size]!];
+    return [a, out];
+  }
+}

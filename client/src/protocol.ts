@@ -4,6 +4,10 @@ export const PROTOCOL_VERSION = 1;
 export const HELLO = 'lkseg.playout.hello';
 export const SYNC = 'lkseg.playout.sync';
 export const REPORT = 'lkseg.playout.report';
+/** Served by the companion: the agent asks for the device's levels around a response. */
+export const LEVELS = 'lkseg.playout.levels';
+/** The most 1 ms bins one levels request may ask for. */
+export const MAX_LEVEL_BINS = 256;
 /** The agent refuses larger payloads. */
 export const MAX_PAYLOAD = 1024;
 
@@ -14,6 +18,8 @@ export interface HelloRequest {
   sid: string;
   client: string;
   path: TapPath;
+  /** 1: this companion serves `LEVELS` (when the agent's reply asks for it with `lv`) */
+  lv?: 1;
 }
 
 export interface HelloReply {
@@ -28,6 +34,22 @@ export interface HelloReply {
   max_onsets: number;
   /** 1 ms bins of envelope the agent wants with each onset; 0 (or absent: an older agent): none */
   env_bins: number;
+  /** true: the agent will call `LEVELS` (only when the hello offered it) */
+  lv: boolean;
+}
+
+/** The agent's levels request: `n` 1 ms bins of the device output from client ms `t` on. */
+export interface LevelsRequest {
+  v: 1;
+  t: number;
+  n: number;
+}
+
+/** The reply: the client ms at which the first bin starts (null: none kept), and the bins. */
+export interface LevelsReply {
+  v: 1;
+  t: number | null;
+  lv: string;
 }
 
 export interface SyncRequest {
@@ -85,7 +107,22 @@ export function parseHelloReply(text: string): HelloReply {
     sync_s: num('sync_s', 1, 3600),
     max_onsets: Math.floor(num('max_onsets', 1, 64)),
     env_bins: o['env_bins'] === undefined ? 0 : Math.floor(num('env_bins', 0, 64)),
+    lv: o['lv'] === 1,
   };
+}
+
+export function parseLevelsRequest(text: string): LevelsRequest {
+  if (text.length > MAX_PAYLOAD) throw new Error('levels request: too large');
+  const o = JSON.parse(text) as Record<string, unknown> | null;
+  if (typeof o !== 'object' || o === null) throw new Error('levels request: not an object');
+  if (o['v'] !== PROTOCOL_VERSION) throw new Error(`levels request: protocol version ${String(o['v'])}`);
+  const t = o['t'];
+  const n = o['n'];
+  if (typeof t !== 'number' || !Number.isFinite(t)) throw new Error('levels request: bad t');
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > MAX_LEVEL_BINS) {
+    throw new Error(`levels request: n must be 1 to ${MAX_LEVEL_BINS}`);
+  }
+  return { v: 1, t, n };
 }
 
 export function parseSyncReply(text: string): SyncReply {

@@ -9,8 +9,12 @@ import type {
 import {
   HELLO,
   type HelloReply,
+  type HelloRequest,
+  LEVELS,
+  type LevelsReply,
   PROTOCOL_VERSION,
   parseHelloReply,
+  parseLevelsRequest,
   parseSyncReply,
   r1,
   REPORT,
@@ -61,6 +65,9 @@ export interface PlayoutReporterStats {
   onsetsSent: number;
   /** request payload bytes sent so far (replies are a few bytes more per sync) */
   bytesSent: number;
+  /** levels requests of the agent answered with levels, and their reply bytes */
+  levelsServed: number;
+  levelsBytes: number;
   lastRttMs: number | null;
 }
 
@@ -107,6 +114,18 @@ const MAX_SYNC_FAILURES = 3;
 // sent that noise (24 syncs in a 40 s session, 311 bytes per response in all).
 const JB_POLL_MS = 1000;
 const JB_STEP_MS = 10;
+// ms of 1 ms levels kept for the agent's levels requests (it asks within about a second)
+const LEVEL_RING_MS = 8192;
+
+/** Where RPC methods are registered: the Room from livekit-client 2.9, else localParticipant. */
+interface RpcHost {
+  registerRpcMethod(method: string, handler: (data: RpcCall) => Promise<string>): void;
+  unregisterRpcMethod(method: string): void;
+}
+interface RpcCall {
+  callerIdentity: string;
+  payload: string;
+}
 
 function isAgent(p: RemoteParticipant): boolean {
   const q = p as unknown as { isAgent?: boolean; kind?: number; attributes?: Record<string, string> };
@@ -149,8 +168,11 @@ class Reporter implements PlayoutReporter {
     reports: 0,
     onsetsSent: 0,
     bytesSent: 0,
+    levelsServed: 0,
+    levelsBytes: 0,
     lastRttMs: null,
   };
+  private levelsHost: RpcHost | undefined;
 
   constructor(
     private readonly room: Room,
@@ -168,8 +190,41 @@ class Reporter implements PlayoutReporter {
     this.room.on('participantConnected', this.onParticipantConnected);
     this.room.on('participantDisconnected', this.onParticipantDisconnected);
     this.room.on('disconnected', this.onDisconnected);
+    this.registerLevels();
     this.scan();
   }
+
+  private registerLevels(): void {
+    const room = this.room as unknown as Partial<RpcHost>;
+    const host = (
+      typeof room.registerRpcMethod === 'function' ? room : this.room.localParticipant
+    ) as Partial<RpcHost>;
+    // a stand-in Room without RPC methods (a test's): no levels, as with an older companion
+    if (typeof host.registerRpcMethod !== 'function') return;
+    try {
+      host.registerRpcMethod(LEVELS, this.onLevels);
+      this.levelsHost = host as RpcHost;
+    } catch (err) {
+      // another companion on this Room serves it: this one does without (hello says so)
+      this.error(err);
+    }
+  }
+
+  /** The agent's levels request (docs/client-playout.md, "Levels"). */
+  private readonly onLevels = async (data: RpcCall): Promise<string> => {
+    if (this.stopped || !this.agent || data.callerIdentity !== this.agent || !this.params?.lv) {
+      throw new Error('levels: not asked for by this agent');
+    }
+    const req = parseLevelsRequest(data.payload);
+    const got = this.tap?.levels ? await this.tap.levels(req.t, req.n) : null;
+    const reply: LevelsReply = got && Number.isFinite(got.t)
+      ? { v: PROTOCOL_VERSION, t: r1(got.t), lv: got.lv.slice(0, req.n) }
+      : { v: PROTOCOL_VERSION, t: null, lv: '' };
+    const text = JSON.stringify(reply);
+    if (reply.t !== null) this.stats.levelsServed += 1;
+    this.stats.levelsBytes += text.length;
+    return text;
+  };
 
   async resume(): Promise<void> {
     await this.tap?.resume();
@@ -183,6 +238,8 @@ class Reporter implements PlayoutReporter {
     this.room.off('participantConnected', this.onParticipantConnected);
     this.room.off('participantDisconnected', this.onParticipantDisconnected);
     this.room.off('disconnected', this.onDisconnected);
+    this.levelsHost?.unregisterRpcMethod(LEVELS);
+    this.levelsHost = undefined;
     this.reset();
   }
 
@@ -311,7 +368,9 @@ class Reporter implements PlayoutReporter {
     await this.enqueue(async () => {
       if (epoch !== this.epoch) return;
       try {
-        const reply = await this.rpc(HELLO, { v: PROTOCOL_VERSION, sid, client: CLIENT_NAME, path });
+        const hello: HelloRequest = { v: PROTOCOL_VERSION, sid, client: CLIENT_NAME, path };
+        if (this.levelsHost) hello.lv = 1;
+        const reply = await this.rpc(HELLO, hello);
         if (epoch !== this.epoch) return;
         this.params = parseHelloReply(reply);
         this.q = 0;
@@ -415,6 +474,7 @@ class Reporter implements PlayoutReporter {
           threshold: this.params.thr,
           gapSeconds: this.params.gap_ms / 1000,
           envelopeBins: this.params.env_bins,
+          levelBins: this.params.lv ? LEVEL_RING_MS : 0,
         },
         (t, gap, env) => this.onOnset(tap, t, gap, env),
       );

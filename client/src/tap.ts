@@ -32,6 +32,12 @@ export interface Tap {
    * ms. Any may be missing.
    */
   receivePath(): Promise<ReceivePath>;
+  /**
+   * The device output's 1 ms levels (LevelRing's encoding) from the bin that plays at client
+   * ms `fromClientMs`, up to `n` bins: `t`, the client ms at which the first one started
+   * playing; null when none are kept (a tap without levels, or not yet played). Never hangs.
+   */
+  levels?(fromClientMs: number, n: number): Promise<{ t: number; lv: string } | null>;
   setParams(threshold: number, gapSeconds: number): void;
   resume(): Promise<void>;
   close(): void;
@@ -57,6 +63,8 @@ export interface TapOptions {
   gapSeconds: number;
   /** 1 ms bins of each onset's envelope (the agent's `env_bins`); 0: none. */
   envelopeBins?: number;
+  /** ms of 1 ms levels the worklet keeps for `levels()`; 0: none. */
+  levelBins?: number;
 }
 
 export type TapFactory = (
@@ -79,6 +87,8 @@ export function choosePath(options: Pick<TapOptions, 'path' | 'webAudioMix'>): T
 const RENDER_POINT_TOLERANCE_MS = 3;
 /** Net votes of stamps that decide a context's kind of stamp for good. */
 const RENDER_POINT_VOTES = 5;
+/** How long a levels request waits for the worklet (it answers between two render quanta). */
+const LEVELS_WAIT_MS = 500;
 
 const loaded = new WeakMap<BaseAudioContext, Promise<void>>();
 
@@ -129,12 +139,20 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
       threshold: options.threshold,
       gap: options.gapSeconds,
       envBins: options.envelopeBins ?? 0,
+      levelBins: options.levelBins ?? 0,
     },
   });
+  // levels requests waiting for the worklet's answer, by id
+  const asked = new Map<number, (r: { from: number | null; lv: string } | null) => void>();
+  let nextAsk = 1;
   node.port.onmessage = (e: MessageEvent) => {
     const m = e.data as { type?: string; t?: number; gap?: number; env?: unknown };
     if (m.type === 'onset' && typeof m.t === 'number' && typeof m.gap === 'number') {
       onOnset(m.t, m.gap, typeof m.env === 'string' ? m.env : undefined);
+    } else if (m.type === 'levels') {
+      const r = e.data as { id?: number; from?: number | null; lv?: string };
+      const done = typeof r.id === 'number' ? asked.get(r.id) : undefined;
+      if (done) done({ from: typeof r.from === 'number' ? r.from : null, lv: String(r.lv ?? '') });
     }
   };
 
@@ -292,6 +310,27 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
       }
       return out;
     },
+    async levels(fromClientMs: number, n: number): Promise<{ t: number; lv: string } | null> {
+      if (!(options.levelBins && options.levelBins > 0)) return null;
+      // a bin is a ms of context time: the mapping is linear, so context time 0 anchors it
+      const from = Math.floor(fromClientMs - tap.toClientMs(0));
+      const id = nextAsk++;
+      const r = await new Promise<{ from: number | null; lv: string } | null>((resolve) => {
+        // a suspended context runs no worklet code: answer null rather than wait
+        const timer = setTimeout(() => {
+          asked.delete(id);
+          resolve(null);
+        }, LEVELS_WAIT_MS);
+        asked.set(id, (v) => {
+          clearTimeout(timer);
+          asked.delete(id);
+          resolve(v);
+        });
+        node.port.postMessage({ type: 'levels', id, from, n });
+      });
+      if (!r || r.from === null || !r.lv) return null;
+      return { t: tap.toClientMs(r.from / 1000), lv: r.lv };
+    },
     setParams(threshold: number, gapSeconds: number): void {
       node.port.postMessage({ type: 'params', threshold, gap: gapSeconds });
     },
@@ -303,6 +342,7 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
       if (judging !== undefined) clearInterval(judging);
       node.port.postMessage({ type: 'stop' });
       node.port.onmessage = null;
+      for (const done of [...asked.values()]) done(null);
       restore();
       if (ownsContext) void ctx.close();
     },

@@ -1,4 +1,4 @@
-import { OnsetDetector, OnsetEnvelope } from './detector.js';
+import { LevelRing, OnsetDetector, OnsetEnvelope } from './detector.js';
 
 /** The AudioWorkletProcessor's registered name. */
 export const PROCESSOR_NAME = 'lkseg-onset';
@@ -6,19 +6,23 @@ export const PROCESSOR_NAME = 'lkseg-onset';
 /**
  * Source of the AudioWorklet module: passes audio through unchanged and posts
  * `{type: 'onset', t, gap, env?}` (AudioContext seconds) for each onset; with `envBins` > 0,
- * once its envelope is complete (`env`: OnsetEnvelope's encoding). The detector and the
- * envelope are their classes' own source text, so worklet and unit tests run the same code;
+ * once its envelope is complete (`env`: OnsetEnvelope's encoding). With `levelBins` > 0 it
+ * keeps that many ms of 1 ms levels (LevelRing) and answers `{type: 'levels', id, from, n}`
+ * with `{type: 'levels', id, from, lv}` (`from` null: none kept). The detector, envelope and
+ * ring are their classes' own source text, so worklet and unit tests run the same code;
  * they are taken as class expressions, so a minifier renaming the classes changes nothing.
  */
 export function workletSource(): string {
   return `const Detector = (${OnsetDetector.toString()});
 const Envelope = (${OnsetEnvelope.toString()});
+const Ring = (${LevelRing.toString()});
 class LkSegOnsetProcessor extends AudioWorkletProcessor {
   constructor(options) {
     super();
     const p = (options && options.processorOptions) || {};
     this.det = new Detector(p.threshold ?? 0.01, p.gap ?? 0.2);
     this.env = new Envelope(p.envBins ?? 0, sampleRate);
+    this.ring = p.levelBins > 0 ? new Ring(p.levelBins, sampleRate) : null;
     this.waiting = null; // the onset whose envelope is being filled
     this.out = [];
     this.stopped = false;
@@ -26,6 +30,10 @@ class LkSegOnsetProcessor extends AudioWorkletProcessor {
       const m = e.data || {};
       if (m.type === 'params') { this.det.threshold = m.threshold; this.det.gap = m.gap; }
       else if (m.type === 'stop') { this.stopped = true; }
+      else if (m.type === 'levels') {
+        const r = this.ring ? this.ring.read(m.from, m.n) : null;
+        this.port.postMessage({ type: 'levels', id: m.id, from: r ? r[0] : null, lv: r ? r[1] : '' });
+      }
     };
   }
   post(t, gap, env) {
@@ -35,6 +43,7 @@ class LkSegOnsetProcessor extends AudioWorkletProcessor {
     const input = inputs[0];
     const output = outputs[0];
     const n = output && output[0] ? output[0].length : 128;
+    if (this.ring) this.ring.feed(input || [], currentFrame, n);
     if (this.waiting) {
       // the envelope so far continues through this block (silence where no input came)
       const env = this.env.feed(input || [], 0, n);

@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { runInNewContext } from 'node:vm';
 
-import { OnsetDetector, OnsetEnvelope } from '../src/detector.js';
+import { LevelRing, OnsetDetector, OnsetEnvelope } from '../src/detector.js';
 import { PROCESSOR_NAME, workletSource } from '../src/worklet.js';
 
 interface Case {
@@ -130,4 +130,67 @@ test('with envBins the worklet posts each onset with its envelope once the envel
     assert.equal(posted[0]!.env, c.envelope, c.name);
     assert.ok(Math.abs(posted[0]!.t - (5 + c.onset_index / c.sample_rate)) < 1e-9, c.name);
   }
+});
+
+test("the level ring's bins are the envelope's characters where both start on a bin", () => {
+  for (const c of envelopeCases) {
+    // a frame offset that puts the onset on a bin boundary of the context's ms grid
+    const period = c.sample_rate % 1000 === 0 ? c.sample_rate / 1000 : c.sample_rate / 100;
+    const f0 = period * 1000 - c.onset_index;
+    const ring = new LevelRing(512, c.sample_rate);
+    c.blocks.forEach((block, k) => ring.feed(block, f0 + k * c.block, c.block));
+    const k0 = ((f0 + c.onset_index) * 1000) / c.sample_rate;
+    assert.ok(Number.isInteger(k0));
+    const got = ring.read(k0, c.bins);
+    assert.ok(got, c.name);
+    assert.equal(got[0], k0);
+    assert.ok(got[1].length >= Math.min(c.bins, c.envelope.length) - 1, c.name);
+    assert.equal(got[1], c.envelope.slice(0, got[1].length), c.name);
+    // the bins before the onset hold what was fed there
+    assert.equal(ring.read(0, 1), null, 'nothing that far back');
+  }
+});
+
+test('the level ring keeps its last bins and gives what it has of a request', () => {
+  const ring = new LevelRing(100, 48000);
+  const loud = [new Float32Array(48).fill(0.5)];
+  for (let k = 0; k < 300; k++) ring.feed(k % 2 ? [] : loud, k * 48, 48); // 1 ms on, 1 ms off
+  // bin 299 is still open (no later sample closed it): the last 100, 199..298, are kept
+  assert.deepEqual(ring.read(150, 60), [199, 'A' + '8A'.repeat(5)]);
+  assert.deepEqual(ring.read(290, 20), [290, '8A8A8A8A8']);
+  assert.equal(ring.read(299, 5), null);
+  assert.equal(new LevelRing(10, 48000).read(0, 5), null);
+});
+
+test('with levelBins the worklet answers levels requests from its ring', () => {
+  const posted: Array<Record<string, unknown>> = [];
+  let Processor:
+    | (new (o: unknown) => { process: (i: unknown, o: unknown) => boolean; port: { onmessage: (e: unknown) => void } })
+    | undefined;
+  const scope: Record<string, unknown> = {
+    currentTime: 0,
+    currentFrame: 0,
+    sampleRate: 48000,
+    AudioWorkletProcessor: class {
+      port = { onmessage: null as unknown, postMessage: (m: Record<string, unknown>) => posted.push(m) };
+    },
+    registerProcessor: (_n: string, cls: typeof Processor) => {
+      Processor = cls;
+    },
+  };
+  runInNewContext(workletSource(), scope);
+  const proc = new Processor!({ processorOptions: { threshold: 0.01, gap: 0.2, levelBins: 1000 } });
+  for (let k = 0; k < 10; k++) {
+    scope['currentFrame'] = 48000 + k * 128;
+    scope['currentTime'] = (48000 + k * 128) / 48000;
+    const input = [new Float32Array(128).fill(k < 5 ? 0 : 0.5)];
+    proc.process([input], [[new Float32Array(128)]]);
+  }
+  proc.port.onmessage({ data: { type: 'levels', id: 7, from: 1010, n: 100 } });
+  // frames 48000..49279: bins 1000..1026, the last still open; silence up to frame 48640,
+  // inside bin 1013 (frames 48624..48671: a third silent)
+  const plain = (m: unknown) => JSON.parse(JSON.stringify(m)) as unknown; // from another realm
+  assert.deepEqual(plain(posted.at(-1)), { type: 'levels', id: 7, from: 1010, lv: 'AAA7' + '8'.repeat(12) });
+  proc.port.onmessage({ data: { type: 'levels', id: 8, from: 5000, n: 10 } });
+  assert.deepEqual(plain(posted.at(-1)), { type: 'levels', id: 8, from: null, lv: '' });
 });

@@ -4,7 +4,7 @@ import { beforeEach, test } from 'node:test';
 
 import type { Room } from 'livekit-client';
 
-import { HELLO, REPORT, SYNC } from '../src/protocol.js';
+import { HELLO, LEVELS, REPORT, SYNC } from '../src/protocol.js';
 import { startPlayoutReporter, type ReporterDeps } from '../src/reporter.js';
 import type { Tap, TapFactory, TapOptions } from '../src/tap.js';
 
@@ -78,6 +78,15 @@ class FakeRoom extends EventEmitter {
   failHello = 0;
   failSync = false;
   helloExtra: Record<string, unknown> = {}; // an agent of this version adds env_bins
+  // what the companion registered (livekit-client 2.9+: on the Room)
+  methods = new Map<string, (d: { callerIdentity: string; payload: string }) => Promise<string>>();
+  registerRpcMethod(method: string, handler: (d: { callerIdentity: string; payload: string }) => Promise<string>): void {
+    if (this.methods.has(method)) throw new Error(`RPC handler already registered for ${method}`);
+    this.methods.set(method, handler);
+  }
+  unregisterRpcMethod(method: string): void {
+    this.methods.delete(method);
+  }
 
   constructor(private timers: Timers) {
     super();
@@ -139,6 +148,14 @@ class FakeTap implements Tap {
   async receivePath(): Promise<{ rx?: number; net?: number; jb?: number }> {
     return this.jb === undefined ? { rx: 42.25, net: 7.04 } : { rx: this.jb + 20, net: 7.04, jb: this.jb };
   }
+  // the device's levels: bin k starts at context time k ms
+  levelsAsked: Array<[number, number]> = [];
+  async levels(fromClientMs: number, n: number): Promise<{ t: number; lv: string } | null> {
+    this.levelsAsked.push([fromClientMs, n]);
+    if (!this.options.levelBins) return null;
+    const from = Math.floor(fromClientMs - this.toClientMs(0));
+    return { t: this.toClientMs(from / 1000), lv: 'Q'.repeat(n) };
+  }
   setParams(t: number, gap: number): void {
     this.params = [t, gap];
   }
@@ -196,7 +213,13 @@ test('finds the agent, says hello, syncs, and taps its audio track', async () =>
   await timers.advance(0);
   assert.equal(reporter.agentIdentity, 'agent-1');
   const [hello] = room.of(HELLO);
-  assert.deepEqual(hello!.body, { v: 1, sid: 'sid-0001', client: '@livekit-segments/client/0.1.0', path: 'own-graph' });
+  assert.deepEqual(hello!.body, {
+    v: 1,
+    sid: 'sid-0001',
+    client: '@livekit-segments/client/0.1.0',
+    path: 'own-graph',
+    lv: 1,
+  });
   assert.equal(hello!.dest, 'agent-1');
   assert.equal(taps.length, 1);
   assert.equal(taps[0]!.options.threshold, 0.01);
@@ -454,5 +477,66 @@ test('a tap whose graph was replaced, or that failed, is made again at the next 
   await timers.advance(10_000);
   assert.equal(taps[0]!.closed, true);
   assert.equal(taps.length, 2);
+  reporter.stop();
+});
+
+test("the agent's levels requests are answered from the tap, and only the agent's", async () => {
+  room.helloExtra = { env_bins: 64, lv: 1 };
+  const { reporter, tap } = await startWithAgent();
+  assert.equal(room.of(HELLO)[0]!.body['lv'], 1);
+  assert.equal(tap.options.levelBins, 8192);
+  const serve = room.methods.get(LEVELS)!;
+  assert.ok(serve, 'registered on the Room');
+  const reply = JSON.parse(await serve({ callerIdentity: 'agent-1', payload: '{"v":1,"t":500100.55,"n":3}' }));
+  assert.deepEqual(reply, { v: 1, t: 500100, lv: 'QQQ' }); // the bin that plays at 500 100.55 ms
+  assert.equal(reporter.stats.levelsServed, 1);
+  // another participant, a malformed or oversized request: refused (an application error)
+  await assert.rejects(serve({ callerIdentity: 'user-9', payload: '{"v":1,"t":500100,"n":3}' }));
+  await assert.rejects(serve({ callerIdentity: 'agent-1', payload: '{"v":1,"t":"x","n":3}' }));
+  await assert.rejects(serve({ callerIdentity: 'agent-1', payload: '{"v":1,"t":500100,"n":257}' }));
+  await assert.rejects(serve({ callerIdentity: 'agent-1', payload: '{"v":2,"t":500100,"n":3}' }));
+  assert.equal(tap.levelsAsked.length, 1);
+  reporter.stop();
+  assert.equal(room.methods.has(LEVELS), false, 'stop unregisters it');
+});
+
+test('an agent that does not ask for levels gets none, and the tap keeps none', async () => {
+  room.helloExtra = { env_bins: 64 }; // an older agent: no lv in its reply
+  const { reporter, tap } = await startWithAgent();
+  assert.equal(tap.options.levelBins, 0);
+  const serve = room.methods.get(LEVELS)!;
+  await assert.rejects(serve({ callerIdentity: 'agent-1', payload: '{"v":1,"t":500100,"n":3}' }));
+  reporter.stop();
+});
+
+test('a Room of livekit-client before 2.9 takes the method on its local participant', async () => {
+  const host = new Map<string, unknown>();
+  const r = room as unknown as Record<string, unknown>;
+  r['registerRpcMethod'] = undefined;
+  Object.assign(room.localParticipant, {
+    registerRpcMethod: (m: string, h: unknown) => host.set(m, h),
+    unregisterRpcMethod: (m: string) => host.delete(m),
+  });
+  const { reporter } = await startWithAgent();
+  assert.ok(host.has(LEVELS));
+  assert.equal(room.of(HELLO)[0]!.body['lv'], 1);
+  reporter.stop();
+  assert.equal(host.has(LEVELS), false);
+});
+
+test('a Room where the method is taken: the hello offers no levels, and it says why', async () => {
+  room.registerRpcMethod(LEVELS, async () => 'someone else');
+  const { reporter } = await startWithAgent();
+  assert.equal(room.of(HELLO)[0]!.body['lv'], undefined);
+  assert.equal(errors.length, 1);
+  reporter.stop();
+  assert.equal(room.methods.has(LEVELS), true, "another's handler stays");
+});
+
+test('a stand-in Room with no RPC methods at all: no levels, and no error', async () => {
+  (room as unknown as Record<string, unknown>)['registerRpcMethod'] = undefined;
+  const { reporter } = await startWithAgent();
+  assert.equal(room.of(HELLO)[0]!.body['lv'], undefined);
+  assert.deepEqual(errors, []);
   reporter.stop();
 });

@@ -2,7 +2,8 @@
 // for a livekit-client Room. The stand-in has what the companion uses of a Room: events,
 // remoteParticipants (the agent, kind AGENT, with its audio track), and
 // localParticipant.performRpc, which is carried over the harness WebSocket to the agent's
-// registered RPC handlers with the same payloads (docs/heard-e2e.md says what that skips).
+// registered RPC handlers with the same payloads (docs/heard-e2e.md says what that skips),
+// and registerRpcMethod, whose handlers answer the agent's calls.
 import { startPlayoutReporter } from '/client/index.js';
 
 class Emitter {
@@ -18,10 +19,28 @@ class RpcError extends Error {
 
 export async function startCompanion({ ws, track, audio, pcB }) {
   const pending = new Map();
+  const methods = new Map();
   let nextId = 1;
   const prevHandler = window.onHarnessMessage;
+  const answer = async (msg) => {
+    const reply = { type: 'rpc-call-reply', id: msg.id };
+    const handler = methods.get(msg.method);
+    if (!handler) reply.error = { code: 1400, message: 'Method not supported at destination' };
+    else {
+      try {
+        reply.payload = await handler({
+          requestId: String(msg.id), callerIdentity: 'agent', payload: msg.payload, responseTimeout: 10000,
+        });
+      } catch (e) {
+        reply.error = { code: e?.code ?? 1500, message: String(e?.message ?? e) };
+      }
+    }
+    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(reply));
+  };
   window.onHarnessMessage = (msg) => {
-    if (msg.type === 'rpc-reply') {
+    if (msg.type === 'rpc-call') {
+      void answer(msg);
+    } else if (msg.type === 'rpc-reply') {
       const p = pending.get(msg.id);
       if (!p) return;
       pending.delete(msg.id);
@@ -52,6 +71,12 @@ export async function startCompanion({ ws, track, audio, pcB }) {
   Object.assign(room, {
     name: 'heard-e2e',
     options: { webAudioMix: false },
+    // livekit-client 2.9+: on the Room (earlier: on localParticipant)
+    registerRpcMethod(method, handler) {
+      if (methods.has(method)) throw new Error(`RPC method '${method}' already registered`);
+      methods.set(method, handler);
+    },
+    unregisterRpcMethod(method) { methods.delete(method); },
     remoteParticipants: new Map([[agent.identity, agent]]),
     localParticipant: {
       identity: 'user',

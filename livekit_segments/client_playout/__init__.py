@@ -24,6 +24,7 @@ from livekit.agents.voice.speech_handle import SpeechHandle
 from ._guard import MAX_PAYLOAD, PROTOCOL_VERSION
 from ._service import (
     HELLO,
+    LEVELS,
     METHODS,
     REPORT,
     SYNC,
@@ -39,6 +40,7 @@ from ._service import (
 
 __all__ = [
     "HELLO",
+    "LEVELS",
     "MAX_PAYLOAD",
     "METHODS",
     "PROTOCOL_VERSION",

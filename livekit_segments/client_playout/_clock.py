@@ -96,3 +96,8 @@ class ClockOffset:
         offset = self.offset_at(client_time + best.offset)
         assert offset is not None
         return client_time + offset
+
+    def to_client(self, agent_time: float) -> float | None:
+        """An agent-clock time on the client's clock (seconds), or None before any exchange."""
+        offset = self.offset_at(agent_time)
+        return None if offset is None else agent_time - offset

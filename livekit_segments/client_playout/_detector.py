@@ -107,6 +107,25 @@ def decode_envelope(text: str) -> npt.NDArray[np.float64]:
     return rms
 
 
+def _scores(
+    amp: npt.NDArray[np.float64],
+    edges: npt.NDArray[np.int64],
+    device: npt.NDArray[np.float64],
+    lo: int,
+    hi: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """The cosine of the device's RMS levels and the agent's, for the agent's bins starting at
+    each sample index from ``lo`` to ``hi`` (bin k: ``amp[i + edges[k] : i + edges[k + 1]]``)."""
+    csum = np.concatenate(([0.0], np.cumsum(amp * amp)))
+    shifts = np.arange(lo, hi + 1)
+    starts = shifts[:, None] + edges[None, :]  # (shifts, bins + 1)
+    sums = csum[starts[:, 1:]] - csum[starts[:, :-1]]
+    agent = np.sqrt(sums / np.diff(edges)[None, :])
+    norm = np.sqrt((agent * agent).sum(axis=1) * float(device @ device))
+    score: npt.NDArray[np.float64] = (agent @ device) / np.maximum(norm, 1e-18)
+    return shifts, score
+
+
 def envelope_shift(
     amp: npt.NDArray[np.float64], lead: int, sample_rate: int, envelope: str
 ) -> tuple[float, float] | None:
@@ -122,12 +141,42 @@ def envelope_shift(
     hi = min(round(MUTE_SEARCH[1] * sample_rate), len(amp) - lead - int(edges[-1]))
     if bins == 0 or hi < lo or not np.any(device):
         return None
-    csum = np.concatenate(([0.0], np.cumsum(amp * amp)))
-    shifts = np.arange(lo, hi + 1)
-    starts = lead + shifts[:, None] + edges[None, :]  # (shifts, bins + 1)
-    sums = csum[starts[:, 1:]] - csum[starts[:, :-1]]
-    agent = np.sqrt(sums / np.diff(edges)[None, :])
-    norm = np.sqrt((agent * agent).sum(axis=1) * float(device @ device))
-    score = (agent @ device) / np.maximum(norm, 1e-18)
+    shifts, score = _scores(amp, edges, device, lead + lo, lead + hi)
     best = int(np.argmax(score))
-    return float(shifts[best]) / sample_rate, float(score[best])
+    return float(shifts[best] - lead) / sample_rate, float(score[best])
+
+
+# -- levels around a back-to-back response's start (docs/client-playout.md, "Levels") --
+
+LEVELS_PRE = 0.03  # seconds of the agent's audio before the response's start it compares
+LEVELS_POST = 0.13  # and after it: 160 ms in all (70 ms left a pitch period ambiguous)
+LEVELS_SEARCH = 0.025  # how far the device time may be from the agent's estimate, either way
+LEVELS_MARGIN = 0.005  # the best must beat every alignment 5 ms or more away by this much
+_APART = 0.005
+
+
+@dataclass(frozen=True)
+class LevelsFit:
+    """Where the device's levels line up with the agent's audio."""
+
+    index: int  # the agent sample at which the device's first bin starts
+    score: float  # cosine of the two RMS level sequences
+    runner_up: float  # the best cosine 5 ms or more away from it
+
+
+def levels_fit(
+    amp: npt.NDArray[np.float64], sample_rate: int, levels: str, lo: int, hi: int
+) -> LevelsFit | None:
+    """Slide the device's 1 ms levels (``levels``, the envelope encoding) over the agent's
+    amplitudes ``amp``, their first bin starting at each sample index from ``lo`` to ``hi``;
+    the best fit, or None when the audio is too short or the levels silent."""
+    device = decode_envelope(levels)
+    edges = _bin_edges(sample_rate, len(device))
+    lo, hi = max(lo, 0), min(hi, len(amp) - int(edges[-1]))
+    if len(device) == 0 or hi < lo or not np.any(device):
+        return None
+    shifts, score = _scores(amp, edges, device, lo, hi)
+    best = int(np.argmax(score))
+    far = np.abs(shifts - shifts[best]) >= round(_APART * sample_rate)
+    runner = float(np.max(score[far])) if np.any(far) else 0.0
+    return LevelsFit(index=int(shifts[best]), score=float(score[best]), runner_up=runner)

@@ -20,6 +20,8 @@ RATE_BURST = 20.0
 LOG_EVERY = 10.0
 _SID = re.compile(r"[A-Za-z0-9_-]{8,32}")
 _ENVELOPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_LEVEL_BINS = 256
+_LEVELS = re.compile(rf"[A-Za-z0-9_-]{{0,{MAX_LEVEL_BINS}}}")
 _PATHS = ("plugin", "own-graph", "none")
 NOTICES = frozenset({"clock-jump"})  # logged, but the call was accepted
 
@@ -42,6 +44,15 @@ class Hello:
     sid: str
     client: str
     path: str
+    levels: bool = False  # the companion serves lkseg.playout.levels
+
+
+@dataclass(frozen=True)
+class Levels:
+    """A companion's reply to a levels request."""
+
+    t: float | None  # client seconds at which the first bin starts; None: it had none
+    levels: str  # one character per 1 ms bin, the envelope encoding
 
 
 @dataclass(frozen=True)
@@ -109,7 +120,10 @@ def parse_hello(payload: str) -> Hello:
     if path not in _PATHS:
         raise Rejected("malformed", f"'path' must be one of {_PATHS}")
     assert isinstance(path, str)
-    return Hello(sid=sid, client=client, path=path)
+    lv = obj.get("lv", 0)
+    if lv not in (0, 1) or isinstance(lv, bool):
+        raise Rejected("malformed", "'lv' must be 0 or 1")
+    return Hello(sid=sid, client=client, path=path, levels=lv == 1)
 
 
 def parse_sync(payload: str) -> Sync:
@@ -146,6 +160,17 @@ def parse_report(payload: str) -> Report:
             raise Rejected("malformed", "an onset's envelope must be 1-64 characters [A-Za-z0-9_-]")
         onsets.append((t, gap, env))
     return Report(q=q, onsets=tuple(onsets))
+
+
+def parse_levels(payload: str, asked: int) -> Levels:
+    """The companion's reply to a levels request for ``asked`` bins."""
+    obj = _obj(payload)
+    lv = obj.get("lv")
+    if not isinstance(lv, str) or len(lv) > asked or not _LEVELS.fullmatch(lv):
+        raise Rejected("malformed", f"'lv' must be at most {asked} characters [A-Za-z0-9_-]")
+    if obj.get("t") is None:
+        return Levels(t=None, levels="")
+    return Levels(t=_num(obj, "t", -_T_MAX, _T_MAX) / 1000, levels=lv)
 
 
 class RateLimiter:

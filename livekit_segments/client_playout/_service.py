@@ -12,6 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from livekit import rtc
 from livekit.agents.voice.speech_handle import SpeechHandle
 
@@ -20,17 +23,24 @@ from ._detector import (
     DEFAULT_GAP,
     DEFAULT_THRESHOLD,
     ENVELOPE_BINS,
+    LEVELS_MARGIN,
+    LEVELS_POST,
+    LEVELS_PRE,
+    LEVELS_SEARCH,
     MIN_ENVELOPE_SCORE,
     envelope_shift,
+    levels_fit,
 )
 from ._guard import (
     MAX_ONSETS,
+    Levels,
     LogLimiter,
     RateLimiter,
     Rejected,
     UnsupportedVersion,
     logger,
     parse_hello,
+    parse_levels,
     parse_report,
     parse_sync,
 )
@@ -40,6 +50,7 @@ HELLO = "lkseg.playout.hello"
 SYNC = "lkseg.playout.sync"
 REPORT = "lkseg.playout.report"
 METHODS = (HELLO, SYNC, REPORT)
+LEVELS = "lkseg.playout.levels"  # served by the companion: the agent calls it
 
 SYNC_PERIOD = 10.0
 DEFAULT_RX = 0.05  # receive-side delay assumed when the companion sent no estimate
@@ -62,6 +73,13 @@ REACQUIRE_KEEP = 15.0  # seconds of unmatched device onsets kept for the search
 SEARCH_BACK = 2.0  # the longest path delay considered
 SUSPECT = 3.0  # seconds after an unmatched device onset in which single matches are not taken
 STALE = 30.0
+# A response with no onset of its own is measured from earlier audio; NetEq stretches the audio
+# in between (concealment, acceleration: up to 19 ms over 1.7 s measured), so when that audio
+# is this long or longer the agent asks the companion for the levels around the start instead.
+LEVELS_AFTER = 1.0
+LEVELS_WAIT = 0.05  # after the device played the levels' last bin: time to have it ready
+LEVELS_TIMEOUT = 2.0
+LEVELS_MIN_BINS = 100  # fewer in a reply: too short to place
 
 How = Literal["measured", "predicted", "unavailable"]
 
@@ -128,6 +146,7 @@ class _Companion:
     rx: float | None = None
     net: float | None = None
     jb: float | None = None
+    levels: bool = False  # it serves LEVELS
     delays: deque[float] = field(default_factory=lambda: deque(maxlen=DELAY_MEDIAN_OF))
     # the jitter buffer delay the companion had reported when each of `delays` was matched
     delay_jb: deque[float | None] = field(default_factory=lambda: deque(maxlen=DELAY_MEDIAN_OF))
@@ -158,6 +177,8 @@ class _Response:
         self.segment: SentSegment | None = None
         self.delay: float | None = None
         self.cancel_timers: list[Callable[[], None]] = []
+        self.asking = False  # a levels request is out: the deadline waits for it
+        self.deadline_due = False
 
     @property
     def first_audible_offset(self) -> float | None:
@@ -264,6 +285,7 @@ class ClientPlayout(_SessionFollower):
         self.log.on_segment_finished = self._on_segment_finished
         self._tap: PlayoutTap | None = None
         self.handles: weakref.WeakSet[SpeechHandle] = weakref.WeakSet()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle --
 
@@ -303,6 +325,9 @@ class ClientPlayout(_SessionFollower):
 
     def _forget_companion(self) -> None:
         self._companion = None
+        tasks, self._tasks = self._tasks, set()
+        for task in tasks:
+            task.cancel()
         if self._tap is not None:
             self._tap.measuring = False
         open_, self._open = self._open, []
@@ -366,6 +391,10 @@ class ClientPlayout(_SessionFollower):
         rec.cancel_timers.append(
             self._timer(start + MEASURE_WINDOW + REPORT_SLACK, lambda: self._deadline(rec))
         )
+        if comp.levels and d is not None:
+            # once the device has played the levels the agent would ask for
+            at = start + d + LEVELS_POST + LEVELS_SEARCH + LEVELS_WAIT
+            rec.cancel_timers.append(self._timer(at, lambda: self._ask_levels(rec)))
         self._try_measure(rec)
         if rec.segment is not None and rec.segment.finished:
             self._early_deadline(rec)
@@ -428,6 +457,9 @@ class ClientPlayout(_SessionFollower):
     def _deadline(self, rec: _Response) -> None:
         if rec.measured is not None or rec.start is None:
             return
+        if rec.asking:
+            rec.deadline_due = True  # the levels' answer decides, then this runs
+            return
         before = [
             o
             for o in self.log.onsets
@@ -440,6 +472,137 @@ class ClientPlayout(_SessionFollower):
         else:
             rec.settle_all()
         self._open = [r for r in self._open if r is not rec]
+
+    # -- levels: a back-to-back response's own measurement --
+
+    def _ask_levels(self, rec: _Response) -> None:
+        """Ask the companion for the device's levels around a response that has no onset of
+        its own, when the audio since the latest measured onset is `LEVELS_AFTER` or longer."""
+        comp, seg, start = self._companion, rec.segment, rec.start
+        if rec.measured is not None or comp is None or not comp.levels or start is None:
+            return
+        if seg is None or not seg.clocked or self._closed:
+            return
+        if any(
+            not o.dropped and start - 1e-6 <= o.onset.at <= start + LEVELS_POST
+            for o in self.log.onsets
+        ):
+            return  # its own onset measures it
+        before = [
+            o
+            for o in self.log.onsets
+            if o.device is not None and start - MEASURE_WINDOW <= o.onset.at < start
+        ]
+        if before:
+            anchor = max(before, key=lambda o: o.onset.at)
+            if start - anchor.onset.at < LEVELS_AFTER:
+                return  # so little audio in between that NetEq had no room to stretch it
+            assert anchor.device is not None
+            est = anchor.device + (start - anchor.onset.at)
+        else:
+            d = self.path_delay()
+            if d is None:
+                return
+            est = start + d
+        # the agent's audio for every alignment in the search: bins of the device's first
+        # bin at est - PRE - SEARCH may start up to SEARCH earlier or later in it
+        g0 = start - LEVELS_PRE - 2 * LEVELS_SEARCH - 0.002
+        audio = self.log.audio_between(g0, start + LEVELS_POST + 2 * LEVELS_SEARCH + 0.002)
+        t_client = comp.clock.to_client(est - LEVELS_PRE - LEVELS_SEARCH)
+        if audio is None or t_client is None:
+            return
+        n = round((LEVELS_PRE + LEVELS_POST + 2 * LEVELS_SEARCH) * 1000)
+        payload = json.dumps(
+            {"v": 1, "t": round(t_client * 1000, 1), "n": n}, separators=(",", ":")
+        )
+        rec.asking = True
+        task = asyncio.ensure_future(self._levels(comp, rec, payload, n, est, g0, audio))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _levels(
+        self,
+        comp: _Companion,
+        rec: _Response,
+        payload: str,
+        n: int,
+        est: float,
+        g0: float,
+        audio: tuple[npt.NDArray[np.float64], int],
+    ) -> None:
+        value: Heard | None = None
+        try:
+            reply = await self._room.local_participant.perform_rpc(
+                destination_identity=comp.identity,
+                method=LEVELS,
+                payload=payload,
+                response_timeout=LEVELS_TIMEOUT,
+            )
+            value = self._place_levels(comp, rec, parse_levels(reply, n), est, g0, *audio)
+        except Rejected as err:
+            self._logs.warn(comp.identity, err.kind, f"levels reply: {err}")
+        except rtc.RpcError as err:
+            # a departed companion, a timeout: measured from earlier audio instead
+            logger.debug("client playout: levels request failed: %s", err.message)
+        except Exception:
+            logger.warning("client playout: levels request failed", exc_info=True)
+        finally:
+            rec.asking = False
+        if comp is not self._companion or rec.measured is not None:
+            return
+        if value is not None:
+            comp.add_delay(value.path_delay or 0.0)
+            rec.settle_heard(value)
+            rec.settle_measured(value)
+            self._open = [r for r in self._open if r is not rec]
+        elif rec.deadline_due:
+            self._deadline(rec)
+
+    def _place_levels(
+        self,
+        comp: _Companion,
+        rec: _Response,
+        levels: Levels,
+        est: float,
+        g0: float,
+        amp: npt.NDArray[np.float64],
+        rate: int,
+    ) -> Heard | None:
+        """The device time of the response's first frame from the device's levels: where
+        they line up with the agent's audio around it."""
+        assert rec.start is not None
+        a_d = None if levels.t is None else comp.clock.to_agent(levels.t)
+        if a_d is None or len(levels.levels) < LEVELS_MIN_BINS:
+            logger.debug(
+                "client playout: the device kept %d of the levels around the response at %.3f",
+                len(levels.levels),
+                rec.start,
+            )
+            return None
+        # the device's first bin plays the agent's audio at index i when the response's start
+        # plays at a_d + (start - g0 - i / rate)
+        i_est = round((a_d - est + rec.start - g0) * rate)
+        span = round(LEVELS_SEARCH * rate)
+        fit = levels_fit(amp, rate, levels.levels, i_est - span, i_est + span)
+        if (
+            fit is None
+            or fit.score < MIN_ENVELOPE_SCORE
+            or fit.score - fit.runner_up < LEVELS_MARGIN
+        ):
+            logger.debug(
+                "client playout: the device's levels do not place the response at %.3f (%s)",
+                rec.start,
+                "no audio" if fit is None else f"score {fit.score:.3f}, next {fit.runner_up:.3f}",
+            )
+            return None
+        at = a_d + rec.start - g0 - fit.index / rate
+        return Heard(
+            at=at,
+            how="measured",
+            path_delay=at - rec.start,
+            first_audible_offset=rec.first_audible_offset,
+            measured_from=0.0,
+        )
 
     # -- RPC --
 
@@ -486,7 +649,7 @@ class ClientPlayout(_SessionFollower):
         if comp is not None:
             self._forget_companion()
         self._companion = _Companion(
-            identity=caller, sid=hello.sid, path=hello.path, limiter=limiter
+            identity=caller, sid=hello.sid, path=hello.path, limiter=limiter, levels=hello.levels
         )
         if self._tap is not None:
             self._tap.measuring = hello.path != "none"
@@ -504,6 +667,7 @@ class ClientPlayout(_SessionFollower):
                 "sync_s": SYNC_PERIOD,
                 "max_onsets": MAX_ONSETS,
                 "env_bins": ENVELOPE_BINS,
+                **({"lv": 1} if hello.levels else {}),
             },
             separators=(",", ":"),
         )

@@ -26,6 +26,7 @@ from ._detector import ENVELOPE_BINS, MUTE_SEARCH, Onset, OnsetDetector, amplitu
 logger = logging.getLogger("livekit_segments.client_playout")
 
 KEEP = 30.0  # seconds of send history kept for matching
+AUDIO_KEEP = 3.0  # seconds of sent audio kept, for placing the device's levels
 
 
 @dataclass
@@ -103,6 +104,8 @@ class SendLog:
         self.detector = OnsetDetector()
         self.segments: list[SentSegment] = []
         self.onsets: list[SentOnset] = []
+        # what left the queue, on the send clock: (send time of sample 0, amplitudes, rate)
+        self.audio: deque[tuple[float, npt.NDArray[np.float64], int]] = deque()
         self.on_segment_started: Callable[[SentSegment], None] | None = None
         self.on_segment_finished: Callable[[SentSegment], None] | None = None
 
@@ -114,6 +117,26 @@ class SendLog:
         self.segments = [
             s for s in self.segments if not s.finished or (s.end or s.start or now) >= horizon
         ]
+
+    def add_audio(self, at: float, amp: npt.NDArray[np.float64], rate: int) -> None:
+        self.audio.append((at, amp, rate))
+        while self.audio and self.audio[0][0] < at - AUDIO_KEEP:
+            self.audio.popleft()
+
+    def audio_between(self, t0: float, t1: float) -> tuple[npt.NDArray[np.float64], int] | None:
+        """The amplitudes sent from ``t0`` to ``t1`` (index 0 at ``t0``; silence where nothing
+        was sent), and their rate; None when none of it is kept or the rate changed."""
+        chunks = [c for c in self.audio if c[0] < t1 and c[0] + len(c[1]) / c[2] > t0]
+        if not chunks or chunks[0][0] > t0 or any(c[2] != chunks[0][2] for c in chunks):
+            return None
+        rate = chunks[0][2]
+        out = np.zeros(round((t1 - t0) * rate))
+        for at, amp, _ in chunks:
+            i = round((at - t0) * rate)
+            lo, hi = max(i, 0), min(i + len(amp), len(out))
+            if hi > lo:
+                out[lo:hi] = amp[lo - i : hi - i]
+        return out, rate
 
     def segment_at(self, start: float, tolerance: float = 0.005) -> SentSegment | None:
         """The segment whose first frame left at `start` (a handle's playout_started)."""
@@ -242,6 +265,7 @@ class PlayoutTap(io.AudioOutput):
             tail = _Tail(sent, sr)
             if not tail.add(amp[max(round((onset.at - at) * sr), 0) :]):
                 seg._tails.append(tail)
+        self.log.add_audio(at, amp, sr)
         seg._next = at + len(amp) / sr
         seg.end = seg._next
 
