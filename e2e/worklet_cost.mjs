@@ -26,6 +26,7 @@ try {
       let Processor;
       g.sampleRate = rate;
       g.currentTime = 0;
+      g.currentFrame = 0;
       g.AudioWorkletProcessor = class {
         constructor() {
           this.port = { onmessage: null, postMessage() {} };
@@ -39,11 +40,15 @@ try {
       const n = 128;
       const out = [new Float32Array(n), new Float32Array(n)];
       for (let r = 0; r < repeats; r++) {
-        // what the companion asks of it: the agent's defaults, 64 envelope bins
-        const proc = new Processor({ processorOptions: { threshold: 0.01, gap: 0.2, envBins: 64 } });
+        // what the companion asks of it: the agent's defaults, 64 envelope bins, and the
+        // levels it keeps for the agent's levels requests (8 s)
+        const proc = new Processor({
+          processorOptions: { threshold: 0.01, gap: 0.2, envBins: 64, levelBins: 8192 },
+        });
         const t0 = performance.now();
         for (let k = 0; k + n <= samples.length; k += n) {
           g.currentTime = k / rate;
+          g.currentFrame = k;
           proc.process([[samples.subarray(k, k + n)]], [out]);
         }
         runs.push(performance.now() - t0);
