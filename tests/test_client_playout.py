@@ -1277,9 +1277,9 @@ async def test_a_back_to_back_response_is_placed_by_the_devices_levels(rig: Rig)
     assert got.at == pytest.approx(s2 + 0.15 + 0.012, abs=2e-4)
     assert m1.result().at == pytest.approx(s1 + 0.15, abs=2e-4)
     (req,) = device.asked  # one request, for the back-to-back response only
-    assert req["n"] == 210
-    # it asked from 55 ms before where the earlier audio put the start
-    assert req["t"] / 1000 - CLIENT_SKEW == pytest.approx(s2 + 0.15 - 0.055, abs=2e-4)
+    assert req["n"] == 190
+    # it asked from 45 ms before where the earlier audio put the start
+    assert req["t"] / 1000 - CLIENT_SKEW == pytest.approx(s2 + 0.15 - 0.045, abs=2e-4)
 
 
 async def test_without_levels_a_back_to_back_response_is_measured_from_earlier_audio(
@@ -1317,7 +1317,7 @@ async def test_a_levels_request_that_fails_falls_back_to_earlier_audio(
         if answer == "nothing":
             return json.dumps({"v": 1, "t": None, "lv": ""})
         req = json.loads(payload)
-        return json.dumps({"v": 1, "t": req["t"], "lv": "8" * 20 + "A" * 190})
+        return json.dumps({"v": 1, "t": req["t"], "lv": "8" * 20 + "A" * 170})
 
     rig.room.local_participant.remote = remote
     with caplog.at_level(logging.WARNING, logger="livekit_segments.client_playout"):

@@ -148,8 +148,8 @@ def envelope_shift(
 
 # -- levels around a back-to-back response's start (docs/client-playout.md, "Levels") --
 
-LEVELS_PRE = 0.03  # seconds of the agent's audio before the response's start it compares
-LEVELS_POST = 0.13  # and after it: 160 ms in all (70 ms left a pitch period ambiguous)
+LEVELS_PRE = 0.02  # seconds of the agent's audio before the response's start it compares
+LEVELS_POST = 0.12  # and after it: 140 ms in all (100 ms left a pitch period ambiguous)
 LEVELS_SEARCH = 0.025  # how far the device time may be from the agent's estimate, either way
 LEVELS_MARGIN = 0.005  # the best must beat every alignment 5 ms or more away by this much
 _APART = 0.005
