@@ -44,7 +44,11 @@ from .server import PageServer
 __all__ = ["main"]
 
 logger = logging.getLogger("heard-e2e")
-_ONSET_SEARCH = int(0.03 * RATE)  # how far from the correlation's lag an onset may lie
+_ONSET_SEARCH = int(0.03 * RATE)  # how far after the correlation's lag an onset may lie
+# and how far before it: after a change of the path, NetEq stretches a response's first
+# hundreds of ms (36 ms inserted in its first 300 ms after a step from 60 to 200 ms), so the
+# correlation over them lands that much after where the response started
+_ONSET_EARLY = int(0.1 * RATE)
 _TAIL_S = 2.0  # after the last response: its audio plays out and reports arrive
 _WARMUP_S = 1.5  # between the page being ready and the session starting (see run())
 _NICE = -10  # the harness raises its own priority to this where allowed (_raise_priority)
@@ -346,8 +350,8 @@ def analyse(
         # from that sample lines up, searched only where the onset allows it
         if truth.onset_after(agent, a0 + fa, SAMPLE_RATE) == a0 + fa:
             near = expected + int(round(lag * RATE))
-            onset = truth.onset_after(rec, max(near - _ONSET_SEARCH, 0), RATE)
-            if onset is not None and abs(onset - near) <= _ONSET_SEARCH:
+            onset = truth.onset_after(rec, max(near - _ONSET_EARLY, 0), RATE)
+            if onset is not None and -_ONSET_EARLY <= onset - near <= _ONSET_SEARCH:
                 t_onset = recording.time_of(onset) - offset
                 left_out = [int(round(x * RATE)) for x in truth.LEFT_OUT_S]
                 placed = truth.locate(
