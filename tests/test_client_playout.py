@@ -1246,6 +1246,18 @@ class _Device:
         return json.dumps({"v": 1, "t": round((first + CLIENT_SKEW) * 1000, 1), "lv": env})
 
 
+def _levels_rig(rig: Rig, *, levels: bool, stretch: float = 0.0) -> _Device:
+    """A companion that does (or, an older one, does not) serve levels, a path of 150 ms, and a
+    device that answers levels requests (stretched by `stretch` from 0.5 s on)."""
+    reply = rig.hello(levels=levels)
+    assert reply.get("lv") == (1 if levels else None)
+    rig.sync()
+    rig.delay = 0.15
+    device = _Device(rig, stretch=stretch, stretch_at=T_START + 0.5)
+    rig.room.local_participant.remote = device.levels
+    return device
+
+
 async def _two_back_to_back(rig: Rig, device: _Device) -> tuple[Any, Any, float, float]:
     """A response whose onset is 1.2 s before the next one, which follows with no pause."""
     h1, h2 = rig.handle(), rig.handle()
@@ -1265,11 +1277,7 @@ async def test_a_back_to_back_response_is_placed_by_the_devices_levels(rig: Rig)
     """NetEq stretched the audio between the last onset and a back-to-back response (12 ms of
     concealment): measured from that onset it is 12 ms early; the device's levels around its
     own start place it where it played."""
-    assert rig.hello(levels=True)["lv"] == 1
-    rig.sync()
-    rig.delay = 0.15
-    device = _Device(rig, stretch=0.012, stretch_at=T_START + 0.5)
-    rig.room.local_participant.remote = device.levels
+    device = _levels_rig(rig, levels=True, stretch=0.012)
     m1, m2, s1, s2 = await _two_back_to_back(rig, device)
     await rig.clock.advance_to(s2 + 3.0)
     got = m2.result()
@@ -1285,11 +1293,7 @@ async def test_a_back_to_back_response_is_placed_by_the_devices_levels(rig: Rig)
 async def test_without_levels_a_back_to_back_response_is_measured_from_earlier_audio(
     rig: Rig,
 ) -> None:
-    rig.hello()  # an older companion: no "lv"
-    rig.sync()
-    rig.delay = 0.15
-    device = _Device(rig, stretch=0.012, stretch_at=T_START + 0.5)
-    rig.room.local_participant.remote = device.levels
+    device = _levels_rig(rig, levels=False, stretch=0.012)  # an older companion: no "lv"
     _m1, m2, s1, s2 = await _two_back_to_back(rig, device)
     await rig.clock.advance_to(s2 + 3.0)
     assert rig.room.local_participant.performed == []
@@ -1304,10 +1308,7 @@ async def test_a_levels_request_that_fails_falls_back_to_earlier_audio(
 ) -> None:
     """An RPC error, a malformed reply, levels of other audio, or none: the response is
     measured from earlier audio as before, the malformed reply is logged, nothing hangs."""
-    rig.hello(levels=True)
-    rig.sync()
-    rig.delay = 0.15
-    device = _Device(rig, stretch=0.0, stretch_at=T_START)
+    device = _levels_rig(rig, levels=True)
 
     async def remote(method: str, payload: str) -> str:
         if answer == "error":
@@ -1332,10 +1333,7 @@ async def test_a_levels_request_that_fails_falls_back_to_earlier_audio(
 
 
 async def test_a_companion_that_leaves_during_a_levels_request_settles_it(rig: Rig) -> None:
-    rig.hello(levels=True)
-    rig.sync()
-    rig.delay = 0.15
-    device = _Device(rig, stretch=0.0, stretch_at=T_START)
+    device = _levels_rig(rig, levels=True)
     never: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def remote(method: str, payload: str) -> str:
