@@ -130,11 +130,21 @@ const getTs = AudioContext.prototype.getOutputTimestamp;
 window.run = async (mode) => {
   // 'latency': a browser without getOutputTimestamp (the fallback dating)
   if (mode === 'latency') delete AudioContext.prototype.getOutputTimestamp;
-  const src = new AudioContext();
-  await src.resume();
   // a context's clock starts some time after resume() returns (with PulseAudio, up to a
-  // second or more for a page's first): the gates are placed on it once it runs
-  while (src.currentTime < 0.05) await new Promise((r) => setTimeout(r, 20));
+  // second or more for a page's first): the gates are placed on it once it runs. Once in CI,
+  // Firefox's first context never started (the page call timed out after 180 s): a context
+  // that has not started in 15 s is replaced, up to three times, and then it says so.
+  let src;
+  for (let attempt = 1; ; attempt++) {
+    src = new AudioContext();
+    await src.resume();
+    const until = performance.now() + 15000;
+    while (src.currentTime < 0.05 && performance.now() < until) await new Promise((r) => setTimeout(r, 20));
+    if (src.currentTime >= 0.05) break;
+    await src.close();
+    if (attempt === 3) throw new Error('the source AudioContext did not start (3 tries of 15 s)');
+    console.log('the source AudioContext did not start in 15 s: a new one (try ' + (attempt + 1) + ')');
+  }
   const osc = src.createOscillator(); osc.frequency.value = 300;
   const gate = src.createGain(); gate.gain.value = 0;
   const dest = src.createMediaStreamDestination();
@@ -184,7 +194,11 @@ window.run = async (mode) => {
     await reporter.resume();
   }
   // until a second after the last gate closed, on the source's own clock
-  while (src.currentTime < ons[ons.length - 1] + 1.3) await new Promise((r) => setTimeout(r, 50));
+  const stall = performance.now() + 30000;
+  while (src.currentTime < ons[ons.length - 1] + 1.3) {
+    if (performance.now() > stall) throw new Error('the source AudioContext stalled at ' + src.currentTime + ' s');
+    await new Promise((r) => setTimeout(r, 50));
+  }
   // expected device times of the gate openings: source context time -> performance time
   const ts = getTs.call(src);
   AudioContext.prototype.getOutputTimestamp = getTs;
