@@ -126,14 +126,17 @@ class RpcStandIn:
             return
         method, payload, fut = entry
         reply = str(msg.get("payload", ""))
-        size = len(payload.encode()) + len(reply.encode())
-        self.bytes_by_method[method] = self.bytes_by_method.get(method, 0) + size
-        self.calls_by_method[method] = self.calls_by_method.get(method, 0) + 1
+        self._count(method, payload, reply)
         err = msg.get("error")
         if isinstance(err, dict):
             fut.set_exception(rtc.RpcError(int(err.get("code", 1500)), str(err.get("message"))))
         else:
             fut.set_result(reply)
+
+    def _count(self, method: str, payload: str, reply: str) -> None:
+        size = len(payload.encode()) + len(reply.encode())
+        self.bytes_by_method[method] = self.bytes_by_method.get(method, 0) + size
+        self.calls_by_method[method] = self.calls_by_method.get(method, 0) + 1
 
     def on_message(self, msg: dict[str, Any]) -> None:
         if msg.get("type") == "rpc-call-reply":
@@ -169,9 +172,7 @@ class RpcStandIn:
             except Exception as e:  # an RPC handler's crash is an application error in LiveKit
                 self.errors.append(f"{method}: {e!r}")
                 reply["error"] = {"code": 1500, "message": "Application error in method handler"}
-        size = len(payload.encode()) + len(str(reply.get("payload", "")).encode())
-        self.bytes_by_method[method] = self.bytes_by_method.get(method, 0) + size
-        self.calls_by_method[method] = self.calls_by_method.get(method, 0) + 1
+        self._count(method, payload, str(reply.get("payload", "")))
         try:
             await self.server.send_json(reply)
         except RuntimeError:

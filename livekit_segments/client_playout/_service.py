@@ -441,6 +441,21 @@ class ClientPlayout(_SessionFollower):
             measured_from=onset.onset.at - rec.start,
         )
 
+    def _settle(self, rec: _Response, value: Heard) -> None:
+        """The measurement is known: both signals settle (`heard` only if it has not fired)."""
+        rec.settle_heard(value)  # no-op once the prediction fired
+        rec.settle_measured(value)
+        self._open = [r for r in self._open if r is not rec]
+
+    def _earlier_onset(self, start: float) -> SentOnset | None:
+        """The latest matched onset sent in the `MEASURE_WINDOW` before ``start``."""
+        before = [
+            o
+            for o in self.log.onsets
+            if o.device is not None and start - MEASURE_WINDOW <= o.onset.at < start
+        ]
+        return max(before, key=lambda o: o.onset.at) if before else None
+
     def _try_measure(self, rec: _Response) -> None:
         assert rec.start is not None
         after = [
@@ -449,10 +464,7 @@ class ClientPlayout(_SessionFollower):
             if o.device is not None and rec.start - 1e-6 <= o.onset.at <= rec.start + MEASURE_WINDOW
         ]
         if after:
-            value = self._measured(rec, min(after, key=lambda o: o.onset.at))
-            rec.settle_heard(value)  # no-op once the prediction fired
-            rec.settle_measured(value)
-            self._open = [r for r in self._open if r is not rec]
+            self._settle(rec, self._measured(rec, min(after, key=lambda o: o.onset.at)))
 
     def _deadline(self, rec: _Response) -> None:
         if rec.measured is not None or rec.start is None:
@@ -460,18 +472,12 @@ class ClientPlayout(_SessionFollower):
         if rec.asking:
             rec.deadline_due = True  # the levels' answer decides, then this runs
             return
-        before = [
-            o
-            for o in self.log.onsets
-            if o.device is not None and rec.start - MEASURE_WINDOW <= o.onset.at < rec.start
-        ]
-        if before:
-            value = self._measured(rec, max(before, key=lambda o: o.onset.at))
-            rec.settle_heard(value)
-            rec.settle_measured(value)
+        anchor = self._earlier_onset(rec.start)
+        if anchor is not None:
+            self._settle(rec, self._measured(rec, anchor))
         else:
             rec.settle_all()
-        self._open = [r for r in self._open if r is not rec]
+            self._open = [r for r in self._open if r is not rec]
 
     # -- levels: a back-to-back response's own measurement --
 
@@ -488,13 +494,8 @@ class ClientPlayout(_SessionFollower):
             for o in self.log.onsets
         ):
             return  # its own onset measures it
-        before = [
-            o
-            for o in self.log.onsets
-            if o.device is not None and start - MEASURE_WINDOW <= o.onset.at < start
-        ]
-        if before:
-            anchor = max(before, key=lambda o: o.onset.at)
+        anchor = self._earlier_onset(start)
+        if anchor is not None:
             if start - anchor.onset.at < LEVELS_AFTER:
                 return  # so little audio in between that NetEq had no room to stretch it
             assert anchor.device is not None
@@ -530,7 +531,7 @@ class ClientPlayout(_SessionFollower):
         g0: float,
         audio: tuple[npt.NDArray[np.float64], int],
     ) -> None:
-        value: Heard | None = None
+        at: float | None = None
         try:
             reply = await self._room.local_participant.perform_rpc(
                 destination_identity=comp.identity,
@@ -538,7 +539,7 @@ class ClientPlayout(_SessionFollower):
                 payload=payload,
                 response_timeout=LEVELS_TIMEOUT,
             )
-            value = self._place_levels(comp, rec, parse_levels(reply, n), est, g0, *audio)
+            at = self._place_levels(comp, rec, parse_levels(reply, n), est, g0, *audio)
         except Rejected as err:
             self._logs.warn(comp.identity, err.kind, f"levels reply: {err}")
         except rtc.RpcError as err:
@@ -548,13 +549,18 @@ class ClientPlayout(_SessionFollower):
             logger.warning("client playout: levels request failed", exc_info=True)
         finally:
             rec.asking = False
-        if comp is not self._companion or rec.measured is not None:
+        if comp is not self._companion or rec.measured is not None or rec.start is None:
             return
-        if value is not None:
-            comp.add_delay(value.path_delay or 0.0)
-            rec.settle_heard(value)
-            rec.settle_measured(value)
-            self._open = [r for r in self._open if r is not rec]
+        if at is not None:
+            comp.add_delay(at - rec.start)
+            measured = Heard(
+                at=at,
+                how="measured",
+                path_delay=at - rec.start,
+                first_audible_offset=rec.first_audible_offset,
+                measured_from=0.0,
+            )
+            self._settle(rec, measured)
         elif rec.deadline_due:
             self._deadline(rec)
 
@@ -567,7 +573,7 @@ class ClientPlayout(_SessionFollower):
         g0: float,
         amp: npt.NDArray[np.float64],
         rate: int,
-    ) -> Heard | None:
+    ) -> float | None:
         """The device time of the response's first frame from the device's levels: where
         they line up with the agent's audio around it."""
         assert rec.start is not None
@@ -595,14 +601,7 @@ class ClientPlayout(_SessionFollower):
                 "no audio" if fit is None else f"score {fit.score:.3f}, next {fit.runner_up:.3f}",
             )
             return None
-        at = a_d + rec.start - g0 - fit.index / rate
-        return Heard(
-            at=at,
-            how="measured",
-            path_delay=at - rec.start,
-            first_audible_offset=rec.first_audible_offset,
-            measured_from=0.0,
-        )
+        return a_d + rec.start - g0 - fit.index / rate
 
     # -- RPC --
 
