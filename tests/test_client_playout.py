@@ -1212,12 +1212,13 @@ async def test_a_back_to_back_response_is_measured_once_the_device_played_it(rig
 
 def test_levels_line_up_with_the_agents_audio_to_the_sample() -> None:
     x = np.abs(_speechlike(0.6, 11))
-    for i0 in (2400, 2411, 3000):
-        fit = levels_fit(x, SR, encode_envelope(x[i0:], SR, 210), i0 - 1200, i0 + 1200)
+    for i0, width, n in [(2400, 2, 115), (2411, 2, 115), (3000, 2, 115), (2411, 1, 210)]:
+        levels = encode_envelope(x[i0:], SR, n, width)
+        fit = levels_fit(x, SR, levels, i0 - 1200, i0 + 1200, width)
         assert fit is not None
         assert fit.index == pytest.approx(i0, abs=2)
         assert fit.score > 0.99 and fit.score - fit.runner_up > 0.005
-    assert levels_fit(x, SR, "A" * 210, 0, 1000) is None  # silence places nothing
+    assert levels_fit(x, SR, "A" * 115, 0, 1000) is None  # silence places nothing
 
 
 class _Device:
@@ -1242,8 +1243,10 @@ class _Device:
         amp = np.abs(np.concatenate([p for _, p in self.sent]).astype(np.float64)) / 32768
         i = math.ceil((self.agent_time(device) - s0) * SR)
         first = s0 + i / SR + (device - self.agent_time(device))  # the bin's own device time
-        env = encode_envelope(amp[i:], SR, req["n"])
-        return json.dumps({"v": 1, "t": round((first + CLIENT_SKEW) * 1000, 1), "lv": env})
+        w = req.get("w", 1)
+        env = encode_envelope(amp[i:], SR, req["n"], w)
+        t = round((first + CLIENT_SKEW) * 1000, 1)
+        return json.dumps({"v": 1, "t": t, "w": w, "lv": env})
 
 
 def _levels_rig(rig: Rig, *, levels: bool, stretch: float = 0.0) -> _Device:
@@ -1258,11 +1261,14 @@ def _levels_rig(rig: Rig, *, levels: bool, stretch: float = 0.0) -> _Device:
     return device
 
 
-async def _two_back_to_back(rig: Rig, device: _Device) -> tuple[Any, Any, float, float]:
-    """A response whose onset is 1.2 s before the next one, which follows with no pause."""
+async def _two_back_to_back(
+    rig: Rig, device: _Device, first: float = 1.2
+) -> tuple[Any, Any, float, float]:
+    """A response whose onset is `first` seconds before the next one, which follows with no
+    pause."""
     h1, h2 = rig.handle(), rig.handle()
     m1, m2 = client_playout.heard_measured(h1), client_playout.heard_measured(h2)
-    pcm1 = (np.concatenate([np.zeros(SR // 25), _speechlike(1.2, 5)]) * 32767).astype(np.int16)
+    pcm1 = (np.concatenate([np.zeros(SR // 25), _speechlike(first, 5)]) * 32767).astype(np.int16)
     pcm2 = (_speechlike(0.8, 6) * 32767).astype(np.int16)
     device.sent.append((rig.clock.now, pcm1))
     s1 = await rig.speak_pcm(h1, pcm1)
@@ -1273,19 +1279,23 @@ async def _two_back_to_back(rig: Rig, device: _Device) -> tuple[Any, Any, float,
     return m1, m2, s1, s2
 
 
-async def test_a_back_to_back_response_is_placed_by_the_devices_levels(rig: Rig) -> None:
+@pytest.mark.parametrize("first", [1.2, 0.4])
+async def test_a_back_to_back_response_is_placed_by_the_devices_levels(
+    rig: Rig, first: float
+) -> None:
     """NetEq stretched the audio between the last onset and a back-to-back response (12 ms of
     concealment): measured from that onset it is 12 ms early; the device's levels around its
-    own start place it where it played."""
+    own start place it where it played, be that onset 1.2 s or 0.4 s back."""
     device = _levels_rig(rig, levels=True, stretch=0.012)
-    m1, m2, s1, s2 = await _two_back_to_back(rig, device)
+    device.stretch_at = T_START + first / 2
+    m1, m2, s1, s2 = await _two_back_to_back(rig, device, first)
     await rig.clock.advance_to(s2 + 3.0)
     got = m2.result()
     assert got.how == "measured" and got.measured_from == 0.0
     assert got.at == pytest.approx(s2 + 0.15 + 0.012, abs=2e-4)
     assert m1.result().at == pytest.approx(s1 + 0.15, abs=2e-4)
     (req,) = device.asked  # one request, for the back-to-back response only
-    assert req["n"] == 190
+    assert (req["n"], req["w"]) == (115, 2)  # 2 ms levels over 230 ms
     # it asked from 45 ms before where the earlier audio put the start
     assert req["t"] / 1000 - CLIENT_SKEW == pytest.approx(s2 + 0.15 - 0.045, abs=2e-4)
 
@@ -1302,7 +1312,7 @@ async def test_without_levels_a_back_to_back_response_is_measured_from_earlier_a
     assert got.at == pytest.approx(s2 + 0.15, abs=2e-4)  # 12 ms early: the stretch unseen
 
 
-@pytest.mark.parametrize("answer", ["error", "malformed", "elsewhere", "nothing"])
+@pytest.mark.parametrize("answer", ["error", "malformed", "width", "elsewhere", "nothing"])
 async def test_a_levels_request_that_fails_falls_back_to_earlier_audio(
     rig: Rig, caplog: pytest.LogCaptureFixture, answer: str
 ) -> None:
@@ -1316,9 +1326,11 @@ async def test_a_levels_request_that_fails_falls_back_to_earlier_audio(
         if answer == "malformed":
             return json.dumps({"v": 1, "t": 5.0, "lv": "not levels!"})
         if answer == "nothing":
-            return json.dumps({"v": 1, "t": None, "lv": ""})
+            return json.dumps({"v": 1, "t": None, "w": 2, "lv": ""})
         req = json.loads(payload)
-        return json.dumps({"v": 1, "t": req["t"], "lv": "8" * 20 + "A" * 170})
+        if answer == "width":  # a companion that ignored "w": its 1 ms levels cannot be placed
+            return json.dumps({"v": 1, "t": req["t"], "lv": "8" * 115})
+        return json.dumps({"v": 1, "t": req["t"], "w": 2, "lv": "8" * 10 + "A" * 105})
 
     rig.room.local_participant.remote = remote
     with caplog.at_level(logging.WARNING, logger="livekit_segments.client_playout"):
@@ -1329,7 +1341,7 @@ async def test_a_levels_request_that_fails_falls_back_to_earlier_audio(
     assert got.how == "measured" and got.measured_from is not None and got.measured_from < -1.0
     assert got.at == pytest.approx(s2 + 0.15, abs=2e-4)
     malformed = [r for r in caplog.records if "levels reply" in r.getMessage()]
-    assert len(malformed) == (1 if answer == "malformed" else 0)
+    assert len(malformed) == (1 if answer in ("malformed", "width") else 0)
 
 
 async def test_a_companion_that_leaves_during_a_levels_request_settles_it(rig: Rig) -> None:

@@ -152,16 +152,18 @@ export class OnsetEnvelope {
 }
 
 /**
- * The device output's last seconds as 1 ms levels, for the agent's levels requests
- * (docs/client-playout.md, "Levels"). Bin k holds the context frames from ceil(k * rate / 1000)
- * on (so it starts at AudioContext time k ms), encoded like an envelope's bins: the RMS of the
- * loudest channel in 1.5 dB steps above -96 dBFS, 0 for silence. Written like OnsetDetector:
+ * The device output's last seconds, for the agent's levels requests (docs/client-playout.md,
+ * "Levels"): for each 1 ms bin, the sum of squares (of the loudest channel) and the count of the
+ * context frames in it. Bin k holds the frames from ceil(k * rate / 1000) on, so it starts at
+ * AudioContext time k ms. `read` gives the RMS of `w` bins at a time, encoded like an
+ * envelope's bins: 1.5 dB steps above -96 dBFS, 0 for silence. Written like OnsetDetector:
  * its source text is also the worklet's.
  */
 export class LevelRing {
   size: number;
   rate: number;
-  levels: Uint8Array;
+  sums: Float64Array;
+  counts: Uint16Array;
   bin: number;
   sum: number;
   count: number;
@@ -171,7 +173,8 @@ export class LevelRing {
   constructor(size: number, sampleRate: number) {
     this.size = size;
     this.rate = sampleRate;
-    this.levels = new Uint8Array(size);
+    this.sums = new Float64Array(size);
+    this.counts = new Uint16Array(size);
     this.bin = -1;
     this.sum = 0;
     this.count = 0;
@@ -204,26 +207,40 @@ export class LevelRing {
     }
   }
 
-  /** The bin being filled is complete: store its level. */
+  /** The bin being filled is complete: store it. */
   close(): void {
     if (this.bin >= 0 && this.count > 0) {
-      const rms = Math.sqrt(this.sum / this.count);
-      const level = rms > 0 ? Math.floor((20 * Math.log10(rms) + 96) / 1.5 + 0.5) : 0;
-      this.levels[this.bin % this.size] = Math.min(Math.max(level, 0), 63);
+      this.sums[this.bin % this.size] = this.sum;
+      this.counts[this.bin % this.size] = this.count;
       this.newest = this.bin;
     }
     this.sum = 0;
     this.count = 0;
   }
 
-  /** Bins `from` to `from + n - 1` that are kept and complete: [first bin, encoded], or null. */
-  read(from: number, n: number): [number, string] | null {
+  /**
+   * Up to `n` levels of `w` ms each, the first starting at bin `from` or at the first whole
+   * `w` ms after it that is kept; only complete bins: [first bin, encoded], or null.
+   */
+  read(from: number, n: number, w = 1): [number, string] | null {
     const abc = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
-    const a = Math.max(from, this.newest - this.size + 1, 0);
-    const b = Math.min(from + n - 1, this.newest);
-    if (this.newest < 0 || b < a) return null;
+    if (this.newest < 0) return null;
+    const oldest = Math.max(this.newest - this.size + 1, 0);
+    const a = from + Math.max(0, Math.ceil((oldest - from) / w)) * w;
+    const m = Math.min(n - (a - from) / w, Math.floor((this.newest - a + 1) / w));
+    if (m <= 0) return null;
     let out = '';
-    for (let k = a; k <= b; k++) out += abc[this.levels[k % this.size]!];
+    for (let j = 0; j < m; j++) {
+      let s = 0;
+      let c = 0;
+      for (let k = a + j * w; k < a + (j + 1) * w; k++) {
+        s += this.sums[k % this.size]!;
+        c += this.counts[k % this.size]!;
+      }
+      const rms = c > 0 ? Math.sqrt(s / c) : 0;
+      const level = rms > 0 ? Math.floor((20 * Math.log10(rms) + 96) / 1.5 + 0.5) : 0;
+      out += abc[Math.min(Math.max(level, 0), 63)];
+    }
     return [a, out];
   }
 }

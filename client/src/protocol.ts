@@ -6,8 +6,10 @@ export const SYNC = 'lkseg.playout.sync';
 export const REPORT = 'lkseg.playout.report';
 /** Served by the companion: the agent asks for the device's levels around a response. */
 export const LEVELS = 'lkseg.playout.levels';
-/** The most 1 ms bins one levels request may ask for. */
+/** The most levels one levels request may ask for. */
 export const MAX_LEVEL_BINS = 256;
+/** The widest level (ms) a levels request may ask for. */
+export const MAX_LEVEL_WIDTH = 10;
 /** The agent refuses larger payloads. */
 export const MAX_PAYLOAD = 1024;
 
@@ -38,17 +40,20 @@ export interface HelloReply {
   lv: boolean;
 }
 
-/** The agent's levels request: `n` 1 ms bins of the device output from client ms `t` on. */
+/** The agent's levels request: `n` levels of `w` ms each of the device output from client ms `t` on. */
 export interface LevelsRequest {
   v: 1;
   t: number;
   n: number;
+  /** ms per level, 1 to MAX_LEVEL_WIDTH (absent: 1) */
+  w: number;
 }
 
-/** The reply: the client ms at which the first bin starts (null: none kept), and the bins. */
+/** The reply: the client ms at which the first level starts (null: none kept), their width, and the levels. */
 export interface LevelsReply {
   v: 1;
   t: number | null;
+  w: number;
   lv: string;
 }
 
@@ -122,7 +127,11 @@ export function parseLevelsRequest(text: string): LevelsRequest {
   if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > MAX_LEVEL_BINS) {
     throw new Error(`levels request: n must be 1 to ${MAX_LEVEL_BINS}`);
   }
-  return { v: 1, t, n };
+  const w = o['w'] ?? 1;
+  if (typeof w !== 'number' || !Number.isInteger(w) || w < 1 || w > MAX_LEVEL_WIDTH) {
+    throw new Error(`levels request: w must be 1 to ${MAX_LEVEL_WIDTH}`);
+  }
+  return { v: 1, t, n, w };
 }
 
 export function parseSyncReply(text: string): SyncReply {

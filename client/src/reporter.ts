@@ -216,10 +216,10 @@ class Reporter implements PlayoutReporter {
       throw new Error('levels: not asked for by this agent');
     }
     const req = parseLevelsRequest(data.payload);
-    const got = this.tap?.levels ? await this.tap.levels(req.t, req.n) : null;
+    const got = this.tap?.levels ? await this.tap.levels(req.t, req.n, req.w) : null;
     const reply: LevelsReply = got && Number.isFinite(got.t)
-      ? { v: PROTOCOL_VERSION, t: r1(got.t), lv: got.lv.slice(0, req.n) }
-      : { v: PROTOCOL_VERSION, t: null, lv: '' };
+      ? { v: PROTOCOL_VERSION, t: r1(got.t), w: req.w, lv: got.lv.slice(0, req.n) }
+      : { v: PROTOCOL_VERSION, t: null, w: req.w, lv: '' };
     const text = JSON.stringify(reply);
     if (reply.t !== null) this.stats.levelsServed += 1;
     this.stats.levelsBytes += text.length;

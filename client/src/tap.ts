@@ -33,11 +33,12 @@ export interface Tap {
    */
   receivePath(): Promise<ReceivePath>;
   /**
-   * The device output's 1 ms levels (LevelRing's encoding) from the bin that plays at client
-   * ms `fromClientMs`, up to `n` bins: `t`, the client ms at which the first one started
-   * playing; null when none are kept (a tap without levels, or not yet played). Never hangs.
+   * The device output's levels (LevelRing's encoding), up to `n` of `w` ms each, from the
+   * 1 ms bin that plays at client ms `fromClientMs`: `t`, the client ms at which the first one
+   * started playing; null when none are kept (a tap without levels, or not yet played). Never
+   * hangs.
    */
-  levels?(fromClientMs: number, n: number): Promise<{ t: number; lv: string } | null>;
+  levels?(fromClientMs: number, n: number, w: number): Promise<{ t: number; lv: string } | null>;
   setParams(threshold: number, gapSeconds: number): void;
   resume(): Promise<void>;
   close(): void;
@@ -310,7 +311,7 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
       }
       return out;
     },
-    async levels(fromClientMs: number, n: number): Promise<{ t: number; lv: string } | null> {
+    async levels(fromClientMs: number, n: number, w: number): Promise<{ t: number; lv: string } | null> {
       if (!(options.levelBins && options.levelBins > 0)) return null;
       // a bin is a ms of context time: the mapping is linear, so context time 0 anchors it
       const from = Math.floor(fromClientMs - tap.toClientMs(0));
@@ -326,7 +327,7 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
           asked.delete(id);
           resolve(v);
         });
-        node.port.postMessage({ type: 'levels', id, from, n });
+        node.port.postMessage({ type: 'levels', id, from, n, w });
       });
       if (!r || r.from === null || !r.lv) return null;
       return { t: tap.toClientMs(r.from / 1000), lv: r.lv };

@@ -7,7 +7,7 @@ export const PROCESSOR_NAME = 'lkseg-onset';
  * Source of the AudioWorklet module: passes audio through unchanged and posts
  * `{type: 'onset', t, gap, env?}` (AudioContext seconds) for each onset; with `envBins` > 0,
  * once its envelope is complete (`env`: OnsetEnvelope's encoding). With `levelBins` > 0 it
- * keeps that many ms of 1 ms levels (LevelRing) and answers `{type: 'levels', id, from, n}`
+ * keeps that many ms of levels (LevelRing) and answers `{type: 'levels', id, from, n, w}`
  * with `{type: 'levels', id, from, lv}` (`from` null: none kept). The detector, envelope and
  * ring are their classes' own source text, so worklet and unit tests run the same code;
  * they are taken as class expressions, so a minifier renaming the classes changes nothing.
@@ -31,7 +31,7 @@ class LkSegOnsetProcessor extends AudioWorkletProcessor {
       if (m.type === 'params') { this.det.threshold = m.threshold; this.det.gap = m.gap; }
       else if (m.type === 'stop') { this.stopped = true; }
       else if (m.type === 'levels') {
-        const r = this.ring ? this.ring.read(m.from, m.n) : null;
+        const r = this.ring ? this.ring.read(m.from, m.n, m.w || 1) : null;
         this.port.postMessage({ type: 'levels', id: m.id, from: r ? r[0] : null, lv: r ? r[1] : '' });
       }
     };

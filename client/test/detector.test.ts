@@ -160,6 +160,32 @@ test('the level ring keeps its last bins and gives what it has of a request', ()
   assert.deepEqual(ring.read(290, 20), [290, '8A8A8A8A8']);
   assert.equal(ring.read(299, 5), null);
   assert.equal(new LevelRing(10, 48000).read(0, 5), null);
+  // 2 ms levels: each the RMS over an on and an off ms, 3 dB under the on ms alone; from 150
+  // the first whole pair kept starts at 200, and the 60 asked for end at 269
+  assert.deepEqual(ring.read(150, 60, 2), [200, '6'.repeat(35)]);
+  assert.deepEqual(ring.read(199, 3, 2), [199, '666']);
+  assert.deepEqual(ring.read(290, 20, 3), [290, '757']); // 2 of 3 ms on, 1 of 3, 2 of 3
+  assert.equal(ring.read(298, 5, 2), null, 'no whole pair kept: bin 299 is open');
+});
+
+test('a level several ms wide is the RMS over their samples, as the agent bins its audio', () => {
+  // 44.1 kHz: 1 ms bins alternate 44 and 45 frames, so a mean of the ms levels would differ
+  const ring = new LevelRing(64, 44100);
+  const x = new Float32Array(4410);
+  for (let i = 0; i < x.length; i++) x[i] = 0.02 * Math.sin(i / 7) * (1 + Math.floor(i / 300));
+  ring.feed([x], 0, x.length);
+  // bins 0..98 are complete (99 is open), 35..98 kept: from 20 in steps of 4, 36 is the first
+  const got = ring.read(20, 10, 4)!;
+  assert.equal(got[0], 36);
+  const want = [...Array(got[1].length).keys()].map((j) => {
+    const [a, b] = [Math.ceil(((36 + 4 * j) * 44100) / 1000), Math.ceil(((40 + 4 * j) * 44100) / 1000)];
+    let s = 0;
+    for (let i = a; i < b; i++) s += x[i]! * x[i]!;
+    const level = Math.floor((20 * Math.log10(Math.sqrt(s / (b - a))) + 96) / 1.5 + 0.5);
+    return 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'[level];
+  });
+  assert.equal(got[1], want.join(''));
+  assert.equal(got[1].length, 6, '10 asked from 20: four before 36 were not kept');
 });
 
 test('with levelBins the worklet answers levels requests from its ring', () => {
@@ -193,4 +219,7 @@ test('with levelBins the worklet answers levels requests from its ring', () => {
   assert.deepEqual(plain(posted.at(-1)), { type: 'levels', id: 7, from: 1010, lv: 'AAA7' + '8'.repeat(12) });
   proc.port.onmessage({ data: { type: 'levels', id: 8, from: 5000, n: 10 } });
   assert.deepEqual(plain(posted.at(-1)), { type: 'levels', id: 8, from: null, lv: '' });
+  // 2 ms levels: 1010-1011 and 1012-1013 hold silence, then a third of 1013 silent
+  proc.port.onmessage({ data: { type: 'levels', id: 9, from: 1010, n: 100, w: 2 } });
+  assert.deepEqual(plain(posted.at(-1)), { type: 'levels', id: 9, from: 1010, lv: 'A5' + '8'.repeat(6) });
 });

@@ -149,9 +149,9 @@ class FakeTap implements Tap {
     return this.jb === undefined ? { rx: 42.25, net: 7.04 } : { rx: this.jb + 20, net: 7.04, jb: this.jb };
   }
   // the device's levels: bin k starts at context time k ms
-  levelsAsked: Array<[number, number]> = [];
-  async levels(fromClientMs: number, n: number): Promise<{ t: number; lv: string } | null> {
-    this.levelsAsked.push([fromClientMs, n]);
+  levelsAsked: Array<[number, number, number]> = [];
+  async levels(fromClientMs: number, n: number, w: number): Promise<{ t: number; lv: string } | null> {
+    this.levelsAsked.push([fromClientMs, n, w]);
     if (!this.options.levelBins) return null;
     const from = Math.floor(fromClientMs - this.toClientMs(0));
     return { t: this.toClientMs(from / 1000), lv: 'Q'.repeat(n) };
@@ -492,14 +492,20 @@ test("the agent's levels requests are answered from the tap, and only the agent'
   const serve = room.methods.get(LEVELS)!;
   assert.ok(serve, 'registered on the Room');
   const reply = JSON.parse(await serve({ callerIdentity: 'agent-1', payload: '{"v":1,"t":500100.55,"n":3}' }));
-  assert.deepEqual(reply, { v: 1, t: 500100, lv: 'QQQ' }); // the bin that plays at 500 100.55 ms
+  assert.deepEqual(reply, { v: 1, t: 500100, w: 1, lv: 'QQQ' }); // the bin that plays at 500 100.55 ms
   assert.equal(reporter.stats.levelsServed, 1);
+  const wide = JSON.parse(await serve({ callerIdentity: 'agent-1', payload: '{"v":1,"t":500100,"n":2,"w":2}' }));
+  assert.deepEqual(wide, { v: 1, t: 500100, w: 2, lv: 'QQ' });
+  assert.deepEqual(tap.levelsAsked.at(-1), [500100, 2, 2]);
   // another participant, a malformed or oversized request: refused (an application error)
   await assert.rejects(serve({ callerIdentity: 'user-9', payload: '{"v":1,"t":500100,"n":3}' }));
   await assert.rejects(serve({ callerIdentity: 'agent-1', payload: '{"v":1,"t":"x","n":3}' }));
   await assert.rejects(serve({ callerIdentity: 'agent-1', payload: '{"v":1,"t":500100,"n":257}' }));
   await assert.rejects(serve({ callerIdentity: 'agent-1', payload: '{"v":2,"t":500100,"n":3}' }));
-  assert.equal(tap.levelsAsked.length, 1);
+  for (const w of ['0', '11', '1.5', '"2"']) {
+    await assert.rejects(serve({ callerIdentity: 'agent-1', payload: `{"v":1,"t":500100,"n":3,"w":${w}}` }), /w must be 1 to 10/);
+  }
+  assert.equal(tap.levelsAsked.length, 2);
   reporter.stop();
   assert.equal(room.methods.has(LEVELS), false, 'stop unregisters it');
 });

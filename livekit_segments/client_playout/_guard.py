@@ -52,7 +52,7 @@ class Levels:
     """A companion's reply to a levels request."""
 
     t: float | None  # client seconds at which the first bin starts; None: it had none
-    levels: str  # one character per 1 ms bin, the envelope encoding
+    levels: str  # one character per level (of the width asked for), the envelope encoding
 
 
 @dataclass(frozen=True)
@@ -162,9 +162,12 @@ def parse_report(payload: str) -> Report:
     return Report(q=q, onsets=tuple(onsets))
 
 
-def parse_levels(payload: str, asked: int) -> Levels:
-    """The companion's reply to a levels request for ``asked`` bins."""
+def parse_levels(payload: str, asked: int, width_ms: int) -> Levels:
+    """The companion's reply to a levels request for ``asked`` levels of ``width_ms`` each."""
     obj = _obj(payload)
+    if obj.get("w", 1) != width_ms:
+        # a companion that ignored the width sends levels of another width: unplaceable
+        raise Rejected("malformed", f"'w' must be the width asked for, {width_ms}")
     lv = obj.get("lv")
     if not isinstance(lv, str) or len(lv) > asked or not _LEVELS.fullmatch(lv):
         raise Rejected("malformed", f"'lv' must be at most {asked} characters [A-Za-z0-9_-]")

@@ -27,6 +27,7 @@ from ._detector import (
     LEVELS_POST,
     LEVELS_PRE,
     LEVELS_SEARCH,
+    LEVELS_WIDTH_MS,
     MIN_ENVELOPE_SCORE,
     envelope_shift,
     levels_fit,
@@ -74,12 +75,13 @@ SEARCH_BACK = 2.0  # the longest path delay considered
 SUSPECT = 3.0  # seconds after an unmatched device onset in which single matches are not taken
 STALE = 30.0
 # A response with no onset of its own is measured from earlier audio; NetEq stretches the audio
-# in between (concealment, acceleration: up to 19 ms over 1.7 s measured), so when that audio
-# is this long or longer the agent asks the companion for the levels around the start instead.
-LEVELS_AFTER = 1.0
+# in between (concealment, acceleration: up to 19 ms over 1.7 s measured, and 9-13 ms over
+# 0.4 s in 4 of 24 such responses), so when that audio is this long or longer the agent asks
+# the companion for the levels around the start instead.
+LEVELS_AFTER = 0.2
 LEVELS_WAIT = 0.05  # after the device played the levels' last bin: time to have it ready
 LEVELS_TIMEOUT = 2.0
-LEVELS_MIN_BINS = 100  # fewer in a reply: too short to place
+LEVELS_MIN = 0.1  # seconds: fewer levels in a reply are too short to place
 
 How = Literal["measured", "predicted", "unavailable"]
 
@@ -512,9 +514,10 @@ class ClientPlayout(_SessionFollower):
         t_client = comp.clock.to_client(est - LEVELS_PRE - LEVELS_SEARCH)
         if audio is None or t_client is None:
             return
-        n = round((LEVELS_PRE + LEVELS_POST + 2 * LEVELS_SEARCH) * 1000)
+        n = round((LEVELS_PRE + LEVELS_POST + 2 * LEVELS_SEARCH) * 1000 / LEVELS_WIDTH_MS)
         payload = json.dumps(
-            {"v": 1, "t": round(t_client * 1000, 1), "n": n}, separators=(",", ":")
+            {"v": 1, "t": round(t_client * 1000, 1), "n": n, "w": LEVELS_WIDTH_MS},
+            separators=(",", ":"),
         )
         rec.asking = True
         task = asyncio.ensure_future(self._levels(comp, rec, payload, n, est, g0, audio))
@@ -539,7 +542,8 @@ class ClientPlayout(_SessionFollower):
                 payload=payload,
                 response_timeout=LEVELS_TIMEOUT,
             )
-            at = self._place_levels(comp, rec, parse_levels(reply, n), est, g0, *audio)
+            levels = parse_levels(reply, n, LEVELS_WIDTH_MS)
+            at = self._place_levels(comp, rec, levels, est, g0, *audio)
         except Rejected as err:
             self._logs.warn(comp.identity, err.kind, f"levels reply: {err}")
         except rtc.RpcError as err:
@@ -578,7 +582,7 @@ class ClientPlayout(_SessionFollower):
         they line up with the agent's audio around it."""
         assert rec.start is not None
         a_d = None if levels.t is None else comp.clock.to_agent(levels.t)
-        if a_d is None or len(levels.levels) < LEVELS_MIN_BINS:
+        if a_d is None or len(levels.levels) * LEVELS_WIDTH_MS < LEVELS_MIN * 1000:
             logger.debug(
                 "client playout: the device kept %d of the levels around the response at %.3f",
                 len(levels.levels),
