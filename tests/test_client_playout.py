@@ -471,6 +471,14 @@ async def test_a_step_change_of_the_path_delay_is_followed(rig: Rig) -> None:
     assert rig.cp.path_delay() == pytest.approx(0.2, abs=2e-4)
 
 
+def _jb(rig: Rig, ms: float) -> None:
+    """A sync with a jitter buffer reading: its mean over the second before now."""
+    rig.q += 1
+    rig.call(
+        client_playout.SYNC, {"v": 1, "q": rig.q, "t0": rig.client_ms(rig.clock.now), "jb": ms}
+    )
+
+
 async def test_the_prediction_follows_the_jitter_buffer_between_onsets(rig: Rig) -> None:
     # NetEq raised its delay by 100 ms during a silence: no onset shows it, the companion's
     # jitter buffer reading does, and the next response is predicted with it
@@ -478,18 +486,18 @@ async def test_the_prediction_follows_the_jitter_buffer_between_onsets(rig: Rig)
     rig.sync()
 
     def jb(ms: float) -> None:
-        rig.q += 1
-        rig.call(
-            client_playout.SYNC, {"v": 1, "q": rig.q, "t0": rig.client_ms(rig.clock.now), "jb": ms}
-        )
+        _jb(rig, ms)
 
     jb(40.0)
     rig.delay = 0.25
     h = rig.handle()
-    await rig.speak(h, (0.0, 0.3), (0.3, 0.2))
+    s1 = await rig.speak(h, (0.0, 0.3), (0.3, 0.2))
     await rig.clock.advance_to(rig.clock.now + 0.5)  # the device has played it
     rig.report(rig.device_onsets()[-1:])
     assert rig.cp.path_delay() == pytest.approx(0.25, abs=2e-4)
+    await rig.clock.advance_to(s1 + 0.25 + 0.5)
+    jb(40.0)  # the second around the onset's device time
+    await rig.clock.advance_to(rig.clock.now + 1.0)
     jb(42.0)  # within the noise of a reading: moves it by as much, no more
     assert rig.cp.path_delay() == pytest.approx(0.252, abs=2e-4)
     jb(140.0)
@@ -503,6 +511,36 @@ async def test_the_prediction_follows_the_jitter_buffer_between_onsets(rig: Rig)
     await rig.clock.advance_to(rig.clock.now + 0.5)  # the device has played it
     rig.report(rig.device_onsets()[-1:])
     assert rig.cp.path_delay() == pytest.approx(0.35, abs=2e-4)
+
+
+async def test_the_jitter_buffer_at_a_match_is_read_between_the_readings_around_it(
+    rig: Rig,
+) -> None:
+    """After a step of the network delay NetEq's delay rises fast: the reading at hand when an
+    onset matched still averaged the second before; the one after it shows the rise. The
+    delay at the match is read between the two, so the prediction does not count the rise
+    since the first reading twice (B8's step sessions: 22-27 ms late)."""
+    rig.hello()
+    rig.sync()
+    _jb(rig, 40.0)  # dated 0.5 s before now
+    rig.delay = 0.33
+    h = rig.handle()
+    await rig.speak(h, (0.0, 0.3), (0.3, 0.2))
+    await rig.clock.advance_to(rig.clock.now + 0.5)  # the device has played it
+    rig.report(rig.device_onsets()[-1:])
+    assert rig.cp.path_delay() == pytest.approx(0.33, abs=2e-4)
+    comp = rig.cp._companion
+    assert comp is not None
+    at = comp.delay_at[-1]  # the onset's device time
+    mid_before = comp.jb_readings[-1][0]
+    await rig.clock.advance_to(at + 0.9)
+    _jb(rig, 100.0)  # dated 0.4 s after the onset's device time
+    mid_after = comp.jb_readings[-1][0]
+    assert mid_before < at < mid_after
+    then = 40.0 + 60.0 * (at - mid_before) / (mid_after - mid_before)
+    await rig.clock.advance_to(rig.clock.now + 1.0)
+    _jb(rig, 170.0)
+    assert rig.cp.path_delay() == pytest.approx(0.33 + (170.0 - then) / 1000, abs=2e-4)
 
 
 async def test_a_companion_that_sends_no_jitter_buffer_reading_is_predicted_as_before(

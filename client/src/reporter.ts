@@ -112,6 +112,8 @@ const MAX_SYNC_FAILURES = 3;
 // one sent is sent at once (a sync), so the agent's prediction follows NetEq between onsets.
 // With 1 % loss the one-second reading wanders by +-8 ms around a steady level: a smaller step
 // sent that noise (24 syncs in a 40 s session, 311 bytes per response in all).
+// Only this poll reads the receiver's stats once it runs, so each reading averages the second
+// before the sync that carries it, as the agent dates it (other syncs carry no jb).
 const JB_POLL_MS = 1000;
 const JB_STEP_MS = 10;
 // ms of 1 ms levels kept for the agent's levels requests (it asks within about a second)
@@ -160,6 +162,7 @@ class Reporter implements PlayoutReporter {
   private syncFailures = 0;
   private rehellos = 0; // survives reset(): the backoff of re-hellos after refused syncs
   private sentJb: number | undefined;
+  private lastPath: ReceivePath | undefined; // the jitter buffer poll's latest reading
   private stopped = false;
   readonly stats: PlayoutReporterStats = {
     path: null,
@@ -304,6 +307,7 @@ class Reporter implements PlayoutReporter {
     this.helloAttempts = 0;
     this.syncFailures = 0;
     this.sentJb = undefined;
+    this.lastPath = undefined;
     this.stats.path = null;
   }
 
@@ -396,7 +400,9 @@ class Reporter implements PlayoutReporter {
     this.later(() => void this.watchJitterBuffer(epoch), JB_POLL_MS);
     if (!this.tap || !this.tap.valid) return;
     const path = await this.tap.receivePath();
-    if (epoch !== this.epoch || path.jb === undefined || !Number.isFinite(path.jb)) return;
+    if (epoch !== this.epoch) return;
+    this.lastPath = path;
+    if (path.jb === undefined || !Number.isFinite(path.jb)) return;
     if (this.sentJb === undefined || Math.abs(path.jb - this.sentJb) >= JB_STEP_MS) {
       await this.sync(epoch, path);
     }
@@ -411,7 +417,9 @@ class Reporter implements PlayoutReporter {
   private async sync(epoch: number, read?: ReceivePath): Promise<void> {
     if (this.tap && !this.tap.valid) this.closeTap();
     void this.tapIfReady(); // a track that could not be tapped yet, or a replaced graph
-    const path = read ?? (this.tap ? await this.tap.receivePath() : {});
+    // a sync between polls takes the poll's reading: a read of its own would cut the poll's
+    // second short (before the first poll, the syncs after hello read for themselves)
+    const path = read ?? this.lastPath ?? (this.tap ? await this.tap.receivePath() : {});
     await this.enqueue(async () => {
       if (epoch !== this.epoch) return;
       const q = ++this.q;
@@ -423,7 +431,8 @@ class Reporter implements PlayoutReporter {
       // (`read` given) leaves them out (about 20 bytes of the 300 a response may cost)
       if (!read && path.rx !== undefined && Number.isFinite(path.rx)) req.rx = clamp(path.rx);
       if (!read && path.net !== undefined && Number.isFinite(path.net)) req.net = clamp(path.net);
-      if (path.jb !== undefined && Number.isFinite(path.jb)) req.jb = clamp(path.jb);
+      // jb only from the poll (`read`): the agent dates it to the second before t0
+      if (read && path.jb !== undefined && Number.isFinite(path.jb)) req.jb = clamp(path.jb);
       let text: string;
       try {
         text = await this.rpc(SYNC, req);

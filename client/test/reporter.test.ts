@@ -145,7 +145,9 @@ class FakeTap implements Tap {
     return (this.timers.now - 500_000) / 1000;
   }
   jb: number | undefined; // the jitter buffer's delay, once a test sets it
+  reads = 0; // receivePath calls: each starts a new averaging interval
   async receivePath(): Promise<{ rx?: number; net?: number; jb?: number }> {
+    this.reads += 1;
     return this.jb === undefined ? { rx: 42.25, net: 7.04 } : { rx: this.jb + 20, net: 7.04, jb: this.jb };
   }
   // the device's levels: bin k starts at context time k ms
@@ -316,8 +318,13 @@ test('a change of the jitter buffer delay is sent at once, in a sync; no change 
   // rx and net serve only the agent's prior: a sync for the jitter buffer leaves them out
   assert.equal(after.at(-1)!.body['rx'], undefined);
   assert.equal(after.at(-1)!.body['net'], undefined);
+  const reads = tap.reads;
   await timers.advance(10_000); // the steady sync still carries them
   assert.equal(room.of(SYNC).at(-1)!.body['rx'], 160);
+  // but not jb, and it took the poll's reading: only the poll reads, once a second, so each
+  // reading averages the second before the sync that carries it
+  assert.equal(room.of(SYNC).at(-1)!.body['jb'], undefined);
+  assert.equal(tap.reads - reads, 10);
   reporter.stop();
 });
 

@@ -10,6 +10,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -60,6 +61,7 @@ DEFAULT_RX = 0.05  # receive-side delay assumed when the companion sent no estim
 # samples, so a frame's first sample travels 20 - 10 = 10 ms longer than net + jb; plus
 # Opus's 6.5 ms look-ahead. For the prior only: matched delays include it.
 CODEC_DELAY = 0.0165
+JB_WINDOW = 1.0  # seconds a sync's jitter buffer reading averages, up to its t0
 MEASURE_WINDOW = 5.0  # seconds around a response's start where a matched onset measures it
 REPORT_SLACK = 2.5  # how long after that window a report may still arrive
 REPORT_SOON = 1.0  # after the device played a response, its earlier onsets were reported
@@ -147,19 +149,38 @@ class _Companion:
     pending: dict[int, tuple[float, float, float]] = field(default_factory=dict)
     rx: float | None = None
     net: float | None = None
-    jb: float | None = None
+    jb: float | None = None  # the latest reading
+    # the readings, each at the middle of the second it averages (agent clock)
+    jb_readings: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=16))
     levels: bool = False  # it serves LEVELS
     delays: deque[float] = field(default_factory=lambda: deque(maxlen=DELAY_MEDIAN_OF))
-    # the jitter buffer delay the companion had reported when each of `delays` was matched
-    delay_jb: deque[float | None] = field(default_factory=lambda: deque(maxlen=DELAY_MEDIAN_OF))
+    # the device time at which each of `delays` was measured
+    delay_at: deque[float] = field(default_factory=lambda: deque(maxlen=DELAY_MEDIAN_OF))
 
-    def add_delay(self, delay: float) -> None:
+    def add_delay(self, delay: float, at: float) -> None:
         self.delays.append(delay)
-        self.delay_jb.append(self.jb)
+        self.delay_at.append(at)
 
     def clear_delays(self) -> None:
         self.delays.clear()
-        self.delay_jb.clear()
+        self.delay_at.clear()
+
+    def add_jb(self, jb: float, at: float) -> None:
+        self.jb = jb
+        self.jb_readings.append((at, jb))
+
+    def jb_at(self, t: float) -> float | None:
+        """The jitter buffer's delay at agent time ``t``, between the readings around it (the
+        nearest one outside them)."""
+        r = sorted(self.jb_readings)
+        if not r:
+            return None
+        if t <= r[0][0]:
+            return r[0][1]
+        for (t0, j0), (t1, j1) in pairwise(r):
+            if t <= t1:
+                return j0 + (j1 - j0) * (t - t0) / (t1 - t0) if t1 > t0 else j1
+        return r[-1][1]
 
     # device onsets no agent onset matched yet: (device time, gap, envelope), for re-acquisition
     unmatched: deque[tuple[float, float, str | None]] = field(
@@ -346,12 +367,16 @@ class ClientPlayout(_SessionFollower):
         if comp.delays:
             # each matched delay, moved by how much the jitter buffer's delay changed since:
             # NetEq raises and lowers its delay between onsets (after a step of the network
-            # delay it built up about 120 ms more over the 3 s of silence that followed)
+            # delay it built up about 120 ms more over the 3 s of silence that followed).
+            # Its delay when a delay was measured is read between the readings around that
+            # moment, once they came: the reading at hand then still averaged the second
+            # before, and after a step it rose 60 ms in that second.
             jb = comp.jb
-            return statistics.median(
-                d + (jb - then) if jb is not None and then is not None else d
-                for d, then in zip(comp.delays, comp.delay_jb, strict=True)
-            )
+            moved = []
+            for d, at in zip(comp.delays, comp.delay_at, strict=True):
+                then = comp.jb_at(at)
+                moved.append(d + (jb - then) if jb is not None and then is not None else d)
+            return statistics.median(moved)
         unc = comp.clock.uncertainty
         if unc is None:
             return None
@@ -556,7 +581,7 @@ class ClientPlayout(_SessionFollower):
         if comp is not self._companion or rec.measured is not None or rec.start is None:
             return
         if at is not None:
-            comp.add_delay(at - rec.start)
+            comp.add_delay(at - rec.start, at)
             measured = Heard(
                 at=at,
                 how="measured",
@@ -711,7 +736,9 @@ class ClientPlayout(_SessionFollower):
         if sync.net is not None:
             comp.net = sync.net
         if sync.jb is not None:
-            comp.jb = sync.jb
+            # the mean over the second before t0 (docs/client-playout.md, "jb")
+            sent = comp.clock.to_agent(sync.t0)
+            comp.add_jb(sync.jb, (t1 if sent is None else min(sent, t1)) - JB_WINDOW / 2)
         t2 = self._clock()
         comp.pending[sync.q] = (sync.t0, t1, t2)
         while len(comp.pending) > 4:
@@ -820,7 +847,7 @@ class ClientPlayout(_SessionFollower):
             # the gap alone identified it: the path moved, and the next response (often
             # the next onset at all) is placed by the new delay, not a median with the old
             comp.clear_delays()
-        comp.add_delay(chosen.device - chosen.onset.at)
+        comp.add_delay(chosen.device - chosen.onset.at, chosen.device)
         logger.debug(
             "client playout: device onset %.3f (gap %.0f ms) matched at %.1f ms (sound left "
             "out at the start: %s)",
@@ -899,7 +926,7 @@ class ClientPlayout(_SessionFollower):
         comp.clear_delays()
         for lag, i, o in chosen:
             o.device = self._place(o, o.onset.at + lag, comp.unmatched[i][2])
-            comp.add_delay(o.device - o.onset.at)
+            comp.add_delay(o.device - o.onset.at, o.device)
         comp.unmatched.clear()
         logger.info(
             "client playout: the path delay moved to %.0f ms; re-acquired on %d onsets",
