@@ -244,7 +244,8 @@ class Rig:
             reply = json.loads(self.call(client_playout.SYNC, req))
             self.clock.now += rtt / 2
             prev = [self.q, self.client_ms(self.clock.now)]
-            assert reply["q"] == self.q
+            # the agent keeps its own t1 and t2: the reply says only how long it held the call
+            assert reply.keys() == {"q", "dt"} and reply["q"] == self.q and reply["dt"] >= 0
         self.q += 1
         req = {"v": 1, "q": self.q, "t0": self.client_ms(self.clock.now), "prev": prev}
         self.call(client_playout.SYNC, req)

@@ -75,8 +75,8 @@ export interface SyncRequest {
 
 export interface SyncReply {
   q: number;
-  t1: number;
-  t2: number;
+  /** ms the agent held the request (its t2 - t1; it keeps both and completes the exchange) */
+  dt: number;
 }
 
 export type ReportedOnset = [number, number] | [number, number, string];
@@ -137,10 +137,9 @@ export function parseLevelsRequest(text: string): LevelsRequest {
 export function parseSyncReply(text: string): SyncReply {
   const o = JSON.parse(text) as Record<string, unknown>;
   const q = o['q'];
-  const t1 = o['t1'];
-  const t2 = o['t2'];
-  if (typeof q !== 'number' || typeof t1 !== 'number' || typeof t2 !== 'number') {
+  const dt = o['dt'];
+  if (typeof q !== 'number' || typeof dt !== 'number' || !Number.isFinite(dt)) {
     throw new Error('sync reply: bad shape');
   }
-  return { q, t1, t2 };
+  return { q, dt };
 }

@@ -457,7 +457,7 @@ class Reporter implements PlayoutReporter {
       const t3 = r1(this.deps.now());
       if (epoch !== this.epoch || reply.q !== q) return;
       this.stats.syncs += 1;
-      this.stats.lastRttMs = r1(t3 - req.t0 - (reply.t2 - reply.t1));
+      this.stats.lastRttMs = r1(t3 - req.t0 - reply.dt);
       this.prev = [q, t3];
       // the agent completes an exchange when a later sync carries its t3
       if (prev) this.agentSynced = true;

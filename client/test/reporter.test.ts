@@ -13,7 +13,6 @@ const g = globalThis as Record<string, unknown>;
 g['AudioWorkletNode'] ??= class {};
 g['AudioContext'] ??= class {};
 
-const AGENT_CLOCK_OFFSET_MS = 3 * 3600 * 1000; // the agent's clock is hours away
 
 class Timers {
   now = 1_000_000;
@@ -77,6 +76,7 @@ class FakeRoom extends EventEmitter {
   calls: Call[] = [];
   failHello = 0;
   failSync = false;
+  syncReply: ((body: Record<string, unknown>) => string) | undefined;
   helloExtra: Record<string, unknown> = {}; // an agent of this version adds env_bins
   // what the companion registered (livekit-client 2.9+: on the Room)
   methods = new Map<string, (d: { callerIdentity: string; payload: string }) => Promise<string>>();
@@ -104,8 +104,8 @@ class FakeRoom extends EventEmitter {
       }
       if (p.method === SYNC) {
         if (this.failSync) throw new Error('2002 rejected');
-        const t = this.timers.now + AGENT_CLOCK_OFFSET_MS;
-        return JSON.stringify({ q: body['q'], t1: t, t2: t });
+        if (this.syncReply) return this.syncReply(body);
+        return JSON.stringify({ q: body['q'], dt: 0.1 });
       }
       return '';
     },
@@ -325,6 +325,20 @@ test('a change of the jitter buffer delay is sent at once, in a sync; no change 
   // reading averages the second before the sync that carries it
   assert.equal(room.of(SYNC).at(-1)!.body['jb'], undefined);
   assert.equal(tap.reads - reads, 10);
+  reporter.stop();
+});
+
+test("a sync reply carries the agent's hold time; the round trip leaves it out", async () => {
+  room.syncReply = (body) => JSON.stringify({ q: body['q'], dt: 0.4 });
+  const { reporter } = await startWithAgent();
+  await timers.advance(300);
+  assert.ok(reporter.stats.syncs >= 1);
+  assert.equal(reporter.stats.lastRttMs, -0.4); // the fake RPC answers at once: t3 == t0
+  // a reply of another shape (t1 and t2, no dt): the sync failed, nothing is taken from it
+  const n = reporter.stats.syncs;
+  room.syncReply = (body) => JSON.stringify({ q: body['q'], t1: 5, t2: 5 });
+  await timers.advance(10_000);
+  assert.equal(reporter.stats.syncs, n);
   reporter.stop();
 });
 

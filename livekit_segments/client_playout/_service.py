@@ -744,7 +744,9 @@ class ClientPlayout(_SessionFollower):
         while len(comp.pending) > 4:
             del comp.pending[min(comp.pending)]
         return json.dumps(
-            {"q": sync.q, "t1": round(t1 * 1000, 1), "t2": round(t2 * 1000, 1)},
+            # the agent keeps t1 and t2 and completes the exchange itself: the companion
+            # needs only how long the agent held the request, for its round trip
+            {"q": sync.q, "dt": round((t2 - t1) * 1000, 1)},
             separators=(",", ":"),
         )
 
