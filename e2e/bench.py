@@ -318,6 +318,26 @@ def write_record(path: Path, section: str) -> None:
     path.write_text(text)
 
 
+def sessions(runs: int, runs_of: list[str]) -> list[tuple[int, str, str, bool]]:
+    """The sessions to run, in order: (k, name, profile, with the companion). Each profile
+    gets ``runs`` sessions, or N for a ``NAME=N`` in ``runs_of``; the profiles take turns, so
+    a machine that gets busier affects them alike."""
+    jobs = [(name, spec, True) for name, spec in PROFILES.items()]
+    jobs.append(("baseline-20", BASELINE, False))
+    count = dict.fromkeys((name for name, _, _ in jobs), runs)
+    for item in runs_of:
+        name, _, n = item.partition("=")
+        if name not in count or not n.isdigit():
+            raise ValueError(f"--runs-of {item!r}: give NAME=N with NAME one of {list(count)}")
+        count[name] = int(n)
+    return [
+        (k, name, spec, companion)
+        for k in range(max(count.values(), default=0))
+        for name, spec, companion in jobs
+        if k < count[name]
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run (or read) the B8 sessions, judge them, write ``b8.json`` (and Markdown)."""
     p = argparse.ArgumentParser(
@@ -332,6 +352,16 @@ def main(argv: list[str] | None = None) -> int:
         "--from", dest="source", type=Path, help="judge the JSON already in this directory"
     )
     p.add_argument("--runs", type=int, default=3, help="sessions per profile (3)")
+    p.add_argument(
+        "--runs-of",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="sessions of one profile instead (repeatable; NAME as in the JSON files' names: "
+        + ", ".join([*PROFILES, "baseline-20"])
+        + "); a p95 needs 59 samples for a verdict: one first response a session, three "
+        "from the 2nd after the step",
+    )
     p.add_argument("--min-responses", type=int, default=12)
     p.add_argument("--markdown", type=Path, help="write B8's rows as Markdown")
     p.add_argument(
@@ -341,32 +371,33 @@ def main(argv: list[str] | None = None) -> int:
         help="put B8's section into this file (replacing the previous one)",
     )
     a = p.parse_args(argv)
+    try:
+        plan = sessions(a.runs, a.runs_of)
+    except ValueError as err:
+        p.error(str(err))
     out = a.source or a.out
     if a.source is None:
         out.mkdir(parents=True, exist_ok=True)
-        jobs = [(name, spec, True) for name, spec in PROFILES.items()]
-        jobs.append(("baseline-20", BASELINE, False))
-        for k in range(a.runs):
-            for name, spec, companion in jobs:
-                path = out / f"{name}-{k}.json"
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "e2e.run",
-                    "--profile",
-                    spec,
-                    "--json",
-                    str(path),
-                    "--seed",
-                    str(k + 1),
-                    "--min-responses",
-                    str(a.min_responses),
-                ]
-                if not companion:
-                    cmd.append("--no-companion")
-                t = time.monotonic()
-                rc = subprocess.run(cmd, timeout=_RUN_TIMEOUT_S).returncode
-                print(f"b8: {name} #{k}: exit {rc} in {time.monotonic() - t:.0f} s", flush=True)
+        for k, name, spec, companion in plan:
+            path = out / f"{name}-{k}.json"
+            cmd = [
+                sys.executable,
+                "-m",
+                "e2e.run",
+                "--profile",
+                spec,
+                "--json",
+                str(path),
+                "--seed",
+                str(k + 1),
+                "--min-responses",
+                str(a.min_responses),
+            ]
+            if not companion:
+                cmd.append("--no-companion")
+            t = time.monotonic()
+            rc = subprocess.run(cmd, timeout=_RUN_TIMEOUT_S).returncode
+            print(f"b8: {name} #{k}: exit {rc} in {time.monotonic() - t:.0f} s", flush=True)
     cost_path = out / WORKLET_COST
     if a.source is None:
         from .worklet_cost import measure

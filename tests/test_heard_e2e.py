@@ -612,3 +612,28 @@ def test_the_default_log_dir_goes_once_a_run_completed(
         1,
     )
     assert (mine / "browser.log").exists()  # one the caller named is always kept
+
+
+def test_b8_runs_more_sessions_of_the_profiles_a_verdict_needs() -> None:
+    """A p95 needs 59 samples: one first response a session, three from the 2nd after the
+    step; `--runs-of` gives a profile its own count, and the profiles still take turns."""
+    from e2e.bench import sessions
+
+    plan = sessions(2, ["step-60-200=3", "baseline-20=1"])
+    assert [(k, name) for k, name, _, _ in plan] == [
+        (0, "flat-20"),
+        (0, "jitter-60"),
+        (0, "lossy-150"),
+        (0, "step-60-200"),
+        (0, "baseline-20"),
+        (1, "flat-20"),
+        (1, "jitter-60"),
+        (1, "lossy-150"),
+        (1, "step-60-200"),
+        (2, "step-60-200"),
+    ]
+    assert [c for _, name, _, c in plan if name == "baseline-20"] == [False]
+    assert len(sessions(3, [])) == 15
+    for bad in (["step=3"], ["flat-20"], ["flat-20=x"]):
+        with pytest.raises(ValueError, match="NAME=N"):
+            sessions(3, bad)
