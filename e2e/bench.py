@@ -376,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         p.error(str(err))
     out = a.source or a.out
+    if a.source is None and any(out.glob("*.json")):
+        # every JSON there is judged: an earlier run's would mix into this one's verdicts
+        p.error(f"{out} already holds runs' JSON: judge them with --from, or give an empty --out")
     if a.source is None:
         out.mkdir(parents=True, exist_ok=True)
         for k, name, spec, companion in plan:

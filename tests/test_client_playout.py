@@ -496,9 +496,7 @@ async def test_the_prediction_follows_the_jitter_buffer_between_onsets(rig: Rig)
     await rig.clock.advance_to(rig.clock.now + 0.5)  # the device has played it
     rig.report(rig.device_onsets()[-1:])
     assert rig.cp.path_delay() == pytest.approx(0.25, abs=2e-4)
-    await rig.clock.advance_to(s1 + 0.25 + 0.5)
-    jb(40.0)  # the second around the onset's device time
-    await rig.clock.advance_to(rig.clock.now + 1.0)
+    await rig.clock.advance_to(s1 + 0.25 + 2.0)
     jb(42.0)  # within the noise of a reading: moves it by as much, no more
     assert rig.cp.path_delay() == pytest.approx(0.252, abs=2e-4)
     jb(140.0)
@@ -537,11 +535,34 @@ async def test_the_jitter_buffer_at_a_match_is_read_between_the_readings_around_
     await rig.clock.advance_to(at + 0.9)
     _jb(rig, 100.0)  # dated 0.4 s after the onset's device time
     mid_after = comp.jb_readings[-1][0]
-    assert mid_before < at < mid_after
-    then = 40.0 + 60.0 * (at - mid_before) / (mid_after - mid_before)
+    assert mid_before < mid_after - 1.0 < at < mid_after
+    # the poll a second before it had read within 10 ms of 40 (else it had sent it): from
+    # there the delay rose to 100 at the reading's own time
+    then = 40.0 + 60.0 * (at - (mid_after - 1.0))
     await rig.clock.advance_to(rig.clock.now + 1.0)
     _jb(rig, 170.0)
     assert rig.cp.path_delay() == pytest.approx(0.33 + (170.0 - then) / 1000, abs=2e-4)
+
+
+def test_between_sparse_readings_the_jitter_buffer_held_until_a_second_before_the_later() -> None:
+    """The companion sends a reading only when it moved 10 ms or more: 20 s without one means
+    the delay held, and a delay matched 1.5 s before the next reading is moved by the whole
+    change, not by a line drawn across the 20 s. Before the first reading kept: unknown."""
+    comp = client_playout._service._Companion(
+        identity="user",
+        sid="s",
+        path="own-graph",
+        limiter=None,  # type: ignore[arg-type]
+    )
+    comp.add_jb(0.040, 5.0)
+    comp.add_jb(0.160, 25.5)
+    assert comp.jb_at(4.0) is None
+    assert comp.jb_at(24.0) == pytest.approx(0.040)
+    assert comp.jb_at(24.5) == pytest.approx(0.040)
+    assert comp.jb_at(25.0) == pytest.approx(0.100)
+    assert comp.jb_at(26.0) == pytest.approx(0.160)
+    comp.add_jb(0.100, 26.0)  # the next poll: half a second apart, a line between them
+    assert comp.jb_at(25.75) == pytest.approx(0.130)
 
 
 async def test_a_companion_that_sends_no_jitter_buffer_reading_is_predicted_as_before(

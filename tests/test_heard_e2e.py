@@ -637,3 +637,14 @@ def test_b8_runs_more_sessions_of_the_profiles_a_verdict_needs() -> None:
     for bad in (["step=3"], ["flat-20"], ["flat-20=x"]):
         with pytest.raises(ValueError, match="NAME=N"):
             sessions(3, bad)
+
+
+def test_b8_does_not_run_into_a_directory_of_earlier_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from e2e.bench import main
+
+    (tmp_path / "flat-20-7.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--runs", "1"])
+    assert "already holds runs' JSON" in capsys.readouterr().err

@@ -9,12 +9,13 @@
 // that the worklet loads from its Blob URL, that every gate opening is reported once with its
 // gap, dated consistently at the output (spread < 2 ms; 5 ms for the fallback dating), and that the element is muted while
 // the own graph plays and restored by stop(). The end-to-end accuracy is scripts/heard-e2e's.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import http from 'node:http';
-import { readFileSync, existsSync, mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
+import { readFileSync, existsSync, mkdtempSync, mkdirSync, writeFileSync, rmSync, openSync, closeSync, constants } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import { chromium } from 'playwright-core';
 import puppeteer from 'puppeteer-core';
 
@@ -47,37 +48,73 @@ const RECORDING_TOLERANCE_MS = (mode) =>
  * Records the null sink's monitor (48 kHz mono s16) with parec and places it on the clock as
  * e2e/recorder.py does: each read of one whole block arrived no earlier than the block was
  * rendered, so `arrival - samples before it / rate` bounds the recording's start from above;
- * the smallest bound of each 2 s of blocks is that stretch's start.
+ * the smallest bound of each window of blocks is that stretch's start. As in `local_starts`
+ * there, a window spans at least 2 s and holds at least 50 one-block reads (it grows until it
+ * has them), and a short rest joins the last: a window of two or three reads gave a bound
+ * late by up to 12 ms, which tilted the line between the anchors.
  */
-function startRecording(env) {
+// Reads parec's output through a FIFO with blocking reads on a thread of its own, each stamped
+// as it returns, as e2e/recorder.py does: on the main thread, whose event loop also serves the
+// browsers, reads came late and in pieces of any size, and few were one whole block.
+const READER = `
+const { parentPort, workerData } = require('node:worker_threads');
+const fs = require('node:fs');
+const fd = fs.openSync(workerData.fifo, 'r');
+const chunks = [];
+const reads = [];
+let total = 0;
+for (;;) {
+  const buf = Buffer.allocUnsafe(65536);
+  const n = fs.readSync(fd, buf, 0, buf.length, null);
+  const now = performance.timeOrigin + performance.now();
+  if (n <= 0) break;
+  chunks.push(buf.subarray(0, n));
+  reads.push([now, total / 2, (total + n) / 2]);
+  total += n;
+}
+fs.closeSync(fd);
+parentPort.postMessage({ pcm: Buffer.concat(chunks), reads });
+`;
+
+function startRecording(env, dir) {
   const RATE = 48000;
-  const proc = spawn('parec', ['-d', 'out.monitor', '--raw', '--format=s16le', `--rate=${RATE}`, '--channels=1', '--latency-msec=5'], { env, stdio: ['ignore', 'pipe', 'ignore'] });
-  const chunks = [];
-  const reads = [];
-  let total = 0;
-  proc.stdout.on('data', (d) => {
-    const now = performance.timeOrigin + performance.now();
-    chunks.push(d);
-    reads.push([now, total / 2, (total + d.length) / 2]);
-    total += d.length;
+  const fifo = join(dir, 'monitor.fifo');
+  execFileSync('mkfifo', [fifo]);
+  // read-write: opening does not wait for a reader, and the reader's open does not wait
+  const wfd = openSync(fifo, constants.O_RDWR);
+  const worker = new Worker(READER, { eval: true, workerData: { fifo } });
+  const recorded = new Promise((resolve, reject) => {
+    worker.once('message', resolve);
+    worker.once('error', reject);
   });
+  const proc = spawn('parec', ['-d', 'out.monitor', '--raw', '--format=s16le', `--rate=${RATE}`, '--channels=1', '--latency-msec=5'], { env, stdio: ['ignore', wfd, 'ignore'] });
   return {
-    stop() {
+    async stop() {
       proc.kill();
-      const buf = Buffer.concat(chunks);
+      await new Promise((r) => (proc.exitCode !== null || proc.signalCode !== null ? r() : proc.once('exit', r)));
+      closeSync(wfd); // the last writer: the reader sees the end
+      const { pcm: buf, reads } = await recorded;
       const pcm = new Int16Array(buf.buffer, buf.byteOffset, Math.floor(buf.length / 2));
       const sizes = new Map();
       for (const [, a, b] of reads) sizes.set(b - a, (sizes.get(b - a) ?? 0) + 1);
       const block = [...sizes.entries()].sort((x, y) => y[1] - x[1])[0][0];
-      const windows = new Map();
-      for (const [t, a, b] of reads) {
-        if (b - a !== block) continue;
-        const k = Math.floor(a / (2 * RATE));
-        const bound = t - (a / RATE) * 1000;
-        const w = windows.get(k);
-        if (!w || bound < w[1]) windows.set(k, [a, bound]);
+      const MIN_BLOCKS = 50;
+      const blocks = reads
+        .filter(([, a, b]) => b - a === block)
+        .map(([t, a]) => [a, t - (a / RATE) * 1000])
+        .sort((x, y) => x[0] - y[0]);
+      const windows = [];
+      let cur = [];
+      for (const it of blocks) {
+        if (cur.length >= MIN_BLOCKS && it[0] - cur[0][0] >= 2 * RATE) {
+          windows.push(cur);
+          cur = [];
+        }
+        cur.push(it);
       }
-      const anchors = [...windows.values()].sort((x, y) => x[0] - y[0]);
+      if (cur.length && windows.length && cur.length < MIN_BLOCKS) windows.at(-1).push(...cur);
+      else if (cur.length) windows.push(cur);
+      const anchors = windows.map((w) => w.reduce((m, x) => (x[1] < m[1] ? x : m)));
       const timeOf = (n) => {
         if (anchors.length === 1) return anchors[0][1] + (n / RATE) * 1000;
         let i = anchors.findIndex(([m]) => m > n);
@@ -106,7 +143,7 @@ async function startPulse() {
   const socket = join(dir, 'pulse', 'native');
   const conf = join(dir, 'config');
   mkdirSync(conf, { recursive: true });
-  writeFileSync(join(conf, 'daemon.conf'), 'default-sample-rate = 48000\n');
+  writeFileSync(join(conf, 'daemon.conf'), 'default-sample-rate = 48000\nalternate-sample-rate = 48000\n');
   const env = { ...process.env, XDG_RUNTIME_DIR: dir, PULSE_SERVER: `unix:${socket}` };
   const proc = spawn('pulseaudio', ['-n', '--daemonize=no', '--exit-idle-time=-1', '--disallow-exit',
     '--load=module-null-sink sink_name=out rate=48000 channels=1', `--load=module-native-protocol-unix socket=${socket}`,
@@ -119,7 +156,7 @@ async function startPulse() {
     await Promise.race([new Promise((r) => setTimeout(r, 100)), failed]);
   }
   if (!existsSync(socket)) throw new Error('pulseaudio did not start within 10 s');
-  return { env, stop: () => { proc.kill(); rmSync(dir, { recursive: true, force: true }); } };
+  return { env, dir, stop: () => { proc.kill(); rmSync(dir, { recursive: true, force: true }); } };
 }
 
 const DIST = fileURLToPath(new URL('../dist', import.meta.url));
@@ -168,11 +205,10 @@ window.run = async (mode) => {
   const calls = [];
   const agent = { identity: 'agent', kind: 4, attributes: {}, trackPublications: new Map([['T', { kind: 'audio', track }]]) };
   const room = new Emitter();
-  const off = 12345678;
   Object.assign(room, { options: { webAudioMix: mode === 'plugin' }, remoteParticipants: new Map([['agent', agent]]),
     localParticipant: { performRpc: async ({ method, payload }) => { const b = JSON.parse(payload); calls.push({ method, b, at: performance.timeOrigin + performance.now() });
       if (method.endsWith('hello')) return JSON.stringify({ v: 1, thr: 0.01, gap_ms: 200, sync_s: 10, max_onsets: 8 });
-      if (method.endsWith('sync')) { const t = performance.timeOrigin + performance.now() + off; return JSON.stringify({ q: b.q, t1: t, t2: t }); }
+      if (method.endsWith('sync')) return JSON.stringify({ q: b.q, dt: 0 });
       return ''; } } });
   const errors = [];
   // 'suspended': our context starts suspended (autoplay policy): the element must keep
@@ -225,7 +261,7 @@ if (browserName === 'firefox' && !havePulse && !process.env.PULSE_SERVER) {
   process.exit(1);
 }
 const pulse = havePulse ? await startPulse() : undefined;
-const recording = pulse ? startRecording(pulse.env) : undefined;
+const recording = pulse ? startRecording(pulse.env, pulse.dir) : undefined;
 let browser;
 if (browserName === 'firefox') {
   browser = await puppeteer.launch({
@@ -283,7 +319,7 @@ for (const mode of ['own-graph', 'plugin', 'latency', 'forced-latency', 'suspend
 await browser.close();
 if (recording) {
   // each reported device time against the onset the recording shows (same detector)
-  const truth = recording.stop();
+  const truth = await recording.stop();
   const errs = {};
   for (const r of allReports) {
     const near = truth.reduce((a, b) => (Math.abs(b - r.t) < Math.abs(a - r.t) ? b : a), Infinity);

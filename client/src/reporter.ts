@@ -21,6 +21,7 @@ import {
   type ReportedOnset,
   type ReportRequest,
   SYNC,
+  type SyncReply,
   type SyncRequest,
   type TapPath,
 } from './protocol.js';
@@ -116,7 +117,7 @@ const MAX_SYNC_FAILURES = 3;
 // before the sync that carries it, as the agent dates it (other syncs carry no jb).
 const JB_POLL_MS = 1000;
 const JB_STEP_MS = 10;
-// ms of 1 ms levels kept for the agent's levels requests (it asks within about a second)
+// ms of 1 ms bins kept for the agent's levels requests (it asks within about a second)
 const LEVEL_RING_MS = 8192;
 
 /** Where RPC methods are registered: the Room from livekit-client 2.9, else localParticipant. */
@@ -163,6 +164,8 @@ class Reporter implements PlayoutReporter {
   private rehellos = 0; // survives reset(): the backoff of re-hellos after refused syncs
   private sentJb: number | undefined;
   private lastPath: ReceivePath | undefined; // the jitter buffer poll's latest reading
+  private readTap: Tap | undefined; // the tap last read, and when
+  private readAt: number | undefined;
   private stopped = false;
   readonly stats: PlayoutReporterStats = {
     path: null,
@@ -312,6 +315,7 @@ class Reporter implements PlayoutReporter {
   }
 
   private closeTap(): void {
+    this.lastPath = undefined; // the next tap reads its own
     if (this.tap) {
       try {
         this.tap.close();
@@ -390,8 +394,9 @@ class Reporter implements PlayoutReporter {
     for (let i = 0; i < STARTUP_SYNCS; i++) {
       this.later(() => void this.sync(epoch), i * STARTUP_SYNC_INTERVAL_MS);
     }
-    this.later(() => this.syncForever(epoch), STARTUP_SYNCS * STARTUP_SYNC_INTERVAL_MS);
+    // the poll first: a sync due at the same moment then takes its reading
     this.later(() => void this.watchJitterBuffer(epoch), JB_POLL_MS);
+    this.later(() => this.syncForever(epoch), STARTUP_SYNCS * STARTUP_SYNC_INTERVAL_MS);
     await this.tapIfReady();
   }
 
@@ -399,13 +404,23 @@ class Reporter implements PlayoutReporter {
     if (epoch !== this.epoch || !this.params) return;
     this.later(() => void this.watchJitterBuffer(epoch), JB_POLL_MS);
     if (!this.tap || !this.tap.valid) return;
-    const path = await this.tap.receivePath();
+    // the reading averages the interval since the tap's previous one: a tap's first covers
+    // its track's life, and one soon after a sync's own read covers a moment
+    const previous = this.readTap === this.tap ? this.readAt : undefined;
+    const path = await this.readPath(this.tap);
     if (epoch !== this.epoch) return;
     this.lastPath = path;
+    if (previous === undefined || this.readAt! - previous < JB_POLL_MS * 0.9) return;
     if (path.jb === undefined || !Number.isFinite(path.jb)) return;
     if (this.sentJb === undefined || Math.abs(path.jb - this.sentJb) >= JB_STEP_MS) {
       await this.sync(epoch, path);
     }
+  }
+
+  private async readPath(tap: Tap): Promise<ReceivePath> {
+    this.readTap = tap;
+    this.readAt = this.deps.now();
+    return tap.receivePath();
   }
 
   private syncForever(epoch: number): void {
@@ -419,7 +434,7 @@ class Reporter implements PlayoutReporter {
     void this.tapIfReady(); // a track that could not be tapped yet, or a replaced graph
     // a sync between polls takes the poll's reading: a read of its own would cut the poll's
     // second short (before the first poll, the syncs after hello read for themselves)
-    const path = read ?? this.lastPath ?? (this.tap ? await this.tap.receivePath() : {});
+    const path = read ?? this.lastPath ?? (this.tap ? await this.readPath(this.tap) : {});
     await this.enqueue(async () => {
       if (epoch !== this.epoch) return;
       const q = ++this.q;
@@ -433,9 +448,9 @@ class Reporter implements PlayoutReporter {
       if (!read && path.net !== undefined && Number.isFinite(path.net)) req.net = clamp(path.net);
       // jb only from the poll (`read`): the agent dates it to the second before t0
       if (read && path.jb !== undefined && Number.isFinite(path.jb)) req.jb = clamp(path.jb);
-      let text: string;
+      let reply: SyncReply;
       try {
-        text = await this.rpc(SYNC, req);
+        reply = parseSyncReply(await this.rpc(SYNC, req));
       } catch (err) {
         // an agent that restarted (same identity) knows no hello: after a few refused syncs
         // in a row, start over with a new hello
@@ -453,7 +468,6 @@ class Reporter implements PlayoutReporter {
       this.syncFailures = 0;
       this.rehellos = 0;
       if (req.jb !== undefined) this.sentJb = req.jb;
-      const reply = parseSyncReply(text);
       const t3 = r1(this.deps.now());
       if (epoch !== this.epoch || reply.q !== q) return;
       this.stats.syncs += 1;

@@ -64,7 +64,7 @@ export interface TapOptions {
   gapSeconds: number;
   /** 1 ms bins of each onset's envelope (the agent's `env_bins`); 0: none. */
   envelopeBins?: number;
-  /** ms of 1 ms levels the worklet keeps for `levels()`; 0: none. */
+  /** ms of 1 ms bins the worklet keeps for `levels()`; 0: none. */
   levelBins?: number;
 }
 

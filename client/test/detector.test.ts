@@ -219,7 +219,7 @@ test('with levelBins the worklet answers levels requests from its ring', () => {
   assert.deepEqual(plain(posted.at(-1)), { type: 'levels', id: 7, from: 1010, lv: 'AAA7' + '8'.repeat(12) });
   proc.port.onmessage({ data: { type: 'levels', id: 8, from: 5000, n: 10 } });
   assert.deepEqual(plain(posted.at(-1)), { type: 'levels', id: 8, from: null, lv: '' });
-  // 2 ms levels: 1010-1011 and 1012-1013 hold silence, then a third of 1013 silent
+  // 2 ms levels: 1010-1011 silent, 1012-1013 silent but for two thirds of 1013, then sound
   proc.port.onmessage({ data: { type: 'levels', id: 9, from: 1010, n: 100, w: 2 } });
   assert.deepEqual(plain(posted.at(-1)), { type: 'levels', id: 9, from: 1010, lv: 'A5' + '8'.repeat(6) });
 });

@@ -302,7 +302,10 @@ test("onsets carry their envelope when the agent asks for one, and not to an old
 test('a change of the jitter buffer delay is sent at once, in a sync; no change sends nothing', async () => {
   const { reporter, tap } = await startWithAgent();
   tap.jb = 40;
-  await timers.advance(1500); // startup syncs, then the first reading: sent, none sent yet
+  await timers.advance(1500);
+  // the first poll (1 s) read 250 ms after the last startup sync read: too short to send
+  assert.equal(room.of(SYNC).filter((c) => c.body['jb'] !== undefined).length, 0);
+  await timers.advance(1000); // the second one read over a whole second: sent, none sent yet
   const first = room.of(SYNC).filter((c) => c.body['jb'] !== undefined);
   assert.ok(first.length >= 1);
   assert.equal(first.at(-1)!.body['jb'], 40);
@@ -334,11 +337,14 @@ test("a sync reply carries the agent's hold time; the round trip leaves it out",
   await timers.advance(300);
   assert.ok(reporter.stats.syncs >= 1);
   assert.equal(reporter.stats.lastRttMs, -0.4); // the fake RPC answers at once: t3 == t0
-  // a reply of another shape (t1 and t2, no dt): the sync failed, nothing is taken from it
+  // a reply of another shape (t1 and t2, no dt): the sync failed, nothing is taken from it,
+  // and after three such, as after three refusals, the companion says hello again
   const n = reporter.stats.syncs;
+  const hellos = room.of(HELLO).length;
   room.syncReply = (body) => JSON.stringify({ q: body['q'], t1: 5, t2: 5 });
-  await timers.advance(10_000);
+  await timers.advance(30_000);
   assert.equal(reporter.stats.syncs, n);
+  assert.ok(room.of(HELLO).length > hellos);
   reporter.stop();
 });
 

@@ -151,35 +151,41 @@ class _Companion:
     net: float | None = None
     jb: float | None = None  # the latest reading
     # the readings, each at the middle of the second it averages (agent clock)
-    jb_readings: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=16))
+    jb_readings: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=64))
     levels: bool = False  # it serves LEVELS
     delays: deque[float] = field(default_factory=lambda: deque(maxlen=DELAY_MEDIAN_OF))
-    # the device time at which each of `delays` was measured
+    # the device time at which each of `delays` was measured, and the reading at hand then
     delay_at: deque[float] = field(default_factory=lambda: deque(maxlen=DELAY_MEDIAN_OF))
+    delay_jb: deque[float | None] = field(default_factory=lambda: deque(maxlen=DELAY_MEDIAN_OF))
 
     def add_delay(self, delay: float, at: float) -> None:
         self.delays.append(delay)
         self.delay_at.append(at)
+        self.delay_jb.append(self.jb)
 
     def clear_delays(self) -> None:
         self.delays.clear()
         self.delay_at.clear()
+        self.delay_jb.clear()
 
     def add_jb(self, jb: float, at: float) -> None:
         self.jb = jb
         self.jb_readings.append((at, jb))
 
     def jb_at(self, t: float) -> float | None:
-        """The jitter buffer's delay at agent time ``t``, between the readings around it (the
-        nearest one outside them)."""
+        """The jitter buffer's delay at agent time ``t`` from the readings around it; None
+        before the first one kept."""
         r = sorted(self.jb_readings)
-        if not r:
+        if not r or t < r[0][0]:
             return None
-        if t <= r[0][0]:
-            return r[0][1]
         for (t0, j0), (t1, j1) in pairwise(r):
             if t <= t1:
-                return j0 + (j1 - j0) * (t - t0) / (t1 - t0) if t1 > t0 else j1
+                # a reading is sent only when it moved 10 ms or more: the delay held until
+                # the poll a second before the later one (its reading unsent), then moved
+                ramp = max(t0, t1 - JB_WINDOW)
+                if t <= ramp:
+                    return j0
+                return j0 + (j1 - j0) * (t - ramp) / (t1 - ramp)
         return r[-1][1]
 
     # device onsets no agent onset matched yet: (device time, gap, envelope), for re-acquisition
@@ -373,8 +379,9 @@ class ClientPlayout(_SessionFollower):
             # before, and after a step it rose 60 ms in that second.
             jb = comp.jb
             moved = []
-            for d, at in zip(comp.delays, comp.delay_at, strict=True):
+            for d, at, held in zip(comp.delays, comp.delay_at, comp.delay_jb, strict=True):
                 then = comp.jb_at(at)
+                then = held if then is None else then  # readings from before it dropped
                 moved.append(d + (jb - then) if jb is not None and then is not None else d)
             return statistics.median(moved)
         unc = comp.clock.uncertainty
@@ -618,7 +625,7 @@ class ClientPlayout(_SessionFollower):
         # plays at a_d + (start - g0 - i / rate)
         i_est = round((a_d - est + rec.start - g0) * rate)
         span = round(LEVELS_SEARCH * rate)
-        fit = levels_fit(amp, rate, levels.levels, i_est - span, i_est + span)
+        fit = levels_fit(amp, rate, levels.levels, i_est - span, i_est + span, LEVELS_WIDTH_MS)
         if (
             fit is None
             or fit.score < MIN_ENVELOPE_SCORE
