@@ -530,7 +530,7 @@ async def test_the_jitter_buffer_at_a_match_is_read_between_the_readings_around_
     assert rig.cp.path_delay() == pytest.approx(0.33, abs=2e-4)
     comp = rig.cp._companion
     assert comp is not None
-    at = comp.delay_at[-1]  # the onset's device time
+    at = comp.matches[-1].at  # the onset's device time
     mid_before = comp.jb_readings[-1][0]
     await rig.clock.advance_to(at + 0.9)
     _jb(rig, 100.0)  # dated 0.4 s after the onset's device time
@@ -1278,7 +1278,7 @@ def test_levels_line_up_with_the_agents_audio_to_the_sample() -> None:
         assert fit is not None
         assert fit.index == pytest.approx(i0, abs=2)
         assert fit.score > 0.99 and fit.score - fit.runner_up > 0.005
-    assert levels_fit(x, SR, "A" * 115, 0, 1000) is None  # silence places nothing
+    assert levels_fit(x, SR, "A" * 115, 0, 1000, 2) is None  # silence places nothing
 
 
 class _Device:

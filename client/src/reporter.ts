@@ -310,7 +310,6 @@ class Reporter implements PlayoutReporter {
     this.helloAttempts = 0;
     this.syncFailures = 0;
     this.sentJb = undefined;
-    this.lastPath = undefined;
     this.stats.path = null;
   }
 

@@ -180,7 +180,7 @@ def levels_fit(
     levels: str,
     lo: int,
     hi: int,
-    width_ms: int = LEVELS_WIDTH_MS,
+    width_ms: int,
 ) -> LevelsFit | None:
     """Slide the device's levels of ``width_ms`` each (``levels``, the envelope encoding)
     over the agent's amplitudes ``amp``, their first bin starting at each sample index from

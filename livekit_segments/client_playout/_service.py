@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -138,6 +138,14 @@ def _loop_timer(clock: Callable[[], float]) -> Timer:
     return call_at
 
 
+class _Match(NamedTuple):
+    """A matched path delay."""
+
+    delay: float
+    at: float  # the device time at which it was measured
+    jb: float | None  # the jitter buffer reading at hand then
+
+
 @dataclass
 class _Companion:
     identity: str
@@ -153,20 +161,18 @@ class _Companion:
     # the readings, each at the middle of the second it averages (agent clock)
     jb_readings: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=64))
     levels: bool = False  # it serves LEVELS
-    delays: deque[float] = field(default_factory=lambda: deque(maxlen=DELAY_MEDIAN_OF))
-    # the device time at which each of `delays` was measured, and the reading at hand then
-    delay_at: deque[float] = field(default_factory=lambda: deque(maxlen=DELAY_MEDIAN_OF))
-    delay_jb: deque[float | None] = field(default_factory=lambda: deque(maxlen=DELAY_MEDIAN_OF))
+    matches: deque[_Match] = field(default_factory=lambda: deque(maxlen=DELAY_MEDIAN_OF))
+
+    @property
+    def delays(self) -> list[float]:
+        """The last matched path delays, oldest first."""
+        return [m.delay for m in self.matches]
 
     def add_delay(self, delay: float, at: float) -> None:
-        self.delays.append(delay)
-        self.delay_at.append(at)
-        self.delay_jb.append(self.jb)
+        self.matches.append(_Match(delay, at, self.jb))
 
     def clear_delays(self) -> None:
-        self.delays.clear()
-        self.delay_at.clear()
-        self.delay_jb.clear()
+        self.matches.clear()
 
     def add_jb(self, jb: float, at: float) -> None:
         self.jb = jb
@@ -379,7 +385,7 @@ class ClientPlayout(_SessionFollower):
             # before, and after a step it rose 60 ms in that second.
             jb = comp.jb
             moved = []
-            for d, at, held in zip(comp.delays, comp.delay_at, comp.delay_jb, strict=True):
+            for d, at, held in comp.matches:
                 then = comp.jb_at(at)
                 then = held if then is None else then  # readings from before it dropped
                 moved.append(d + (jb - then) if jb is not None and then is not None else d)
