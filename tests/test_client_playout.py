@@ -531,10 +531,10 @@ async def test_the_jitter_buffer_at_a_match_is_read_between_the_readings_around_
     comp = rig.cp._companion
     assert comp is not None
     at = comp.matches[-1].at  # the onset's device time
-    mid_before = comp.jb_readings[-1][0]
+    mid_before = comp.jb.points[-1][0]
     await rig.clock.advance_to(at + 0.9)
     _jb(rig, 100.0)  # dated 0.4 s after the onset's device time
-    mid_after = comp.jb_readings[-1][0]
+    mid_after = comp.jb.points[-1][0]
     assert mid_before < mid_after - 1.0 < at < mid_after
     # the poll a second before it had read within 10 ms of 40 (else it had sent it): from
     # there the delay rose to 100 at the reading's own time
@@ -548,21 +548,87 @@ def test_between_sparse_readings_the_jitter_buffer_held_until_a_second_before_th
     """The companion sends a reading only when it moved 10 ms or more: 20 s without one means
     the delay held, and a delay matched 1.5 s before the next reading is moved by the whole
     change, not by a line drawn across the 20 s. Before the first reading kept: unknown."""
-    comp = client_playout._service._Companion(
-        identity="user",
-        sid="s",
-        path="own-graph",
-        limiter=None,  # type: ignore[arg-type]
-    )
-    comp.add_jb(0.040, 5.0)
-    comp.add_jb(0.160, 25.5)
-    assert comp.jb_at(4.0) is None
-    assert comp.jb_at(24.0) == pytest.approx(0.040)
-    assert comp.jb_at(24.5) == pytest.approx(0.040)
-    assert comp.jb_at(25.0) == pytest.approx(0.100)
-    assert comp.jb_at(26.0) == pytest.approx(0.160)
-    comp.add_jb(0.100, 26.0)  # the next poll: half a second apart, a line between them
-    assert comp.jb_at(25.75) == pytest.approx(0.130)
+    jb = client_playout._service._Readings()
+    jb.add(0.040, 5.0)
+    jb.add(0.160, 25.5)
+    assert jb.at(4.0) is None
+    assert jb.at(24.0) == pytest.approx(0.040)
+    assert jb.at(24.5) == pytest.approx(0.040)
+    assert jb.at(25.0) == pytest.approx(0.100)
+    assert jb.at(26.0) == pytest.approx(0.160)
+    jb.add(0.100, 26.0)  # the next poll: half a second apart, a line between them
+    assert jb.at(25.75) == pytest.approx(0.130)
+    assert jb.latest == pytest.approx(0.100)
+
+
+def _ad(rig: Rig, ms: float, missed: int, jb: float | None = None) -> None:
+    """A sync with the audio the jitter buffer added so far (and packets missed), at now."""
+    rig.q += 1
+    payload: dict[str, object] = {
+        "v": 1,
+        "q": rig.q,
+        "t0": rig.client_ms(rig.clock.now),
+        "ad": [ms, missed],
+    }
+    if jb is not None:
+        payload["jb"] = jb
+    rig.call(client_playout.SYNC, payload)
+
+
+async def test_the_prediction_follows_the_audio_the_jitter_buffer_added(rig: Rig) -> None:
+    """A step of the network delay: the packets come 140 ms later, NetEq conceals and
+    stretches until they come, and the device plays on with 140 ms more delay. Its buffer's
+    delay (`jb`) is back where it was; the audio it added (`ad`) shows all of it, and the
+    next response is predicted with it (B8's step sessions: 5-20 ms early with `jb`)."""
+    rig.hello()
+    rig.sync()
+    _ad(rig, 54.0, 3, jb=40.0)
+    rig.delay = 0.18
+    h = rig.handle()
+    await rig.speak(h, (0.0, 0.3), (0.3, 0.2))
+    await rig.clock.advance_to(rig.clock.now + 0.5)  # the device has played it
+    rig.report(rig.device_onsets()[-1:])
+    assert rig.cp.path_delay() == pytest.approx(0.18, abs=2e-4)
+    await rig.clock.advance_to(rig.clock.now + 3.0)
+    _ad(rig, 194.0, 3, jb=45.0)  # 140 ms made up, no packet missed; jb 5 ms more
+    assert rig.cp.path_delay() == pytest.approx(0.32, abs=2e-4)
+    rig.delay = 0.32
+    h2 = rig.handle()
+    v = client_playout.heard(h2)
+    s2 = await rig.speak(h2, (0.0, 0.3), (0.3, 0.2))
+    assert v.result().how == "predicted"
+    assert v.result().at == pytest.approx(s2 + 0.32, abs=2e-4)
+
+
+async def test_with_packets_missed_the_prediction_follows_the_jitter_buffer_delay(
+    rig: Rig,
+) -> None:
+    """Concealment that stands in for a lost packet moves no delay: across readings whose
+    missed packets differ, `ad` is not used, `jb` is."""
+    rig.hello()
+    rig.sync()
+    _ad(rig, 54.0, 3, jb=40.0)
+    rig.delay = 0.18
+    h = rig.handle()
+    await rig.speak(h, (0.0, 0.3), (0.3, 0.2))
+    await rig.clock.advance_to(rig.clock.now + 0.5)
+    rig.report(rig.device_onsets()[-1:])
+    await rig.clock.advance_to(rig.clock.now + 3.0)
+    _ad(rig, 94.0, 7, jb=52.0)  # four packets lost: 40 ms concealed for them
+    assert rig.cp.path_delay() == pytest.approx(0.192, abs=2e-4)
+    # a match after the losses: ad counts again from there
+    rig.delay = 0.192
+    h2 = rig.handle()
+    await rig.speak(h2, (0.0, 0.3), (0.3, 0.2))
+    await rig.clock.advance_to(rig.clock.now + 0.5)
+    rig.report(rig.device_onsets()[-1:])
+    await rig.clock.advance_to(rig.clock.now + 3.0)
+    _ad(rig, 114.0, 7)  # 20 ms added with none missed
+    comp = rig.cp._companion
+    assert comp is not None
+    # the older match still crosses the losses (jb: +12 ms); the newer one moves by ad
+    assert sorted(round(d, 4) for d in comp.delays) == [0.18, 0.192]
+    assert rig.cp.path_delay() == pytest.approx(0.202, abs=2e-4)
 
 
 async def test_a_companion_that_sends_no_jitter_buffer_reading_is_predicted_as_before(
@@ -718,6 +784,12 @@ async def test_without_a_linked_participant_nobody_is_accepted() -> None:
         ("report", {"v": 1, "q": True, "o": [[1, 2]]}, "malformed"),
         ("sync", {"v": 1, "q": 99, "t0": "soon"}, "malformed"),
         ("sync", {"v": 1, "q": 99, "t0": 1, "prev": [1]}, "malformed"),
+        ("sync", {"v": 1, "q": 99, "t0": 1, "ad": 12.5}, "malformed"),
+        ("sync", {"v": 1, "q": 99, "t0": 1, "ad": [12.5]}, "malformed"),
+        ("sync", {"v": 1, "q": 99, "t0": 1, "ad": [12.5, 1.5]}, "malformed"),
+        ("sync", {"v": 1, "q": 99, "t0": 1, "ad": [12.5, True]}, "malformed"),
+        ("sync", {"v": 1, "q": 99, "t0": 1, "ad": [2e7, 1]}, "malformed"),
+        ("sync", {"v": 1, "q": 99, "t0": 1, "ad": ["12", 1]}, "malformed"),
         ("hello", {"v": 1, "sid": "short", "path": "plugin"}, "malformed"),
         ("hello", {"v": 1, "sid": "abcdefghij", "path": "ears"}, "malformed"),
         ("hello", {"v": 1, "sid": "abcdefghij", "path": "plugin", "lv": 2}, "malformed"),

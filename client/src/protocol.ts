@@ -71,6 +71,11 @@ export interface SyncRequest {
   /** jitter buffer delay over the interval since the previous reading, ms (rx without the
    * output latency): the agent moves its path delay by its changes */
   jb?: number;
+  /** at t0: [ms of audio the jitter buffer has added to its playout (made up less dropped),
+   * packets missed (lost or discarded)], both cumulative from any origin: between readings
+   * with the same count the agent moves its path delay by the ms' change, in place of jb's
+   * (docs/client-playout.md, "ad") */
+  ad?: [number, number];
 }
 
 export interface SyncReply {

@@ -117,6 +117,14 @@ const MAX_SYNC_FAILURES = 3;
 // before the sync that carries it, as the agent dates it (other syncs carry no jb).
 const JB_POLL_MS = 1000;
 const JB_STEP_MS = 10;
+// The same poll sends the audio the jitter buffer added (`ad`, tap.ts addedDelay) when it moved
+// this much: an instant reading of exact counters, so a smaller step than jb's. Across a missed
+// packet its change is no use to the agent (concealment for a lost packet moves no delay):
+// after one it is sent for a move only once AD_QUIET_MS passed with none missed (with 1 %
+// loss most seconds miss one, and those syncs would be waste); every jb sync carries it.
+const AD_STEP_MS = 5;
+const AD_QUIET_MS = 2000;
+const AD_MAX_MS = 1e7;
 // ms of 1 ms bins kept for the agent's levels requests (it asks within about a second)
 const LEVEL_RING_MS = 8192;
 
@@ -163,6 +171,14 @@ class Reporter implements PlayoutReporter {
   private syncFailures = 0;
   private rehellos = 0; // survives reset(): the backoff of re-hellos after refused syncs
   private sentJb: number | undefined;
+  private sentAd: [number, number] | undefined;
+  // `ad` continues across taps: a new track's counters start from nothing, so its readings
+  // are shifted to take up where the last tap's left off, with one more missed packet: the
+  // agent cannot know how the delay moved at the switch
+  private adTap: Tap | undefined;
+  private adShift: [number, number] = [0, 0];
+  private adLast: [number, number] | undefined;
+  private missedSince: [number, number] | undefined; // missed packets, and since when
   private lastPath: ReceivePath | undefined; // the jitter buffer poll's latest reading
   private readTap: Tap | undefined; // the tap last read, and when
   private readAt: number | undefined;
@@ -310,6 +326,9 @@ class Reporter implements PlayoutReporter {
     this.helloAttempts = 0;
     this.syncFailures = 0;
     this.sentJb = undefined;
+    this.sentAd = undefined;
+    this.adLast = undefined;
+    this.missedSince = undefined;
     this.stats.path = null;
   }
 
@@ -409,17 +428,39 @@ class Reporter implements PlayoutReporter {
     const path = await this.readPath(this.tap);
     if (epoch !== this.epoch) return;
     this.lastPath = path;
-    if (previous === undefined || this.readAt! - previous < JB_POLL_MS * 0.9) return;
-    if (path.jb === undefined || !Number.isFinite(path.jb)) return;
-    if (this.sentJb === undefined || Math.abs(path.jb - this.sentJb) >= JB_STEP_MS) {
-      await this.sync(epoch, path);
-    }
+    // jb averages the interval since the previous read: not over a whole second, not sent
+    const jbOk =
+      previous !== undefined &&
+      this.readAt! - previous >= JB_POLL_MS * 0.9 &&
+      path.jb !== undefined &&
+      Number.isFinite(path.jb);
+    const jb = jbOk ? path.jb : undefined;
+    const jbMoved = jb !== undefined && (this.sentJb === undefined || Math.abs(jb - this.sentJb) >= JB_STEP_MS);
+    const ad = path.ad;
+    const sent = this.sentAd;
+    const quiet = (m: number) => m === sent?.[1] || this.readAt! - this.missedSince![1] >= AD_QUIET_MS;
+    const adMoved = ad !== undefined && (sent === undefined || (Math.abs(ad[0] - sent[0]) >= AD_STEP_MS && quiet(ad[1])));
+    if (jbMoved || adMoved) await this.sync(epoch, { ...path, jb });
   }
 
   private async readPath(tap: Tap): Promise<ReceivePath> {
     this.readTap = tap;
     this.readAt = this.deps.now();
-    return tap.receivePath();
+    const path = await tap.receivePath();
+    const ad = path.ad;
+    if (ad !== undefined && ad.every(Number.isFinite)) {
+      if (this.adTap !== tap) {
+        const last = this.adLast;
+        this.adShift = last ? [last[0] - ad[0], last[1] + 1 - ad[1]] : [0, 0];
+      }
+      this.adTap = tap;
+      path.ad = [ad[0] + this.adShift[0], ad[1] + this.adShift[1]];
+      this.adLast = path.ad;
+      if (path.ad[1] !== this.missedSince?.[0]) this.missedSince = [path.ad[1], this.readAt!];
+    } else {
+      delete path.ad;
+    }
+    return path;
   }
 
   private syncForever(epoch: number): void {
@@ -447,6 +488,10 @@ class Reporter implements PlayoutReporter {
       if (!read && path.net !== undefined && Number.isFinite(path.net)) req.net = clamp(path.net);
       // jb only from the poll (`read`): the agent dates it to the second before t0
       if (read && path.jb !== undefined && Number.isFinite(path.jb)) req.jb = clamp(path.jb);
+      // ad likewise, an instant reading: the agent dates it at t0
+      if (read && path.ad !== undefined) {
+        req.ad = [r1(Math.min(Math.max(path.ad[0], -AD_MAX_MS), AD_MAX_MS)), path.ad[1]];
+      }
       let reply: SyncReply;
       try {
         reply = parseSyncReply(await this.rpc(SYNC, req));
@@ -467,6 +512,7 @@ class Reporter implements PlayoutReporter {
       this.syncFailures = 0;
       this.rehellos = 0;
       if (req.jb !== undefined) this.sentJb = req.jb;
+      if (req.ad !== undefined) this.sentAd = req.ad;
       const t3 = r1(this.deps.now());
       if (epoch !== this.epoch || reply.q !== q) return;
       this.stats.syncs += 1;

@@ -51,6 +51,37 @@ export interface ReceivePath {
   rx?: number;
   net?: number;
   jb?: number;
+  /** `addedDelay` at the read */
+  ad?: [number, number];
+}
+
+type Stats = Record<string, unknown>;
+const num = (s: Stats | undefined, key: string): number | undefined => {
+  const v = s?.[key];
+  return typeof v === 'number' && Number.isFinite(v) ? v : undefined;
+};
+
+/**
+ * The audio the receiver's jitter buffer (NetEq) has added to its playout since the track's
+ * start, as its cumulative counters stand at the read: `[ms, missed]`, the ms of concealment
+ * and stretching (`insertedSamplesForDeceleration`) less `removedSamplesForAcceleration`, and
+ * the packets lost or discarded so far. The device plays without a break, so while no packet
+ * is missed its path delay moves by exactly those ms, a network step included; concealment
+ * that stands in for a missed packet moves nothing, so the agent uses the ms only between
+ * readings with the same `missed`. Undefined when the browser lacks a counter.
+ */
+export function addedDelay(s: Stats, report?: { get(id: string): unknown }): [number, number] | undefined {
+  const concealed = num(s, 'concealedSamples');
+  const inserted = num(s, 'insertedSamplesForDeceleration');
+  const removed = num(s, 'removedSamplesForAcceleration');
+  const lost = num(s, 'packetsLost');
+  if (concealed === undefined || inserted === undefined || removed === undefined || lost === undefined) {
+    return undefined;
+  }
+  const codecId = s['codecId'];
+  const codec = typeof codecId === 'string' ? (report?.get(codecId) as Stats | undefined) : undefined;
+  const rate = num(codec, 'clockRate') ?? 48000;
+  return [((concealed + inserted - removed) / rate) * 1000, lost + (num(s, 'packetsDiscarded') ?? 0)];
 }
 
 export interface TapOptions {
@@ -290,6 +321,8 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
         const report = await track.getRTCStatsReport();
         report?.forEach((s: Record<string, unknown>) => {
           if (s['type'] === 'inbound-rtp' && s['kind'] === 'audio') {
+            const ad = addedDelay(s, report);
+            if (ad !== undefined) out.ad = ad;
             const d = s['jitterBufferDelay'];
             const n = s['jitterBufferEmittedCount'];
             if (typeof d === 'number' && typeof n === 'number') {

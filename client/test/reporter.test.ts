@@ -145,10 +145,12 @@ class FakeTap implements Tap {
     return (this.timers.now - 500_000) / 1000;
   }
   jb: number | undefined; // the jitter buffer's delay, once a test sets it
+  ad: [number, number] | undefined; // the audio it added, and packets missed
   reads = 0; // receivePath calls: each starts a new averaging interval
-  async receivePath(): Promise<{ rx?: number; net?: number; jb?: number }> {
+  async receivePath(): Promise<{ rx?: number; net?: number; jb?: number; ad?: [number, number] }> {
     this.reads += 1;
-    return this.jb === undefined ? { rx: 42.25, net: 7.04 } : { rx: this.jb + 20, net: 7.04, jb: this.jb };
+    const out = this.jb === undefined ? { rx: 42.25, net: 7.04 } : { rx: this.jb + 20, net: 7.04, jb: this.jb };
+    return this.ad === undefined ? out : { ...out, ad: [...this.ad] };
   }
   // the device's levels: bin k starts at context time k ms
   levelsAsked: Array<[number, number, number]> = [];
@@ -328,6 +330,81 @@ test('a change of the jitter buffer delay is sent at once, in a sync; no change 
   // reading averages the second before the sync that carries it
   assert.equal(room.of(SYNC).at(-1)!.body['jb'], undefined);
   assert.equal(tap.reads - reads, 10);
+  reporter.stop();
+});
+
+test('the audio the jitter buffer added is sent when it moved 5 ms with no packet missed, and with every jb', async () => {
+  const { reporter, tap } = await startWithAgent();
+  const adSyncs = () => room.of(SYNC).filter((c) => c.body['ad'] !== undefined);
+  tap.jb = 40;
+  tap.ad = [54, 2];
+  await timers.advance(1500);
+  // an instant reading: the first poll sends it (jb's reading was too short)
+  const first = room.of(SYNC).filter((c) => c.body['ad'] !== undefined);
+  assert.equal(first.length, 1);
+  assert.deepEqual(first[0]!.body['ad'], [54, 2]);
+  assert.equal(first[0]!.body['jb'], undefined);
+  await timers.advance(1000); // jb's first whole second: it carries ad too
+  assert.deepEqual(adSyncs().at(-1)!.body['ad'], [54, 2]);
+  assert.equal(room.of(SYNC).at(-1)!.body['jb'], 40);
+  let n = adSyncs().length;
+  tap.ad = [57, 2]; // less than 5 ms
+  await timers.advance(2000);
+  assert.equal(adSyncs().length, n);
+  tap.ad = [194, 2]; // a step: NetEq made up 140 ms
+  await timers.advance(1000);
+  assert.equal(adSyncs().length, n + 1);
+  assert.deepEqual(adSyncs().at(-1)!.body['ad'], [194, 2]);
+  n = adSyncs().length;
+  tap.ad = [234, 6]; // concealment for lost packets: no use to the agent, not sent for it
+  await timers.advance(1000);
+  tap.ad = [244, 7];
+  await timers.advance(1000);
+  tap.ad = [254, 8];
+  await timers.advance(1000);
+  assert.equal(adSyncs().length, n);
+  tap.jb = 60; // the next jb sync carries it
+  await timers.advance(1000);
+  assert.equal(adSyncs().length, n + 1);
+  assert.deepEqual(adSyncs().at(-1)!.body['ad'], [254, 8]);
+  tap.ad = [274, 8]; // the agent has this count: a move is sent again
+  await timers.advance(1000);
+  assert.equal(adSyncs().length, n + 2);
+  assert.deepEqual(adSyncs().at(-1)!.body['ad'], [274, 8]);
+  tap.ad = [284, 9]; // one lost: not sent
+  await timers.advance(1000);
+  tap.ad = [300, 9]; // a move one second after it: not yet
+  await timers.advance(1000);
+  assert.equal(adSyncs().length, n + 2);
+  tap.ad = [320, 9]; // two seconds with none missed: sent
+  await timers.advance(1000);
+  assert.equal(adSyncs().length, n + 3);
+  assert.deepEqual(adSyncs().at(-1)!.body['ad'], [320, 9]);
+  await timers.advance(10_000); // the steady sync carries neither
+  assert.equal(room.of(SYNC).at(-1)!.body['ad'], undefined);
+  reporter.stop();
+});
+
+test("a new tap's added audio takes up where the last one's left off, with one more missed", async () => {
+  const { agent, reporter, tap } = await startWithAgent();
+  tap.ad = [300, 4];
+  await timers.advance(1500);
+  assert.deepEqual(room.of(SYNC).filter((c) => c.body['ad'] !== undefined).at(-1)!.body['ad'], [300, 4]);
+  const old = [...agent.trackPublications.values()][0]!.track!;
+  room.emit('trackUnsubscribed', old, {}, agent);
+  const track = agent.publishAudio(); // a new track: its counters start from nothing
+  room.emit('trackSubscribed', track, {}, agent);
+  await timers.advance(0);
+  const tap2 = taps.at(-1)!;
+  assert.notEqual(tap2, tap);
+  tap2.ad = [10, 0];
+  tap2.jb = 50; // its first jb sync carries the new tap's ad
+  await timers.advance(2000);
+  const sent = room.of(SYNC).filter((c) => c.body['ad'] !== undefined);
+  assert.deepEqual(sent.at(-1)!.body['ad'], [300, 5]);
+  tap2.ad = [150, 0]; // a move, two seconds after the missed count moved: sent
+  await timers.advance(1000);
+  assert.deepEqual(room.of(SYNC).at(-1)!.body['ad'], [440, 5]);
   reporter.stop();
 });
 

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 
 import type { RemoteAudioTrack } from 'livekit-client';
 
-import { createBrowserTap } from '../src/tap.js';
+import { addedDelay, createBrowserTap } from '../src/tap.js';
 
 // node has no WebAudio: just enough of it for the own-graph tap
 const g = globalThis as Record<string, unknown>;
@@ -97,4 +97,29 @@ test("a context's output stamps are taken as they are", async () => {
   } finally {
     tap.close();
   }
+});
+
+test('the audio the jitter buffer added: concealed and stretched less removed, at the codec rate', () => {
+  const s = {
+    type: 'inbound-rtp',
+    kind: 'audio',
+    codecId: 'C1',
+    concealedSamples: 7742,
+    insertedSamplesForDeceleration: 7086,
+    removedSamplesForAcceleration: 480,
+    packetsLost: 3,
+    packetsDiscarded: 1,
+  };
+  const report = new Map<string, unknown>([['C1', { clockRate: 48000 }]]);
+  const [ms, missed] = addedDelay(s, report)!;
+  assert.ok(Math.abs(ms - (7742 + 7086 - 480) / 48) < 1e-9);
+  assert.equal(missed, 4);
+  // another rate, from the codec the stream names
+  report.set('C1', { clockRate: 16000 });
+  assert.ok(Math.abs(addedDelay(s, report)![0] - (7742 + 7086 - 480) / 16) < 1e-9);
+  // a browser without one of the counters: nothing, and the agent uses jb
+  const { insertedSamplesForDeceleration: _, ...partial } = s;
+  assert.equal(addedDelay(partial, report), undefined);
+  const { packetsLost: __, ...noLoss } = s;
+  assert.equal(addedDelay(noLoss, report), undefined);
 });

@@ -63,6 +63,8 @@ class Sync:
     rx: float | None  # receive-side delay estimate, seconds
     net: float | None  # network one-way estimate from the media transport, seconds
     jb: float | None = None  # jitter buffer delay over the last interval, seconds
+    # (seconds of audio the jitter buffer added to its playout so far, packets missed so far)
+    ad: tuple[float, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ def _seq(obj: dict[str, Any]) -> int:
 
 # client clock: ms since the epoch-ish origin of performance.timeOrigin; any clock that fits
 _T_MAX = 1e15
+_AD_MAX = 1e7  # ms: a cumulative figure with any origin, bounded like the client clamps it
 
 
 def parse_hello(payload: str) -> Hello:
@@ -140,7 +143,16 @@ def parse_sync(payload: str) -> Sync:
     rx = _num(obj, "rx", 0, 5000) / 1000 if "rx" in obj else None
     net = _num(obj, "net", 0, 5000) / 1000 if "net" in obj else None
     jb = _num(obj, "jb", 0, 5000) / 1000 if "jb" in obj else None
-    return Sync(q=q, t0=t0, prev=prev, rx=rx, net=net, jb=jb)
+    ad: tuple[float, int] | None = None
+    if "ad" in obj:
+        a = obj["ad"]
+        if not isinstance(a, list) or len(a) != 2:
+            raise Rejected("malformed", "'ad' must be [ms, missed packets]")
+        n = a[1]
+        if isinstance(n, bool) or not isinstance(n, int) or not -(2**53) < n < 2**53:
+            raise Rejected("malformed", "'ad' missed packets must be an integer")
+        ad = (_num({"ad": a[0]}, "ad", -_AD_MAX, _AD_MAX) / 1000, n)
+    return Sync(q=q, t0=t0, prev=prev, rx=rx, net=net, jb=jb, ad=ad)
 
 
 def parse_report(payload: str) -> Report:

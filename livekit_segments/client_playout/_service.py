@@ -62,6 +62,7 @@ DEFAULT_RX = 0.05  # receive-side delay assumed when the companion sent no estim
 # Opus's 6.5 ms look-ahead. For the prior only: matched delays include it.
 CODEC_DELAY = 0.0165
 JB_WINDOW = 1.0  # seconds a sync's jitter buffer reading averages, up to its t0
+POLL = 1.0  # seconds between the companion's reads of its receiver's stats
 MEASURE_WINDOW = 5.0  # seconds around a response's start where a matched onset measures it
 REPORT_SLACK = 2.5  # how long after that window a report may still arrive
 REPORT_SOON = 1.0  # after the device played a response, its earlier onsets were reported
@@ -143,7 +144,39 @@ class _Match(NamedTuple):
 
     delay: float
     at: float  # the device time at which it was measured
-    jb: float | None  # the jitter buffer reading at hand then
+    jb: float | None  # the readings at hand then
+    ad: float | None
+    missed: float | None
+
+
+@dataclass
+class _Readings:
+    """A figure the companion's poll reads and sends only when it moved (by agent time)."""
+
+    points: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=64))
+
+    @property
+    def latest(self) -> float | None:
+        return self.points[-1][1] if self.points else None
+
+    def add(self, value: float, at: float) -> None:
+        self.points.append((at, value))
+
+    def at(self, t: float) -> float | None:
+        """The figure at agent time ``t`` from the readings around it; None before the first
+        one kept."""
+        r = sorted(self.points)
+        if not r or t < r[0][0]:
+            return None
+        for (t0, v0), (t1, v1) in pairwise(r):
+            if t <= t1:
+                # sent only when it moved: it held until the poll before the later reading
+                # (that poll's reading unsent), then moved
+                ramp = max(t0, t1 - POLL)
+                if t <= ramp:
+                    return v0
+                return v0 + (v1 - v0) * (t - ramp) / (t1 - ramp)
+        return r[-1][1]
 
 
 @dataclass
@@ -157,9 +190,11 @@ class _Companion:
     pending: dict[int, tuple[float, float, float]] = field(default_factory=dict)
     rx: float | None = None
     net: float | None = None
-    jb: float | None = None  # the latest reading
-    # the readings, each at the middle of the second it averages (agent clock)
-    jb_readings: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=64))
+    # the jitter buffer's delay, each reading at the middle of the second it averages
+    jb: _Readings = field(default_factory=_Readings)
+    # the audio it added to its playout (`ad`) and the packets missed, each at its instant
+    ad: _Readings = field(default_factory=_Readings)
+    missed: _Readings = field(default_factory=_Readings)
     levels: bool = False  # it serves LEVELS
     matches: deque[_Match] = field(default_factory=lambda: deque(maxlen=DELAY_MEDIAN_OF))
 
@@ -169,30 +204,10 @@ class _Companion:
         return [m.delay for m in self.matches]
 
     def add_delay(self, delay: float, at: float) -> None:
-        self.matches.append(_Match(delay, at, self.jb))
+        self.matches.append(_Match(delay, at, self.jb.latest, self.ad.latest, self.missed.latest))
 
     def clear_delays(self) -> None:
         self.matches.clear()
-
-    def add_jb(self, jb: float, at: float) -> None:
-        self.jb = jb
-        self.jb_readings.append((at, jb))
-
-    def jb_at(self, t: float) -> float | None:
-        """The jitter buffer's delay at agent time ``t`` from the readings around it; None
-        before the first one kept."""
-        r = sorted(self.jb_readings)
-        if not r or t < r[0][0]:
-            return None
-        for (t0, j0), (t1, j1) in pairwise(r):
-            if t <= t1:
-                # a reading is sent only when it moved 10 ms or more: the delay held until
-                # the poll a second before the later one (its reading unsent), then moved
-                ramp = max(t0, t1 - JB_WINDOW)
-                if t <= ramp:
-                    return j0
-                return j0 + (j1 - j0) * (t - ramp) / (t1 - ramp)
-        return r[-1][1]
 
     # device onsets no agent onset matched yet: (device time, gap, envelope), for re-acquisition
     unmatched: deque[tuple[float, float, str | None]] = field(
@@ -377,18 +392,30 @@ class ClientPlayout(_SessionFollower):
         if comp is None or comp.path == "none":
             return None
         if comp.delays:
-            # each matched delay, moved by how much the jitter buffer's delay changed since:
-            # NetEq raises and lowers its delay between onsets (after a step of the network
-            # delay it built up about 120 ms more over the 3 s of silence that followed).
-            # Its delay when a delay was measured is read between the readings around that
-            # moment, once they came: the reading at hand then still averaged the second
-            # before, and after a step it rose 60 ms in that second.
-            jb = comp.jb
+            # each matched delay, moved by how much NetEq moved the delay since: it raises
+            # and lowers it between onsets (after a step of the network delay, by 250 ms
+            # over the 6 s that followed). The device plays without a break, so while no
+            # packet is missed the delay moves by exactly the audio NetEq made up or dropped
+            # (`ad`). Otherwise by the change of its buffer's delay (`jb`): a one-second
+            # average that trailed the device by about 0.2 s after a step, and blind to
+            # the network's part of one.
+            # Each figure at a match is read between the readings around it once they
+            # came; the one at hand then is for readings from before those kept.
+            def then(series: _Readings, held: float | None, at: float) -> float | None:
+                v = series.at(at)
+                return held if v is None else v
+
             moved = []
-            for d, at, held in comp.matches:
-                then = comp.jb_at(at)
-                then = held if then is None else then  # readings from before it dropped
-                moved.append(d + (jb - then) if jb is not None and then is not None else d)
+            for m in comp.matches:
+                missed = then(comp.missed, m.missed, m.at)
+                ad = then(comp.ad, m.ad, m.at)
+                jb = then(comp.jb, m.jb, m.at)
+                if missed is not None and missed == comp.missed.latest and ad is not None:
+                    moved.append(m.delay + (comp.ad.latest or 0.0) - ad)
+                elif jb is not None and comp.jb.latest is not None:
+                    moved.append(m.delay + comp.jb.latest - jb)
+                else:
+                    moved.append(m.delay)
             return statistics.median(moved)
         unc = comp.clock.uncertainty
         if unc is None:
@@ -748,10 +775,14 @@ class ClientPlayout(_SessionFollower):
             comp.rx = sync.rx
         if sync.net is not None:
             comp.net = sync.net
+        sent = comp.clock.to_agent(sync.t0)
+        sent = t1 if sent is None else min(sent, t1)
         if sync.jb is not None:
             # the mean over the second before t0 (docs/client-playout.md, "jb")
-            sent = comp.clock.to_agent(sync.t0)
-            comp.add_jb(sync.jb, (t1 if sent is None else min(sent, t1)) - JB_WINDOW / 2)
+            comp.jb.add(sync.jb, sent - JB_WINDOW / 2)
+        if sync.ad is not None:
+            comp.ad.add(sync.ad[0], sent)
+            comp.missed.add(sync.ad[1], sent)
         t2 = self._clock()
         comp.pending[sync.q] = (sync.t0, t1, t2)
         while len(comp.pending) > 4:
