@@ -178,7 +178,7 @@ async def run_agent(
         responses.append(rec)
         fut = livekit_segments.playout_started(ev.speech_handle)
 
-        def on_playout(f: asyncio.Future[float]) -> None:
+        def on_playout(f: asyncio.Future[float | None]) -> None:
             if not f.cancelled() and f.exception() is None:
                 rec.playout_started = f.result()
 

@@ -21,7 +21,7 @@ import logging
 import os
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,16 +90,51 @@ class FakeRoom(rtc.EventEmitter[str]):
 
 @dataclass
 class RpcStandIn:
-    """Carries RPC calls from the page to the registered handlers; counts their bytes."""
+    """Carries RPC calls from the page to the registered handlers; counts their bytes.
+
+    Each message takes ``one_way()`` seconds, in order per direction: LiveKit's RPC crosses
+    the same legs as the media (the agent's leg to the SFU, the SFU's to the user), so its
+    round trip is the path's, as the clock sync measures it in a room.
+    """
 
     room: FakeRoom
     server: PageServer
+    one_way: Callable[[], float] = lambda: 0.0
     bytes_by_method: dict[str, int] = field(default_factory=dict)
     calls_by_method: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _calls: dict[int, tuple[str, str, asyncio.Future[str]]] = field(default_factory=dict)
     _next_call: int = 1
+    # when the last message each way arrives: a later one never overtakes it
+    _arrives: dict[str, float] = field(default_factory=lambda: {"up": 0.0, "down": 0.0})
+    _in_flight: set[asyncio.TimerHandle] = field(default_factory=set)
+
+    def _after_path(self, way: str, deliver: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        at = max(loop.time() + self.one_way(), self._arrives[way])
+        self._arrives[way] = at
+
+        def arrive() -> None:
+            self._in_flight.discard(handle)
+            deliver()
+
+        handle = loop.call_at(at, arrive)
+        self._in_flight.add(handle)
+
+    def _send_down(self, msg: dict[str, Any]) -> None:
+        async def send() -> None:
+            try:
+                await self.server.send_json(msg)
+            except RuntimeError:
+                pass  # the page has gone: the caller's call times out, as over LiveKit
+
+        self._after_path("down", lambda: self._spawn(send()))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def __post_init__(self) -> None:
         self.room.local_participant.remote = self.perform
@@ -110,8 +145,11 @@ class RpcStandIn:
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._calls[call_id] = (method, payload, fut)
         try:
-            msg = {"type": "rpc-call", "id": call_id, "method": method, "payload": payload}
-            await self.server.send_json(msg)
+            if not self.server.connected:
+                raise RuntimeError("the page is not connected")
+            self._send_down(
+                {"type": "rpc-call", "id": call_id, "method": method, "payload": payload}
+            )
             return await asyncio.wait_for(fut, timeout)
         except RuntimeError:
             raise rtc.RpcError(1503, "Recipient disconnected") from None
@@ -140,13 +178,9 @@ class RpcStandIn:
 
     def on_message(self, msg: dict[str, Any]) -> None:
         if msg.get("type") == "rpc-call-reply":
-            self._reply(msg)
-            return
-        if msg.get("type") != "rpc":
-            return
-        task = asyncio.get_running_loop().create_task(self._call(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            self._after_path("up", lambda: self._reply(msg))
+        elif msg.get("type") == "rpc":
+            self._after_path("up", lambda: self._spawn(self._call(msg)))
 
     async def _call(self, msg: dict[str, Any]) -> None:
         method, payload = str(msg["method"]), str(msg["payload"])
@@ -173,12 +207,12 @@ class RpcStandIn:
                 self.errors.append(f"{method}: {e!r}")
                 reply["error"] = {"code": 1500, "message": "Application error in method handler"}
         self._count(method, payload, str(reply.get("payload", "")))
-        try:
-            await self.server.send_json(reply)
-        except RuntimeError:
-            pass  # the page has gone: the caller's call times out, as over LiveKit
+        self._send_down(reply)
 
     async def aclose(self) -> None:
+        for handle in self._in_flight:
+            handle.cancel()
+        self._in_flight.clear()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -221,9 +255,9 @@ class AgentSide:
             "/node_modules/": Path(__file__).parent / "node_modules",
         }
 
-    def connect(self, server: PageServer) -> None:
-        """Take RPC calls from the page."""
-        self.rpc = RpcStandIn(self.room, server)
+    def connect(self, server: PageServer, one_way: Callable[[], float] = lambda: 0.0) -> None:
+        """Take RPC calls from the page, each way taking ``one_way()`` seconds."""
+        self.rpc = RpcStandIn(self.room, server, one_way)
         self.server = server
 
         def on_message(msg: dict[str, Any]) -> None:

@@ -186,7 +186,13 @@ async def _run(opts: Options) -> dict[str, Any]:
         await asyncio.sleep(_WARMUP_S)
         boosted = browser.boost(opts.niceness)
         if agent_side is not None:
-            agent_side.connect(server)
+            # RPC crosses the path as the media does: the page's sender lead (it stands for
+            # the agent's leg to the SFU) and the stage's delay (jitter and loss left out)
+            lead = float(page.get("leadS") or 0.0)
+            agent_side.connect(
+                server,
+                lambda: lead + stage_at(opts.profile, time.time() - origin).delay_ms / 1000,
+            )
 
         last_change = opts.profile[-1].at_s if len(opts.profile) > 1 else None
 
@@ -199,10 +205,15 @@ async def _run(opts: Options) -> dict[str, Any]:
             return t < last_change or len(after) < opts.after_change
 
         async def started(session: Any) -> None:
-            nonlocal boosted
+            nonlocal boosted, origin
             if agent_side is not None:
                 await agent_side.on_session_started(session)
             boosted += browser.boost(opts.niceness)  # the companion's threads too
+            # the profile's clock starts with the agent's first turn, as the agent's does:
+            # the companion's start-up takes longer on a slower path (its RPC crosses it),
+            # and would move the profile's changes against the responses
+            origin = time.time()
+            relay.set_start(origin)
 
         # the agent's modules and the page's setup stay alive for the whole run: frozen, a
         # full collection skips them (measured: ~115 ms otherwise, 30 s in, longer than the
@@ -212,6 +223,7 @@ async def _run(opts: Options) -> dict[str, Any]:
         origin = time.time()
         relay.set_start(origin)
         assert browser.pid is not None
+        cpu_from = time.time()
         cpu_before = thread_cpu(browser.pid)
         run = await run_agent(
             server,
@@ -220,7 +232,7 @@ async def _run(opts: Options) -> dict[str, Any]:
             on_response=agent_side.on_response if agent_side else None,
         )
         await asyncio.sleep(_TAIL_S)
-        cpu = cpu_by_thread_name(cpu_before, thread_cpu(browser.pid), time.time() - origin)
+        cpu = cpu_by_thread_name(cpu_before, thread_cpu(browser.pid), time.time() - cpu_from)
         if agent_side is not None:
             await agent_side.finish(run)
     finally:

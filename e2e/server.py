@@ -118,6 +118,11 @@ class PageServer:
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
 
+    @property
+    def connected(self) -> bool:
+        """Whether the page's main WebSocket is open."""
+        return self._ws is not None and not self._ws.closed
+
     async def send_json(self, data: dict[str, Any]) -> None:
         """Send a JSON message to the page."""
         if self._ws is None or self._ws.closed:

@@ -1432,6 +1432,26 @@ async def test_a_back_to_back_response_is_placed_by_the_devices_levels(
     assert req["t"] / 1000 - CLIENT_SKEW == pytest.approx(s2 + 0.15 - 0.045, abs=2e-4)
 
 
+async def test_levels_are_asked_where_the_jitter_buffer_moved_the_response(rig: Rig) -> None:
+    """NetEq made up 80 ms between the last onset and a back-to-back response (after a step
+    of the network delay): the levels are asked where `ad` says the response played, not
+    where the earlier onset puts it, 80 ms off (the search spans 25 ms either way: the levels
+    would fit nowhere, and the response would be measured from that onset, 80 ms early)."""
+    device = _levels_rig(rig, levels=True, stretch=0.08)
+    device.stretch_at = T_START + 0.6
+    _ad(rig, 54.0, 3)
+    s1 = rig.clock.now
+    rig.clock.call_at(s1 + 1.24, lambda: _ad(rig, 134.0, 3))  # read after the concealment
+    _m1, m2, s1b, s2 = await _two_back_to_back(rig, device, 1.2)
+    assert s1b == s1 and s2 == pytest.approx(s1 + 1.24)
+    await rig.clock.advance_to(s2 + 3.0)
+    got = m2.result()
+    assert got.how == "measured" and got.measured_from == 0.0
+    assert got.at == pytest.approx(s2 + 0.15 + 0.08, abs=2e-4)
+    (req,) = device.asked
+    assert req["t"] / 1000 - CLIENT_SKEW == pytest.approx(s2 + 0.15 + 0.08 - 0.045, abs=2e-4)
+
+
 async def test_without_levels_a_back_to_back_response_is_measured_from_earlier_audio(
     rig: Rig,
 ) -> None:

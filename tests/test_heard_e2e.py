@@ -648,3 +648,71 @@ def test_b8_does_not_run_into_a_directory_of_earlier_runs(
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--runs", "1"])
     assert "already holds runs' JSON" in capsys.readouterr().err
+
+
+class _Page:
+    """The stand-in's page side: what it sent, at which loop time."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[float, dict[str, Any]]] = []
+        self._waits: list[tuple[int, asyncio.Future[None]]] = []
+
+    async def send_json(self, data: dict[str, Any]) -> None:
+        self.sent.append((asyncio.get_running_loop().time(), data))
+        for n, fut in self._waits:
+            if len(self.sent) >= n and not fut.done():
+                fut.set_result(None)
+
+    def until(self, n: int) -> asyncio.Future[None]:
+        """Done once ``n`` messages were sent."""
+        fut = asyncio.get_running_loop().create_future()
+        self._waits.append((n, fut))
+        if len(self.sent) >= n:
+            fut.set_result(None)
+        return fut
+
+
+def test_rpc_crosses_the_path_each_way_in_order() -> None:
+    """The RPC stand-in delays each message by the path's one-way delay, as LiveKit's RPC
+    crosses the agent's leg and the SFU's like the media: a sync's round trip is the path's.
+    A message never overtakes one sent before it the same way, even when the delay falls."""
+    from e2e.plugin import FakeRoom, RpcStandIn
+    from tests.gen_driver import VirtualTimeLoop
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        room, page = FakeRoom(), _Page()
+        handled: list[float] = []
+
+        def handler(data: Any) -> str:
+            handled.append(loop.time())
+            return f"re:{data.payload}"
+
+        room.local_participant.register_rpc_method("m", handler)
+        delay = [0.25]
+        rpc = RpcStandIn(room, page, lambda: delay[0])  # type: ignore[arg-type]
+        t0 = loop.time()
+        rpc.on_message({"type": "rpc", "id": 1, "method": "m", "payload": "a"})
+        delay[0] = 0.05  # the path got shorter: the next one still arrives after it
+        rpc.on_message({"type": "rpc", "id": 2, "method": "m", "payload": "b"})
+        call = asyncio.ensure_future(rpc.perform("x", "lv", 5.0))
+        await page.until(3)
+        assert handled == [pytest.approx(t0 + 0.25), pytest.approx(t0 + 0.25)]
+        down = {m.get("id"): (at - t0, m) for at, m in page.sent if m["type"] == "rpc-reply"}
+        assert down[1][0] == pytest.approx(0.30) and down[1][1]["payload"] == "re:a"
+        assert down[2][0] == pytest.approx(0.30) and down[2][1]["payload"] == "re:b"
+        sent_call = next((at, m) for at, m in page.sent if m["type"] == "rpc-call")
+        assert sent_call[0] - t0 == pytest.approx(0.05)
+        t1 = loop.time()
+        rpc.on_message({"type": "rpc-call-reply", "id": sent_call[1]["id"], "payload": "ok"})
+        assert await call == "ok"
+        assert loop.time() - t1 == pytest.approx(0.05)
+        await rpc.aclose()
+
+    loop = VirtualTimeLoop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()

@@ -105,10 +105,13 @@ async function main() {
   const channel = new MessageChannel();
   feeder.port.postMessage({ port: channel.port1 }, [channel.port1]);
   const worker = new Worker('audio-worker.js');
+  let leadS = null;
   await new Promise((resolve, reject) => {
     worker.onmessage = (e) => {
-      if (e.data.type === 'open') resolve();
-      else reject(new Error('the audio WebSocket failed'));
+      if (e.data.type === 'open') {
+        leadS = e.data.leadS;
+        resolve();
+      } else reject(new Error('the audio WebSocket failed'));
     };
     worker.onerror = (e) => reject(new Error(`audio worker: ${e.message}`));
     worker.postMessage(
@@ -118,7 +121,7 @@ async function main() {
   });
   setInterval(() => worker.postMessage({ type: 'reading', reading: reading() }), 250);
   state.phase = 'ready';
-  ws.send(JSON.stringify({ type: 'ready', outputLatency: sendCtx.outputLatency }));
+  ws.send(JSON.stringify({ type: 'ready', outputLatency: sendCtx.outputLatency, leadS }));
   log('ready');
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import statistics
 import time
 import weakref
@@ -209,6 +210,29 @@ class _Companion:
     def clear_delays(self) -> None:
         self.matches.clear()
 
+    def moved(self, a: float, b: float, held: _Match | None = None) -> float:
+        """How much NetEq moved the path delay from device time ``a`` to ``b`` (agent clock;
+        ``math.inf``: the latest readings). The device plays without a break, so while no
+        packet is missed the delay moves by exactly the audio NetEq made up or dropped
+        (`ad`); otherwise by the change of its buffer's delay (`jb`): a one-second average
+        that trailed the device by about 0.2 s after a step, and blind to the network's
+        part of one. Without either, 0. Each figure is read between the readings around
+        its time once they came; ``held`` has the ones at hand at ``a``, for readings from
+        before those kept."""
+
+        def at(series: _Readings, t: float, fallback: float | None) -> float | None:
+            v = series.at(t)
+            return fallback if v is None else v
+
+        ma, mb = at(self.missed, a, held and held.missed), at(self.missed, b, None)
+        ad_a, ad_b = at(self.ad, a, held and held.ad), at(self.ad, b, None)
+        if ma is not None and ma == mb and ad_a is not None and ad_b is not None:
+            return ad_b - ad_a
+        jb_a, jb_b = at(self.jb, a, held and held.jb), at(self.jb, b, None)
+        if jb_a is not None and jb_b is not None:
+            return jb_b - jb_a
+        return 0.0
+
     # device onsets no agent onset matched yet: (device time, gap, envelope), for re-acquisition
     unmatched: deque[tuple[float, float, str | None]] = field(
         default_factory=lambda: deque(maxlen=16)
@@ -394,29 +418,8 @@ class ClientPlayout(_SessionFollower):
         if comp.delays:
             # each matched delay, moved by how much NetEq moved the delay since: it raises
             # and lowers it between onsets (after a step of the network delay, by 250 ms
-            # over the 6 s that followed). The device plays without a break, so while no
-            # packet is missed the delay moves by exactly the audio NetEq made up or dropped
-            # (`ad`). Otherwise by the change of its buffer's delay (`jb`): a one-second
-            # average that trailed the device by about 0.2 s after a step, and blind to
-            # the network's part of one.
-            # Each figure at a match is read between the readings around it once they
-            # came; the one at hand then is for readings from before those kept.
-            def then(series: _Readings, held: float | None, at: float) -> float | None:
-                v = series.at(at)
-                return held if v is None else v
-
-            moved = []
-            for m in comp.matches:
-                missed = then(comp.missed, m.missed, m.at)
-                ad = then(comp.ad, m.ad, m.at)
-                jb = then(comp.jb, m.jb, m.at)
-                if missed is not None and missed == comp.missed.latest and ad is not None:
-                    moved.append(m.delay + (comp.ad.latest or 0.0) - ad)
-                elif jb is not None and comp.jb.latest is not None:
-                    moved.append(m.delay + comp.jb.latest - jb)
-                else:
-                    moved.append(m.delay)
-            return statistics.median(moved)
+            # over the 6 s that followed)
+            return statistics.median(m.delay + comp.moved(m.at, math.inf, m) for m in comp.matches)
         unc = comp.clock.uncertainty
         if unc is None:
             return None
@@ -567,6 +570,9 @@ class ClientPlayout(_SessionFollower):
                 return  # so little audio in between that NetEq had no room to stretch it
             assert anchor.device is not None
             est = anchor.device + (start - anchor.onset.at)
+            # NetEq may have moved the delay since by more than the search (82 ms in 2.7 s
+            # once after a step): the levels would then hold no fit
+            est += comp.moved(anchor.device, est)
         else:
             d = self.path_delay()
             if d is None:
