@@ -109,8 +109,11 @@ class RpcStandIn:
     # when the last message each way arrives: a later one never overtakes it
     _arrives: dict[str, float] = field(default_factory=lambda: {"up": 0.0, "down": 0.0})
     _in_flight: set[asyncio.TimerHandle] = field(default_factory=set)
+    _closed: bool = False
 
     def _after_path(self, way: str, deliver: Callable[[], None]) -> None:
+        if self._closed:
+            return  # the room is gone: nothing more arrives
         loop = asyncio.get_running_loop()
         at = max(loop.time() + self.one_way(), self._arrives[way])
         self._arrives[way] = at
@@ -145,7 +148,7 @@ class RpcStandIn:
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._calls[call_id] = (method, payload, fut)
         try:
-            if not self.server.connected:
+            if self._closed or not self.server.connected:
                 raise RuntimeError("the page is not connected")
             self._send_down(
                 {"type": "rpc-call", "id": call_id, "method": method, "payload": payload}
@@ -210,6 +213,10 @@ class RpcStandIn:
         self._send_down(reply)
 
     async def aclose(self) -> None:
+        self._closed = True
+        for _method, _payload, fut in self._calls.values():
+            if not fut.done():  # its reply was still on the way
+                fut.set_exception(rtc.RpcError(1503, "Recipient disconnected"))
         for handle in self._in_flight:
             handle.cancel()
         self._in_flight.clear()

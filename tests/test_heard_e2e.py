@@ -716,3 +716,33 @@ def test_rpc_crosses_the_path_each_way_in_order() -> None:
         loop.run_until_complete(scenario())
     finally:
         loop.close()
+
+
+def test_a_closed_rpc_stand_in_fails_calls_on_the_way_and_carries_nothing_more() -> None:
+    from e2e.plugin import FakeRoom, RpcStandIn
+    from livekit import rtc
+    from tests.gen_driver import VirtualTimeLoop
+
+    async def scenario() -> None:
+        room, page = FakeRoom(), _Page()
+        handled: list[str] = []
+        room.local_participant.register_rpc_method("m", lambda d: handled.append(d.payload))
+        rpc = RpcStandIn(room, page, lambda: 0.1)  # type: ignore[arg-type]
+        call = asyncio.ensure_future(rpc.perform("x", "lv", 5.0))
+        await page.until(1)  # the call reached the page; its reply will not come back
+        rpc.on_message({"type": "rpc", "id": 1, "method": "m", "payload": "late"})
+        await rpc.aclose()
+        with pytest.raises(rtc.RpcError) as err:
+            await call
+        assert err.value.code == 1503
+        rpc.on_message({"type": "rpc", "id": 2, "method": "m", "payload": "after"})
+        with pytest.raises(rtc.RpcError):
+            await rpc.perform("x", "lv", 5.0)
+        await asyncio.sleep(1.0)  # virtual: past every delay
+        assert handled == [] and len(page.sent) == 1
+
+    loop = VirtualTimeLoop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()

@@ -425,27 +425,30 @@ class Reporter implements PlayoutReporter {
     // the reading averages the interval since the tap's previous one: a tap's first covers
     // its track's life, and one soon after a sync's own read covers a moment
     const previous = this.readTap === this.tap ? this.readAt : undefined;
-    const path = await this.readPath(this.tap);
+    // its own read time: a sync's read may start while this one is pending
+    const [path, readAt] = await this.readPath(this.tap);
     if (epoch !== this.epoch) return;
     this.lastPath = path;
     // jb averages the interval since the previous read: not over a whole second, not sent
     const jbOk =
       previous !== undefined &&
-      this.readAt! - previous >= JB_POLL_MS * 0.9 &&
+      readAt - previous >= JB_POLL_MS * 0.9 &&
       path.jb !== undefined &&
       Number.isFinite(path.jb);
     const jb = jbOk ? path.jb : undefined;
     const jbMoved = jb !== undefined && (this.sentJb === undefined || Math.abs(jb - this.sentJb) >= JB_STEP_MS);
     const ad = path.ad;
     const sent = this.sentAd;
-    const quiet = (m: number) => m === sent?.[1] || this.readAt! - this.missedSince![1] >= AD_QUIET_MS;
+    const quiet = (m: number) => m === sent?.[1] || readAt - this.missedSince![1] >= AD_QUIET_MS;
     const adMoved = ad !== undefined && (sent === undefined || (Math.abs(ad[0] - sent[0]) >= AD_STEP_MS && quiet(ad[1])));
     if (jbMoved || adMoved) await this.sync(epoch, { ...path, jb });
   }
 
-  private async readPath(tap: Tap): Promise<ReceivePath> {
+  /** The tap's receive path, and when it was read. */
+  private async readPath(tap: Tap): Promise<[ReceivePath, number]> {
+    const readAt = this.deps.now();
     this.readTap = tap;
-    this.readAt = this.deps.now();
+    this.readAt = readAt;
     const path = await tap.receivePath();
     const ad = path.ad;
     if (ad !== undefined && ad.every(Number.isFinite)) {
@@ -456,11 +459,11 @@ class Reporter implements PlayoutReporter {
       this.adTap = tap;
       path.ad = [ad[0] + this.adShift[0], ad[1] + this.adShift[1]];
       this.adLast = path.ad;
-      if (path.ad[1] !== this.missedSince?.[0]) this.missedSince = [path.ad[1], this.readAt!];
+      if (path.ad[1] !== this.missedSince?.[0]) this.missedSince = [path.ad[1], readAt];
     } else {
       delete path.ad;
     }
-    return path;
+    return [path, readAt];
   }
 
   private syncForever(epoch: number): void {
@@ -474,7 +477,7 @@ class Reporter implements PlayoutReporter {
     void this.tapIfReady(); // a track that could not be tapped yet, or a replaced graph
     // a sync between polls takes the poll's reading: a read of its own would cut the poll's
     // second short (before the first poll, the syncs after hello read for themselves)
-    const path = read ?? this.lastPath ?? (this.tap ? await this.readPath(this.tap) : {});
+    const path = read ?? this.lastPath ?? (this.tap ? (await this.readPath(this.tap))[0] : {});
     await this.enqueue(async () => {
       if (epoch !== this.epoch) return;
       const q = ++this.q;
@@ -511,8 +514,9 @@ class Reporter implements PlayoutReporter {
       }
       this.syncFailures = 0;
       this.rehellos = 0;
-      if (req.jb !== undefined) this.sentJb = req.jb;
-      if (req.ad !== undefined) this.sentAd = req.ad;
+      // what the agent has now; not a reply that came after a reset (its agent is gone)
+      if (epoch === this.epoch && req.jb !== undefined) this.sentJb = req.jb;
+      if (epoch === this.epoch && req.ad !== undefined) this.sentAd = req.ad;
       const t3 = r1(this.deps.now());
       if (epoch !== this.epoch || reply.q !== q) return;
       this.stats.syncs += 1;

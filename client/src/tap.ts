@@ -75,13 +75,12 @@ export function addedDelay(s: Stats, report?: { get(id: string): unknown }): [nu
   const inserted = num(s, 'insertedSamplesForDeceleration');
   const removed = num(s, 'removedSamplesForAcceleration');
   const lost = num(s, 'packetsLost');
-  if (concealed === undefined || inserted === undefined || removed === undefined || lost === undefined) {
-    return undefined;
-  }
+  const discarded = num(s, 'packetsDiscarded');
+  if ([concealed, inserted, removed, lost, discarded].includes(undefined)) return undefined;
   const codecId = s['codecId'];
   const codec = typeof codecId === 'string' ? (report?.get(codecId) as Stats | undefined) : undefined;
   const rate = num(codec, 'clockRate') ?? 48000;
-  return [((concealed + inserted - removed) / rate) * 1000, lost + (num(s, 'packetsDiscarded') ?? 0)];
+  return [((concealed! + inserted! - removed!) / rate) * 1000, lost! + discarded!];
 }
 
 export interface TapOptions {

@@ -402,7 +402,7 @@ test("a new tap's added audio takes up where the last one's left off, with one m
   await timers.advance(2000);
   const sent = room.of(SYNC).filter((c) => c.body['ad'] !== undefined);
   assert.deepEqual(sent.at(-1)!.body['ad'], [300, 5]);
-  tap2.ad = [150, 0]; // a move, two seconds after the missed count moved: sent
+  tap2.ad = [150, 0]; // a move, with the missed count the agent has (the jb sync sent it)
   await timers.advance(1000);
   assert.deepEqual(room.of(SYNC).at(-1)!.body['ad'], [440, 5]);
   reporter.stop();

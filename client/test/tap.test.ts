@@ -122,4 +122,6 @@ test('the audio the jitter buffer added: concealed and stretched less removed, a
   assert.equal(addedDelay(partial, report), undefined);
   const { packetsLost: __, ...noLoss } = s;
   assert.equal(addedDelay(noLoss, report), undefined);
+  const { packetsDiscarded: ___, ...noDiscards } = s;
+  assert.equal(addedDelay(noDiscards, report), undefined);
 });
