@@ -472,6 +472,16 @@ async def test_a_step_change_of_the_path_delay_is_followed(rig: Rig) -> None:
     assert rig.cp.path_delay() == pytest.approx(0.2, abs=2e-4)
 
 
+async def _predicted_at(rig: Rig, delay: float) -> None:
+    """The next response, over a path of ``delay``, fires predicted at its start + ``delay``."""
+    rig.delay = delay
+    h = rig.handle()
+    v = client_playout.heard(h)
+    start = await rig.speak(h, (0.0, 0.3), (0.3, 0.2))
+    assert v.result().how == "predicted"
+    assert v.result().at == pytest.approx(start + delay, abs=2e-4)
+
+
 def _jb(rig: Rig, ms: float) -> None:
     """A sync with a jitter buffer reading: its mean over the second before now."""
     rig.q += 1
@@ -500,12 +510,7 @@ async def test_the_prediction_follows_the_jitter_buffer_between_onsets(rig: Rig)
     jb(42.0)  # within the noise of a reading: moves it by as much, no more
     assert rig.cp.path_delay() == pytest.approx(0.252, abs=2e-4)
     jb(140.0)
-    rig.delay = 0.35
-    h2 = rig.handle()
-    v = client_playout.heard(h2)
-    s2 = await rig.speak(h2, (0.0, 0.3), (0.3, 0.2))
-    assert v.result().how == "predicted"
-    assert v.result().at == pytest.approx(s2 + 0.35, abs=2e-4)
+    await _predicted_at(rig, 0.35)
     # its own onset then matches at the new delay, which the old one had missed by 100 ms
     await rig.clock.advance_to(rig.clock.now + 0.5)  # the device has played it
     rig.report(rig.device_onsets()[-1:])
@@ -575,6 +580,17 @@ def _ad(rig: Rig, ms: float, missed: int, jb: float | None = None) -> None:
     rig.call(client_playout.SYNC, payload)
 
 
+async def _played_and_matched(rig: Rig, delay: float) -> float:
+    """A response over a path of ``delay``, played by the device, its onset reported and
+    matched; its start."""
+    rig.delay = delay
+    h = rig.handle()
+    start = await rig.speak(h, (0.0, 0.3), (0.3, 0.2))
+    await rig.clock.advance_to(rig.clock.now + 0.5)  # the device has played it
+    rig.report(rig.device_onsets()[-1:])
+    return start
+
+
 async def test_the_prediction_follows_the_audio_the_jitter_buffer_added(rig: Rig) -> None:
     """A step of the network delay: the packets come 140 ms later, NetEq conceals and
     stretches until they come, and the device plays on with 140 ms more delay. Its buffer's
@@ -583,21 +599,12 @@ async def test_the_prediction_follows_the_audio_the_jitter_buffer_added(rig: Rig
     rig.hello()
     rig.sync()
     _ad(rig, 54.0, 3, jb=40.0)
-    rig.delay = 0.18
-    h = rig.handle()
-    await rig.speak(h, (0.0, 0.3), (0.3, 0.2))
-    await rig.clock.advance_to(rig.clock.now + 0.5)  # the device has played it
-    rig.report(rig.device_onsets()[-1:])
+    await _played_and_matched(rig, 0.18)
     assert rig.cp.path_delay() == pytest.approx(0.18, abs=2e-4)
     await rig.clock.advance_to(rig.clock.now + 3.0)
     _ad(rig, 194.0, 3, jb=45.0)  # 140 ms made up, no packet missed; jb 5 ms more
     assert rig.cp.path_delay() == pytest.approx(0.32, abs=2e-4)
-    rig.delay = 0.32
-    h2 = rig.handle()
-    v = client_playout.heard(h2)
-    s2 = await rig.speak(h2, (0.0, 0.3), (0.3, 0.2))
-    assert v.result().how == "predicted"
-    assert v.result().at == pytest.approx(s2 + 0.32, abs=2e-4)
+    await _predicted_at(rig, 0.32)
 
 
 async def test_with_packets_missed_the_prediction_follows_the_jitter_buffer_delay(
@@ -608,20 +615,12 @@ async def test_with_packets_missed_the_prediction_follows_the_jitter_buffer_dela
     rig.hello()
     rig.sync()
     _ad(rig, 54.0, 3, jb=40.0)
-    rig.delay = 0.18
-    h = rig.handle()
-    await rig.speak(h, (0.0, 0.3), (0.3, 0.2))
-    await rig.clock.advance_to(rig.clock.now + 0.5)
-    rig.report(rig.device_onsets()[-1:])
+    await _played_and_matched(rig, 0.18)
     await rig.clock.advance_to(rig.clock.now + 3.0)
     _ad(rig, 94.0, 7, jb=52.0)  # four packets lost: 40 ms concealed for them
     assert rig.cp.path_delay() == pytest.approx(0.192, abs=2e-4)
     # a match after the losses: ad counts again from there
-    rig.delay = 0.192
-    h2 = rig.handle()
-    await rig.speak(h2, (0.0, 0.3), (0.3, 0.2))
-    await rig.clock.advance_to(rig.clock.now + 0.5)
-    rig.report(rig.device_onsets()[-1:])
+    await _played_and_matched(rig, 0.192)
     await rig.clock.advance_to(rig.clock.now + 3.0)
     _ad(rig, 114.0, 7)  # 20 ms added with none missed
     comp = rig.cp._companion
