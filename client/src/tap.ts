@@ -118,6 +118,12 @@ export function choosePath(options: Pick<TapOptions, 'path' | 'webAudioMix'>): T
 const RENDER_POINT_TOLERANCE_MS = 3;
 /** Net votes of stamps that decide a context's kind of stamp for good. */
 const RENDER_POINT_VOTES = 5;
+/**
+ * How far ahead of now a stamp's performanceTime may be (clock rounding): further ahead, it is
+ * not a time something was presented. WebKitGTK 2.50 adds contextTime to it (it runs ahead by
+ * the context's age), which dated every onset seconds late.
+ */
+const STAMP_AHEAD_MS = 5;
 /** How long a levels request waits for the worklet (it answers between two render quanta). */
 const LEVELS_WAIT_MS = 500;
 
@@ -269,8 +275,15 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
   type Stamp = { contextTime: number; performanceTime: number };
   const saneStamp = (): Stamp | undefined => {
     const ts = stamps ? ctx.getOutputTimestamp() : undefined;
-    // WebKit before 2024 (bug 264247) scaled contextTime wrongly: trust only a sane stamp
-    if (ts && ts.contextTime && ts.performanceTime && Math.abs(ts.contextTime - ctx.currentTime) < 1) {
+    // WebKit before 2024 (bug 264247) scaled contextTime wrongly, and WebKitGTK's
+    // performanceTime runs ahead of now: trust only a sane stamp
+    if (
+      ts &&
+      ts.contextTime &&
+      ts.performanceTime &&
+      Math.abs(ts.contextTime - ctx.currentTime) < 1 &&
+      ts.performanceTime - performance.now() < STAMP_AHEAD_MS
+    ) {
       return { contextTime: ts.contextTime, performanceTime: ts.performanceTime };
     }
     return undefined;

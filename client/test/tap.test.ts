@@ -99,6 +99,26 @@ test("a context's output stamps are taken as they are", async () => {
   }
 });
 
+test("a stamp from the future (WebKitGTK's) is not used: currentTime + latency dates instead", async () => {
+  // WebKitGTK 2.50: performanceTime is a fresh render-time stamp plus contextTime, in ms
+  class WebKitGtkContext extends FakeContext {
+    override getOutputTimestamp() {
+      return { contextTime: this.currentTime - 0.003, performanceTime: performance.now() - 1.5 + this.currentTime * 1000 };
+    }
+  }
+  const ctx = new WebKitGtkContext(0, 0);
+  const tap = await tapOn(ctx);
+  try {
+    const t = tap.toClientMs(ctx.currentTime);
+    assert.equal(tap.dating, 'latency');
+    // the sample at currentTime leaves the device one output latency (35 ms) after now
+    const late = t - (performance.timeOrigin + performance.now() + 35);
+    assert.ok(Math.abs(late) < 5, `dated ${late.toFixed(1)} ms off`);
+  } finally {
+    tap.close();
+  }
+});
+
 test('the audio the jitter buffer added: concealed and stretched less removed, at the codec rate', () => {
   const s = {
     type: 'inbound-rtp',
