@@ -250,7 +250,7 @@ window.run = async (mode) => {
   // WebKitGTK's stamp runs ahead of now (tap.ts): no source times then, the recording judges
   const sane = ts.performanceTime <= performance.now() + 5;
   const expected = !sane ? null : ons.map((c) => performance.timeOrigin + ts.performanceTime + (c - ts.contextTime) * 1000);
-  const reports = calls.filter((c) => c.method.endsWith('report')).flatMap((c) => c.b.o.map((o) => ({ t: o[0], gap: o[1], sentAt: c.at })));
+  const reports = calls.filter((c) => c.method.endsWith('report')).flatMap((c) => c.b.o.map((o) => ({ t: o[0] + reporter.clockOrigin, gap: o[1], sentAt: c.at })));
   const out = { stats: { ...reporter.stats }, errors, expected, reports, muted: el.muted, mutedWhileSuspended, baseLatency: src.baseLatency, outputLatency: src.outputLatency };
   reporter.stop();
   out.mutedAfterStop = el.muted;

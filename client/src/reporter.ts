@@ -75,6 +75,12 @@ export interface PlayoutReporterStats {
 export interface PlayoutReporter {
   /** The agent being reported to, once found. */
   readonly agentIdentity: string | undefined;
+  /**
+   * The client time (`performance.timeOrigin + performance.now()`, ms, whole) at which this
+   * companion started: the times it sends count from it (the agent estimates the offset
+   * either way, and the short numbers save about 16 bytes a sync).
+   */
+  readonly clockOrigin: number;
   readonly stats: Readonly<PlayoutReporterStats>;
   /** Resume the AudioContext: call from a user gesture where autoplay rules need one. */
   resume(): Promise<void>;
@@ -195,12 +201,20 @@ class Reporter implements PlayoutReporter {
     lastRttMs: null,
   };
   private levelsHost: RpcHost | undefined;
+  readonly clockOrigin: number;
 
   constructor(
     private readonly room: Room,
     private readonly options: PlayoutReporterOptions,
     private readonly deps: ReporterDeps,
-  ) {}
+  ) {
+    this.clockOrigin = Math.floor(deps.now());
+  }
+
+  /** Client time as sent: ms since `clockOrigin`. */
+  private wireNow(): number {
+    return this.deps.now() - this.clockOrigin;
+  }
 
   get agentIdentity(): string | undefined {
     return this.agent;
@@ -238,9 +252,9 @@ class Reporter implements PlayoutReporter {
       throw new Error('levels: not asked for by this agent');
     }
     const req = parseLevelsRequest(data.payload);
-    const got = this.tap?.levels ? await this.tap.levels(req.t, req.n, req.w) : null;
+    const got = this.tap?.levels ? await this.tap.levels(req.t + this.clockOrigin, req.n, req.w) : null;
     const reply: LevelsReply = got && Number.isFinite(got.t)
-      ? { v: PROTOCOL_VERSION, t: r1(got.t), w: req.w, lv: got.lv.slice(0, req.n) }
+      ? { v: PROTOCOL_VERSION, t: r1(got.t - this.clockOrigin), w: req.w, lv: got.lv.slice(0, req.n) }
       : { v: PROTOCOL_VERSION, t: null, w: req.w, lv: '' };
     const text = JSON.stringify(reply);
     if (reply.t !== null) this.stats.levelsServed += 1;
@@ -481,7 +495,7 @@ class Reporter implements PlayoutReporter {
     await this.enqueue(async () => {
       if (epoch !== this.epoch) return;
       const q = ++this.q;
-      const req: SyncRequest = { v: PROTOCOL_VERSION, q, t0: r1(this.deps.now()) };
+      const req: SyncRequest = { v: PROTOCOL_VERSION, q, t0: r1(this.wireNow()) };
       const prev = this.prev;
       if (prev) req.prev = prev;
       const clamp = (x: number) => r1(Math.min(Math.max(x, 0), 5000));
@@ -517,7 +531,7 @@ class Reporter implements PlayoutReporter {
       // what the agent has now; not a reply that came after a reset (its agent is gone)
       if (epoch === this.epoch && req.jb !== undefined) this.sentJb = req.jb;
       if (epoch === this.epoch && req.ad !== undefined) this.sentAd = req.ad;
-      const t3 = r1(this.deps.now());
+      const t3 = r1(this.wireNow());
       if (epoch !== this.epoch || reply.q !== q) return;
       this.stats.syncs += 1;
       this.stats.lastRttMs = r1(t3 - req.t0 - reply.dt);
@@ -567,7 +581,7 @@ class Reporter implements PlayoutReporter {
 
   private onOnset(tap: Tap, contextTime: number, gap: number, env?: string): void {
     if (tap !== this.tap) return;
-    const t = tap.toClientMs(contextTime);
+    const t = tap.toClientMs(contextTime) - this.clockOrigin;
     this.stats.dating = tap.dating;
     if (!Number.isFinite(t) || !Number.isFinite(gap)) return;
     const onset: [number, number] = [r1(t), r1(Math.min(gap, 60) * 1000)];
@@ -585,7 +599,7 @@ class Reporter implements PlayoutReporter {
   private flush(): void {
     if (this.stopped || !this.agentSynced || !this.params || this.reportInFlight) return;
     if (this.pending.length === 0 || this.flushTimer) return;
-    const now = this.deps.now();
+    const now = this.wireNow();
     const due = this.pending.filter(([t]) => t <= now);
     const wait = Math.max(
       this.lastReportAt + MIN_REPORT_INTERVAL_MS - now,

@@ -233,6 +233,8 @@ test('finds the agent, says hello, syncs, and taps its audio track', async () =>
   const syncs = room.of(SYNC);
   assert.equal(syncs.length, 5); // 4 at start, one at the start of the steady state
   assert.deepEqual(syncs.map((s) => s.body['q']), [1, 2, 3, 4, 5]);
+  // times as sent count from the companion's start: 250 ms apart from 0
+  assert.deepEqual(syncs.map((s) => s.body['t0']), [0, 250, 500, 750, 1000]);
   assert.equal(syncs[0]!.body['prev'], undefined);
   assert.deepEqual(syncs[1]!.body['prev'], [1, syncs[0]!.body['t0']]); // t3 == t0: instant fake RPC
   assert.equal(syncs[1]!.body['rx'], 42.3);
@@ -252,7 +254,9 @@ test('reports onsets once dated in the past, batched, in sequence, at most 4 a s
   await timers.advance(300); // the second sync completes the first exchange
   const [first] = room.of(REPORT);
   assert.ok(first, 'sent once the agent can convert');
-  assert.deepEqual(first.body['o'], [[1_000_020, 60000]]);
+  // client times count from the companion's start (1 000 000 here): short numbers
+  assert.equal(reporter.clockOrigin, 1_000_000);
+  assert.deepEqual(first.body['o'], [[20, 60000]]);
   // three onsets at once, the device plays them 20 ms after the graph sees them: they wait
   // until then, go at most two (max_onsets) per report and one report per 250 ms
   const c = tap.contextNow();
@@ -595,12 +599,14 @@ test("the agent's levels requests are answered from the tap, and only the agent'
   assert.equal(tap.options.levelBins, 8192);
   const serve = room.methods.get(LEVELS)!;
   assert.ok(serve, 'registered on the Room');
-  const reply = JSON.parse(await serve({ callerIdentity: 'agent-1', payload: '{"v":1,"t":500100.55,"n":3}' }));
-  assert.deepEqual(reply, { v: 1, t: 500100, w: 1, lv: 'QQQ' }); // the bin that plays at 500 100.55 ms
+  // times count from the companion's start (clockOrigin, 1 000 000 ms here) both ways
+  const reply = JSON.parse(await serve({ callerIdentity: 'agent-1', payload: '{"v":1,"t":100.55,"n":3}' }));
+  assert.deepEqual(reply, { v: 1, t: 100, w: 1, lv: 'QQQ' }); // the bin that plays at 1 000 100.55 ms
+  assert.deepEqual(tap.levelsAsked.at(-1), [1_000_100.55, 3, 1]);
   assert.equal(reporter.stats.levelsServed, 1);
-  const wide = JSON.parse(await serve({ callerIdentity: 'agent-1', payload: '{"v":1,"t":500100,"n":2,"w":2}' }));
-  assert.deepEqual(wide, { v: 1, t: 500100, w: 2, lv: 'QQ' });
-  assert.deepEqual(tap.levelsAsked.at(-1), [500100, 2, 2]);
+  const wide = JSON.parse(await serve({ callerIdentity: 'agent-1', payload: '{"v":1,"t":100,"n":2,"w":2}' }));
+  assert.deepEqual(wide, { v: 1, t: 100, w: 2, lv: 'QQ' });
+  assert.deepEqual(tap.levelsAsked.at(-1), [1_000_100, 2, 2]);
   // another participant, a malformed or oversized request: refused (an application error)
   await assert.rejects(serve({ callerIdentity: 'user-9', payload: '{"v":1,"t":500100,"n":3}' }));
   await assert.rejects(serve({ callerIdentity: 'agent-1', payload: '{"v":1,"t":"x","n":3}' }));

@@ -108,7 +108,7 @@ def _seq(obj: dict[str, Any]) -> int:
     return q
 
 
-# client clock: ms since the epoch-ish origin of performance.timeOrigin; any clock that fits
+# client clock: any origin (the companion counts ms from its own start); any clock that fits
 _T_MAX = 1e15
 _AD_MAX = 1e7  # ms: a cumulative figure with any origin, bounded like the client clamps it
 
