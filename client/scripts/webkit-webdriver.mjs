@@ -16,13 +16,26 @@ async function startXvfb() {
     stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
   });
   const display = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      proc.kill();
+      reject(new Error('Xvfb did not take a display within 10 s'));
+    }, 10000);
     let out = '';
     proc.stdio[3].on('data', (b) => {
       out += b;
-      if (out.includes('\n')) resolve(out.trim());
+      if (out.includes('\n')) {
+        clearTimeout(timer);
+        resolve(out.trim());
+      }
     });
-    proc.on('error', (e) => reject(new Error(`Xvfb: ${e.message} (scripts/setup installs xvfb)`)));
-    proc.on('exit', (code) => reject(new Error(`Xvfb exited (${code}) before it took a display`)));
+    proc.on('error', (e) => {
+      clearTimeout(timer);
+      reject(new Error(`Xvfb: ${e.message} (scripts/setup installs xvfb)`));
+    });
+    proc.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`Xvfb exited (${code}) before it took a display`));
+    });
   });
   return { display: `:${display}`, stop: () => proc.kill() };
 }
@@ -44,8 +57,21 @@ async function freePort() {
  */
 export async function launchWebKit({ binary = MINIBROWSER, env = process.env, autoplay = 'allow' } = {}) {
   const xvfb = await startXvfb();
-  const port = await freePort();
-  const driver = spawn('WebKitWebDriver', [`--port=${port}`, '--host=127.0.0.1'], {
+  let driver;
+  // whatever ends the process (a failed check, an exception), these must not outlive it
+  const stopAll = () => {
+    driver?.kill();
+    xvfb.stop();
+  };
+  process.once('exit', stopAll);
+  let port;
+  try {
+    port = await freePort();
+  } catch (e) {
+    stopAll();
+    throw e;
+  }
+  driver = spawn('WebKitWebDriver', [`--port=${port}`, '--host=127.0.0.1'], {
     env: { ...env, DISPLAY: xvfb.display },
     stdio: 'ignore',
   });
@@ -55,25 +81,23 @@ export async function launchWebKit({ binary = MINIBROWSER, env = process.env, au
   });
   exited.catch(() => {}); // read below, while it starts; after close() nobody waits for it
   const base = `http://127.0.0.1:${port}`;
-  const call = async (method, path, body) => {
+  // every request has a deadline: a driver that accepts and never answers fails the run
+  const call = async (method, path, body, timeoutMs = 60000) => {
     const res = await fetch(base + path, {
       method,
       headers: { 'content-type': 'application/json' },
       body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(timeoutMs),
     });
     const json = await res.json();
     if (!res.ok) throw new Error(`WebDriver ${method} ${path}: ${json.value?.error}: ${json.value?.message}`);
     return json.value;
   };
-  const stopAll = () => {
-    driver.kill();
-    xvfb.stop();
-  };
   let session;
   try {
     for (let i = 0; ; i++) {
       const up = await Promise.race([
-        call('GET', '/status').then((v) => v.ready, () => false),
+        call('GET', '/status', undefined, 1000).then((v) => v.ready, () => false),
         exited,
       ]);
       if (up) break;
@@ -87,13 +111,14 @@ export async function launchWebKit({ binary = MINIBROWSER, env = process.env, au
         },
       },
     });
+    // one page's run takes about 10 s; the default script timeout is 30 s
+    await call('POST', `/session/${session.sessionId}/timeouts`, { script: 180000 });
   } catch (e) {
+    if (session) await call('DELETE', `/session/${session.sessionId}`, undefined, 5000).catch(() => {});
     stopAll();
     throw e;
   }
   const id = session.sessionId;
-  // one page's run takes about 10 s; the default script timeout is 30 s
-  await call('POST', `/session/${id}/timeouts`, { script: 180000 });
   const page = {
     on() {}, // classic WebDriver has no console or error events
     goto: (url) => call('POST', `/session/${id}/url`, { url }),
@@ -103,7 +128,7 @@ export async function launchWebKit({ binary = MINIBROWSER, env = process.env, au
         Promise.resolve().then(() => (${fn})(arg)).then(
           (v) => done({ ok: v === undefined ? null : v }),
           (e) => done({ err: String((e && e.stack) || e) }));`;
-      const out = await call('POST', `/session/${id}/execute/async`, { script, args: [arg] });
+      const out = await call('POST', `/session/${id}/execute/async`, { script, args: [arg] }, 200000);
       if ('err' in out) throw new Error(`in the page: ${out.err}`);
       return out.ok;
     },
@@ -112,8 +137,9 @@ export async function launchWebKit({ binary = MINIBROWSER, env = process.env, au
     version: async () => `${session.capabilities.browserName} (WebKitGTK ${session.capabilities.browserVersion})`,
     newPage: async () => page,
     async close() {
-      await call('DELETE', `/session/${id}`).catch(() => {});
+      await call('DELETE', `/session/${id}`, undefined, 5000).catch(() => {});
       stopAll();
+      process.off('exit', stopAll);
     },
   };
 }

@@ -276,7 +276,8 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
   const saneStamp = (): Stamp | undefined => {
     const ts = stamps ? ctx.getOutputTimestamp() : undefined;
     // WebKit before 2024 (bug 264247) scaled contextTime wrongly, and WebKitGTK's
-    // performanceTime runs ahead of now: trust only a sane stamp
+    // performanceTime runs ahead of now: trust only a sane stamp (WebKitGTK's passes for
+    // the context's first 6 ms, a few ms off at most)
     if (
       ts &&
       ts.contextTime &&
@@ -394,11 +395,20 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
     },
   };
   if (stamps) {
-    // judged before the first onset needs it: a stamp every 50 ms until decided
+    // judged before the first onset needs it: a stamp every 50 ms until decided. A running
+    // context's stamps that are not sane (WebKitGTK's) start the fallback's sampler, so the
+    // first onset is dated warm too, and after 20 in a row judging stops (none will be)
+    let refused = 0;
     judging = setInterval(() => {
       const ts = saneStamp();
-      if (ts) judge(ts);
-      if (renderPoint !== undefined) {
+      if (ts) {
+        refused = 0;
+        judge(ts);
+      } else if (ctx.state === 'running') {
+        sampler ??= setInterval(clockMap, 3);
+        refused += 1;
+      }
+      if (renderPoint !== undefined || refused >= 20) {
         clearInterval(judging);
         judging = undefined;
       }

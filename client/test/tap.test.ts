@@ -119,6 +119,82 @@ test("a stamp from the future (WebKitGTK's) is not used: currentTime + latency d
   }
 });
 
+/** setInterval/clearInterval on a virtual clock, for the tap's own intervals. */
+function virtualIntervals() {
+  const real = { set: globalThis.setInterval, clear: globalThis.clearInterval };
+  let now = 0;
+  let next = 1;
+  const live = new Map<number, { fn: () => void; ms: number; due: number }>();
+  const g = globalThis as unknown as Record<string, unknown>;
+  g['setInterval'] = (fn: () => void, ms: number) => {
+    live.set(next, { fn, ms, due: now + ms });
+    return next++;
+  };
+  g['clearInterval'] = (id: number) => live.delete(id);
+  return {
+    tick(ms: number) {
+      const end = now + ms;
+      for (;;) {
+        const [id, due] = [...live].reduce<[number, number]>((a, [k, v]) => (v.due < a[1] ? [k, v.due] : a), [0, Infinity]);
+        if (due > end) break;
+        const it = live.get(id)!;
+        now = due;
+        it.due += it.ms;
+        it.fn();
+      }
+      now = end;
+    },
+    restore() {
+      g['setInterval'] = real.set;
+      g['clearInterval'] = real.clear;
+    },
+  };
+}
+
+test("refused stamps warm the fallback before the first onset, and judging stops after 20", async () => {
+  let stampsRead = 0;
+  let clockReads = 0;
+  const ctx = new FakeContext(0, 0);
+  Object.defineProperty(ctx, 'currentTime', {
+    get: () => {
+      clockReads += 1;
+      return 12.5;
+    },
+  });
+  ctx.getOutputTimestamp = () => {
+    stampsRead += 1; // WebKitGTK's: a fresh render-time stamp plus contextTime, in ms
+    return { contextTime: 12.497, performanceTime: performance.now() - 1.5 + 12500 };
+  };
+  const clock = virtualIntervals();
+  try {
+    const tap = await tapOn(ctx);
+    try {
+      clock.tick(50); // the first judging tick refuses a stamp
+      assert.equal(stampsRead, 1);
+      const atRefusal = clockReads;
+      clock.tick(9); // the fallback's sampler reads currentTime every 3 ms from then
+      assert.equal(clockReads - atRefusal, 3, 'the sampler runs before any onset');
+      clock.tick(50 * 30);
+      assert.equal(stampsRead, 20, 'judging stops after 20 refused stamps');
+    } finally {
+      tap.close();
+    }
+  } finally {
+    clock.restore();
+  }
+});
+
+test("a stamp at most 5 ms ahead of now is taken (clock rounding)", async () => {
+  const ctx = new FakeContext(41.0, -4.0); // a stamp 4 ms ahead
+  const tap = await tapOn(ctx);
+  try {
+    tap.toClientMs(ctx.currentTime);
+    assert.equal(tap.dating, 'output-timestamp');
+  } finally {
+    tap.close();
+  }
+});
+
 test('the audio the jitter buffer added: concealed and stretched less removed, at the codec rate', () => {
   const s = {
     type: 'inbound-rtp',
