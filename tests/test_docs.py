@@ -42,11 +42,15 @@ def _code(text: str) -> list[str]:
     return fenced + indented + inline
 
 
+# the repository's scripts/, not another folder's (client/scripts/...)
+_SCRIPT = re.compile(r"(bash |python3? )?(?<![\w/.-])scripts/([\w.-]*\w)")
+
+
 def test_every_script_the_docs_name_exists_and_runs_as_written() -> None:
     problems = []
     for doc, text in _doc_texts().items():
         for code in _code(text):
-            for prefix, name in re.findall(r"(bash |python3? )?\bscripts/([\w.-]*\w)", code):
+            for prefix, name in _SCRIPT.findall(code):
                 path = ROOT / "scripts" / name
                 if not path.is_file():
                     problems.append(f"{doc}: scripts/{name} does not exist")
