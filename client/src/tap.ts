@@ -402,6 +402,12 @@ export const createBrowserTap: TapFactory = async (track, options, onOnset) => {
     judging = setInterval(() => {
       const ts = saneStamp();
       if (ts) {
+        // a context that had not started (contextTime 0) while running: the sampler is
+        // not needed once its stamps are sane
+        if (refused > 0 && sampler !== undefined) {
+          clearInterval(sampler);
+          sampler = undefined;
+        }
         refused = 0;
         judge(ts);
       } else if (ctx.state === 'running') {

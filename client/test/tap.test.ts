@@ -184,6 +184,40 @@ test("refused stamps warm the fallback before the first onset, and judging stops
   }
 });
 
+test("a running context's stamps before it started start the sampler, its sane stamps stop it", async () => {
+  let clockReads = 0;
+  let started = false;
+  const ctx = new FakeContext(41.0, 3.0); // Chromium's kind, once it runs
+  Object.defineProperty(ctx, 'currentTime', {
+    get: () => {
+      clockReads += 1;
+      return started ? 12.5 : 0;
+    },
+  });
+  const chromium = ctx.getOutputTimestamp.bind(ctx);
+  ctx.getOutputTimestamp = () => (started ? chromium() : { contextTime: 0, performanceTime: 0 });
+  const clock = virtualIntervals();
+  try {
+    const tap = await tapOn(ctx);
+    try {
+      clock.tick(50); // running, but its clock has not started: refused
+      const atRefusal = clockReads;
+      clock.tick(9);
+      assert.ok(clockReads - atRefusal >= 3, 'sampling while stamps are refused');
+      started = true;
+      clock.tick(50); // a sane stamp
+      const atSane = clockReads;
+      clock.tick(30);
+      // the judging tick reads currentTime for its vote; the sampler's 10 reads are gone
+      assert.ok(clockReads - atSane <= 1, `${clockReads - atSane} reads after a sane stamp`);
+    } finally {
+      tap.close();
+    }
+  } finally {
+    clock.restore();
+  }
+});
+
 test("a stamp at most 5 ms ahead of now is taken (clock rounding)", async () => {
   const ctx = new FakeContext(41.0, -4.0); // a stamp 4 ms ahead
   const tap = await tapOn(ctx);
